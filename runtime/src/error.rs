@@ -1,0 +1,54 @@
+//! Errors of the runtime: setting it up, loading a module, setting up a run.
+//! A failing test is not among them: that is a [`crate::Status`].
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("failed to set up the wasmtime engine: {0}")]
+    Engine(String),
+}
+
+/// Why a module cannot be loaded; each reads as one line with its fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "not a WebAssembly module (no `\\0asm` header); pass a .wasm file built for wasm32-wasip1"
+    )]
+    NotWasm,
+    #[error("is a WebAssembly component, not a core module; build it for wasm32-wasip1 (WASI preview 1), not wasip2")]
+    Component,
+    #[error(
+        "invalid WebAssembly module: {0}; rebuild it (a truncated or corrupt file fails this way)"
+    )]
+    Compile(String),
+    #[error(
+        "{0}; cachet provides only WASI preview 1 (`wasi_snapshot_preview1`) and `cachet` imports"
+    )]
+    Link(String),
+}
+
+/// Why a run could not be set up (the module never started).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot create a scratch directory in {base}: {source}")]
+    Scratch {
+        base: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot mount {host} as `{name}`: {reason}")]
+    Mount {
+        name: String,
+        host: PathBuf,
+        reason: String,
+    },
+    #[error("mount `{0}` is given twice; each mount needs its own name")]
+    DuplicateMount(String),
+}

@@ -1,0 +1,83 @@
+//! `cachet-runtime`: runs WASI preview 1 test modules in wasmtime, inside a
+//! deny-by-default sandbox, and records every input they observe.
+//!
+//! ```text
+//! Policy ──► Runtime::run(&Module, &Policy) ──► RunOutcome { status, output, elapsed, log }
+//!               │ engine.rs     one engine, epoch ticker, pooling, compiled-module cache
+//!               │ run.rs        WASI context, store limits, classification of the end
+//!               │ intercept.rs  linker wrappers around the stock p1 functions
+//!               │ recorder.rs   fd -> logical path, one entry per (op, path), virtual metadata
+//!               └ observe.rs    observations through cap-std; reobserve() for the cache
+//! ```
+//!
+//! The runtime knows nothing of caching, the CLI or reports, and exposes no
+//! wasmtime types. Design note: `docs/design/sandbox.md`.
+
+mod engine;
+mod error;
+mod intercept;
+pub mod log;
+mod observe;
+mod outcome;
+mod output;
+mod policy;
+mod recorder;
+mod run;
+
+#[path = "../../guest-shim/src/abi.rs"]
+pub mod guest_abi;
+
+pub use engine::{
+    LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
+};
+pub use error::{LoadError, RunError, RuntimeError};
+pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};
+pub use observe::{first_change, reobserve, virtual_ino, Change, World, VIRTUAL_TIME_NS};
+pub use outcome::{RunOutcome, Status};
+pub use policy::{
+    Mount, MountMode, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT,
+    SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME,
+};
+
+/// Formats a duration as Go does (`10m0s`, `1.5s`, `250ms`), for messages
+/// that users of `go test` read every day.
+pub fn duration_string(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return format!("{}µs", d.as_micros());
+    }
+    if d < std::time::Duration::from_secs(1) {
+        return format!("{ms}ms");
+    }
+    let total = d.as_secs_f64();
+    let (h, m) = ((total / 3600.0) as u64, ((total % 3600.0) / 60.0) as u64);
+    let s = total - (h * 3600 + m * 60) as f64;
+    let secs = if s.fract() == 0.0 {
+        format!("{}s", s as u64)
+    } else {
+        format!("{}s", trim(s))
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+fn trim(s: f64) -> String {
+    let t = format!("{s:.3}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(super::duration_string(Duration::from_secs(600)), "10m0s");
+        assert_eq!(super::duration_string(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(super::duration_string(Duration::from_millis(250)), "250ms");
+        assert_eq!(super::duration_string(Duration::from_secs(3661)), "1h1m1s");
+    }
+}

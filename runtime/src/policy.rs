@@ -1,0 +1,223 @@
+//! `Policy`: everything one run's sandbox grants. It is plain data, built by the
+//! host and read by [`crate::Runtime::run`]; nothing here touches wasmtime.
+//!
+//! A new policy grants nothing:
+//!
+//! - no mounts: the guest sees no file system at all (not even `/tmp` until
+//!   [`Policy::scratch`] is set, which every host run does);
+//! - no environment variables, nothing inherited from the host;
+//! - no arguments beyond `argv[0]`;
+//! - stdin closed (reads return end of file);
+//! - no sockets and no network: cachet never grants them;
+//! - stdout and stderr merged into one buffer capped at [`DEFAULT_OUTPUT_LIMIT`];
+//! - [`DEFAULT_MEMORY_LIMIT`] of linear memory and [`DEFAULT_TIMEOUT`] of run time.
+//!
+//! Every grant is an explicit builder method.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Linear memory one run may grow to. A test that needs more sets it; the
+/// bound keeps one runaway test from taking a machine that runs `-p` of them.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+
+/// Captured output one run may produce: far above any passing test's output,
+/// small enough that 2 cores' worth of flooding tests stay well within memory.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
+
+/// Per-run timeout, as `go test -timeout`'s default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Table elements one run may grow to. Rust and Go test binaries use a few
+/// thousand; the bound only stops a guest that grows tables in a loop.
+pub const DEFAULT_TABLE_LIMIT: u32 = 1 << 20;
+
+/// Guest path of the per-run scratch directory, and the value of `TMPDIR`.
+pub const SCRATCH_GUEST_PATH: &str = "/tmp";
+
+/// Logical name of the scratch mount in logs (its paths are never inputs).
+pub const SCRATCH_MOUNT_NAME: &str = "tmp";
+
+/// Whether the guest may change a mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum MountMode {
+    /// Reads are recorded as inputs; metadata is virtualized; writes are denied.
+    ReadOnly,
+    /// Reads are recorded as inputs, writes are allowed, metadata is real.
+    ReadWrite,
+}
+
+/// A host directory granted to the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Logical name; the input log names paths as `name/relative/path`, never
+    /// by host path, so a log stays valid in another checkout.
+    pub name: String,
+    /// The host directory.
+    pub host: PathBuf,
+    /// Guest paths it appears at (a package dir may need `.` and `/src/pkg`).
+    pub guest: Vec<String>,
+    pub mode: MountMode,
+}
+
+/// What a run may see and use. See the module documentation for the defaults.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub(crate) mounts: Vec<Mount>,
+    pub(crate) scratch_base: Option<PathBuf>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) args: Vec<String>,
+    pub(crate) program_name: String,
+    pub(crate) output_limit: usize,
+    pub(crate) memory_limit: u64,
+    pub(crate) table_limit: u32,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy {
+    /// A policy that grants nothing (see the module documentation).
+    pub fn new() -> Self {
+        Policy {
+            mounts: Vec::new(),
+            scratch_base: None,
+            env: BTreeMap::new(),
+            args: Vec::new(),
+            program_name: "main.wasm".to_string(),
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            table_limit: DEFAULT_TABLE_LIMIT,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Grants `host` read-only under the logical `name`, at each of `guest`.
+    pub fn mount_read_only(
+        &mut self,
+        name: &str,
+        host: impl Into<PathBuf>,
+        guest: &[&str],
+    ) -> &mut Self {
+        self.mount(name, host, guest, MountMode::ReadOnly)
+    }
+
+    /// Grants `host` read-write under the logical `name`, at each of `guest`.
+    pub fn mount_read_write(
+        &mut self,
+        name: &str,
+        host: impl Into<PathBuf>,
+        guest: &[&str],
+    ) -> &mut Self {
+        self.mount(name, host, guest, MountMode::ReadWrite)
+    }
+
+    fn mount(
+        &mut self,
+        name: &str,
+        host: impl Into<PathBuf>,
+        guest: &[&str],
+        mode: MountMode,
+    ) -> &mut Self {
+        self.mounts.push(Mount {
+            name: name.to_string(),
+            host: host.into(),
+            guest: guest.iter().map(|g| g.to_string()).collect(),
+            mode,
+        });
+        self
+    }
+
+    /// Gives every run a fresh empty directory, created under `base`, mounted
+    /// read-write at `/tmp` with `TMPDIR=/tmp`, and removed after the run.
+    pub fn scratch(&mut self, base: impl Into<PathBuf>) -> &mut Self {
+        self.scratch_base = Some(base.into());
+        self.env
+            .insert("TMPDIR".to_string(), SCRATCH_GUEST_PATH.to_string());
+        self
+    }
+
+    /// Sets one environment variable the guest can read.
+    pub fn env(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// Sets `argv[0]`, the name the guest sees for itself.
+    pub fn program_name(&mut self, name: &str) -> &mut Self {
+        self.program_name = name.to_string();
+        self
+    }
+
+    /// Appends arguments after `argv[0]`.
+    pub fn args<S: AsRef<str>>(&mut self, args: &[S]) -> &mut Self {
+        self.args
+            .extend(args.iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// Caps the merged stdout/stderr; past it the run stops as `OutputOverflow`.
+    pub fn output_limit(&mut self, bytes: usize) -> &mut Self {
+        self.output_limit = bytes;
+        self
+    }
+
+    /// Caps linear memory; growth past it fails and the run is `MemoryLimit`.
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Caps table elements.
+    pub fn table_limit(&mut self, elements: u32) -> &mut Self {
+        self.table_limit = elements;
+        self
+    }
+
+    /// Stops the run after `timeout` of wall time (checked at wasm loop heads
+    /// and calls, to the runtime's tick of 10 ms).
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn mounts(&self) -> &[Mount] {
+        &self.mounts
+    }
+
+    pub fn environment(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.memory_limit
+    }
+
+    pub fn timeout_duration(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The world the input log is observed in: the mounts by logical name and
+    /// the environment. [`crate::reobserve`] evaluates a log against it.
+    pub fn world(&self) -> crate::World {
+        crate::World::new(
+            self.mounts
+                .iter()
+                .map(|m| (m.name.clone(), m.host.clone(), m.mode)),
+            self.env.clone(),
+        )
+    }
+
+    /// The host directory a logical mount name stands for.
+    pub fn mount_host(&self, name: &str) -> Option<&Path> {
+        self.mounts
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.host.as_path())
+    }
+}

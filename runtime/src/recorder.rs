@@ -1,0 +1,352 @@
+//! The recorder: per-run state behind the interception wrappers. It maps guest
+//! file descriptors to logical paths, turns each intercepted call into at most
+//! one log entry per (op, path), and rewrites the metadata a guest reads from
+//! read-only mounts to its virtualized form.
+//!
+//! It knows nothing of wasmtime: the wrappers in `intercept.rs` hand it guest
+//! memory as a byte slice after the stock WASI call has run.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::log::{DeniedOp, Entry, EntryKey, Fact, InputLog, ReadOp};
+use crate::observe::{join, logical, virtual_dev, virtual_ino, World, VIRTUAL_TIME_NS};
+use crate::policy::MountMode;
+
+/// What a guest fd refers to.
+#[derive(Clone, Debug)]
+struct FdPath {
+    mount: usize,
+    rel: String,
+}
+
+/// Where an (fd, path) pair leads.
+enum Target {
+    /// Not a file-system fd we track (stdio), or a path that is not UTF-8.
+    Untracked,
+    /// Above the mount root from the start: an escape in every world.
+    Escape(String),
+    Path {
+        mount: usize,
+        rel: String,
+    },
+}
+
+pub(crate) struct Recorder {
+    world: World,
+    scratch: Option<usize>,
+    fds: HashMap<u32, FdPath>,
+    seen: HashSet<EntryKey>,
+    log: InputLog,
+}
+
+/// `filestat` layout (WASI p1): dev, ino, filetype (u8, padded), nlink, size,
+/// atim, mtim, ctim; 64 bytes.
+const FILESTAT_SIZE: usize = 64;
+/// `dirent` header layout: d_next, d_ino, d_namlen (u32), d_type (u8); 24 bytes.
+const DIRENT_SIZE: usize = 24;
+const FILETYPE_DIRECTORY: u8 = 3;
+
+/// Rights that mean "this open may change the file" (WASI p1 `rights` bits:
+/// fd_write, fd_allocate, fd_filestat_set_size). Rust's std asks for
+/// fd_filestat_set_times even for reads, so that bit is not one of them.
+const WRITE_RIGHTS: i64 = (1 << 6) | (1 << 8) | (1 << 22);
+/// `oflags`: creat, excl, trunc.
+const MUTATING_OFLAGS: i32 = 1 | 4 | 8;
+/// `fdflags`: append.
+const FDFLAG_APPEND: i32 = 1;
+/// `lookupflags`: symlink_follow.
+const SYMLINK_FOLLOW: i32 = 1;
+
+impl Recorder {
+    pub fn new(world: World, scratch: Option<usize>) -> Self {
+        Recorder {
+            world,
+            scratch,
+            fds: HashMap::new(),
+            seen: HashSet::new(),
+            log: InputLog::default(),
+        }
+    }
+
+    pub fn into_log(self) -> (InputLog, World) {
+        (self.log, self.world)
+    }
+
+    pub fn add_preopen(&mut self, fd: u32, mount: usize) {
+        self.fds.insert(
+            fd,
+            FdPath {
+                mount,
+                rel: String::new(),
+            },
+        );
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if self.seen.insert(entry.key()) {
+            self.log.entries.push(entry);
+        }
+    }
+
+    fn resolve(&self, fd: i32, path: Option<&str>) -> Target {
+        let (Some(base), Some(path)) = (self.fds.get(&(fd as u32)), path) else {
+            return Target::Untracked;
+        };
+        match join(&base.rel, path) {
+            Some(rel) => Target::Path {
+                mount: base.mount,
+                rel,
+            },
+            None => {
+                let raw = if base.rel.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{}/{path}", base.rel)
+                };
+                Target::Escape(logical(self.world.mount_name(base.mount), &raw))
+            }
+        }
+    }
+
+    fn observe(&mut self, op: ReadOp, mount: usize, rel: &str) {
+        // The scratch dir holds the run's own outputs: never inputs.
+        if Some(mount) == self.scratch {
+            return;
+        }
+        let path = logical(self.world.mount_name(mount), rel);
+        if self.seen.contains(&EntryKey::Read(op, path.clone())) {
+            return;
+        }
+        let observation = self.world.observe_in(mount, op, rel);
+        self.push(Entry::Read {
+            op,
+            path,
+            observation,
+        });
+    }
+
+    /// A read of `path` relative to `fd` (stat, readlink).
+    pub fn read(&mut self, op: ReadOp, denied: DeniedOp, fd: i32, path: Option<&str>) {
+        match self.resolve(fd, path) {
+            Target::Path { mount, rel } => self.observe(op, mount, &rel),
+            Target::Escape(path) => self.push(Entry::Denied { op: denied, path }),
+            Target::Untracked => {}
+        }
+    }
+
+    /// `path_filestat_get`.
+    pub fn stat(&mut self, fd: i32, lookup: i32, path: Option<&str>) {
+        let op = if lookup & SYMLINK_FOLLOW != 0 {
+            ReadOp::Stat
+        } else {
+            ReadOp::Lstat
+        };
+        self.read(op, DeniedOp::Stat, fd, path);
+    }
+
+    /// `path_open`, after the call; `opened` is the new fd when it succeeded.
+    pub fn open(&mut self, fd: i32, call: OpenCall, path: Option<&str>, opened: Option<u32>) {
+        let writes = call.oflags & MUTATING_OFLAGS != 0
+            || call.rights & WRITE_RIGHTS != 0
+            || call.fdflags & FDFLAG_APPEND != 0;
+        let target = self.resolve(fd, path);
+        match &target {
+            Target::Escape(p) => {
+                let op = if writes {
+                    DeniedOp::Write
+                } else {
+                    DeniedOp::Open
+                };
+                self.push(Entry::Denied {
+                    op,
+                    path: p.clone(),
+                });
+            }
+            Target::Path { mount, rel } if writes => {
+                // On a read-write mount a writing open produces output, not an
+                // input; on a read-only mount the stock call refused it.
+                if self.world.mount_mode(*mount) == MountMode::ReadOnly {
+                    let path = logical(self.world.mount_name(*mount), rel);
+                    self.push(Entry::Denied {
+                        op: DeniedOp::Write,
+                        path,
+                    });
+                }
+            }
+            Target::Path { mount, rel } => {
+                let op = if call.lookup & SYMLINK_FOLLOW != 0 {
+                    ReadOp::Open
+                } else {
+                    ReadOp::OpenNoFollow
+                };
+                self.observe(op, *mount, rel);
+            }
+            Target::Untracked => {}
+        }
+        if let Some(new_fd) = opened {
+            match target {
+                Target::Path { mount, rel } => self.fds.insert(new_fd, FdPath { mount, rel }),
+                Target::Untracked | Target::Escape(_) => self.fds.remove(&new_fd),
+            };
+        }
+    }
+
+    /// A call that would change the file system at `path` (mkdir, unlink,
+    /// rename, ...): a `denied` fact on read-only mounts and escapes.
+    pub fn mutate(&mut self, op: DeniedOp, fd: i32, path: Option<&str>) {
+        let path = match self.resolve(fd, path) {
+            Target::Escape(p) => p,
+            Target::Path { mount, rel } if self.world.mount_mode(mount) == MountMode::ReadOnly => {
+                logical(self.world.mount_name(mount), &rel)
+            }
+            _ => return,
+        };
+        self.push(Entry::Denied { op, path });
+    }
+
+    fn fd_path(&self, fd: i32) -> Option<(usize, String)> {
+        self.fds.get(&(fd as u32)).map(|p| (p.mount, p.rel.clone()))
+    }
+
+    /// `fd_filestat_get`, after the call: records a stat of the fd's path.
+    pub fn fd_stat(&mut self, fd: i32) {
+        if let Some((mount, rel)) = self.fd_path(fd) {
+            self.observe(ReadOp::Stat, mount, &rel);
+        }
+    }
+
+    /// `fd_readdir`, after the call: records the fd's listing.
+    pub fn fd_readdir(&mut self, fd: i32) {
+        if let Some((mount, rel)) = self.fd_path(fd) {
+            self.observe(ReadOp::Readdir, mount, &rel);
+        }
+    }
+
+    pub fn closed(&mut self, fd: i32) {
+        self.fds.remove(&(fd as u32));
+    }
+
+    pub fn renumbered(&mut self, from: i32, to: i32) {
+        match self.fds.remove(&(from as u32)) {
+            Some(p) => self.fds.insert(to as u32, p),
+            None => self.fds.remove(&(to as u32)),
+        };
+    }
+
+    pub fn environ(&mut self) {
+        if !self.seen.contains(&EntryKey::Environ) {
+            let observation = self.world.environ_observation();
+            self.push(Entry::Environ(observation));
+        }
+    }
+
+    /// `cachet.getenv`: the value the guest gets, recording `env NAME`.
+    pub fn getenv(&mut self, name: &str) -> Option<String> {
+        if !self.seen.contains(&EntryKey::Env(name.to_string())) {
+            let observation = self.world.env_observation(name);
+            self.push(Entry::Env {
+                name: name.to_string(),
+                observation,
+            });
+        }
+        self.world.env().get(name).cloned()
+    }
+
+    pub fn uses(&mut self, fact: Fact) {
+        self.push(Entry::Uses(fact));
+    }
+
+    /// The logical path of `fd` (+ `path`) when it lies on a read-only mount,
+    /// whose metadata the guest must see virtualized.
+    fn read_only_logical(&self, fd: i32, path: Option<&str>) -> Option<(usize, String)> {
+        let base = self.fds.get(&(fd as u32))?;
+        if self.world.mount_mode(base.mount) != MountMode::ReadOnly {
+            return None;
+        }
+        let rel = match path {
+            Some(p) => join(&base.rel, p)?,
+            None => base.rel.clone(),
+        };
+        Some((base.mount, logical(self.world.mount_name(base.mount), &rel)))
+    }
+
+    /// Rewrites the `filestat` the stock call wrote at `ptr` (see
+    /// [`VIRTUAL_TIME_NS`]): fixed times, path-derived inode and device, one
+    /// link, and size 0 for directories.
+    pub fn virtualize_filestat(&self, mem: &mut [u8], ptr: i32, fd: i32, path: Option<&str>) {
+        let Some((mount, logical)) = self.read_only_logical(fd, path) else {
+            return;
+        };
+        let Some(buf) = slice_mut(mem, ptr, FILESTAT_SIZE) else {
+            return;
+        };
+        put_u64(buf, 0, virtual_dev(self.world.mount_name(mount)));
+        put_u64(buf, 8, virtual_ino(&logical));
+        put_u64(buf, 24, 1);
+        if buf[16] == FILETYPE_DIRECTORY {
+            put_u64(buf, 32, 0);
+        }
+        for offset in [40, 48, 56] {
+            put_u64(buf, offset, VIRTUAL_TIME_NS);
+        }
+    }
+
+    /// Rewrites the inode numbers of the `dirent`s the stock call wrote.
+    pub fn virtualize_dirents(&self, mem: &mut [u8], ptr: i32, used: usize, fd: i32) {
+        let Some((_, dir)) = self.read_only_logical(fd, None) else {
+            return;
+        };
+        let Some(buf) = slice_mut(mem, ptr, used) else {
+            return;
+        };
+        let mut at = 0;
+        while at + DIRENT_SIZE <= buf.len() {
+            let namlen =
+                u32::from_le_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes")) as usize;
+            let name_at = at + DIRENT_SIZE;
+            let name = buf
+                .get(name_at..name_at + namlen)
+                .map(|n| String::from_utf8_lossy(n).into_owned());
+            let ino = match name.as_deref() {
+                Some(".") | None => virtual_ino(&dir),
+                Some(name) => virtual_ino(&format!("{dir}/{name}")),
+            };
+            put_u64(&mut buf[at..], 8, ino);
+            at = name_at + namlen;
+        }
+    }
+}
+
+/// The arguments of `path_open` that decide whether it reads or writes.
+#[derive(Clone, Copy)]
+pub(crate) struct OpenCall {
+    pub lookup: i32,
+    pub oflags: i32,
+    pub rights: i64,
+    pub fdflags: i32,
+}
+
+fn slice_mut(mem: &mut [u8], ptr: i32, len: usize) -> Option<&mut [u8]> {
+    let start = ptr as u32 as usize;
+    mem.get_mut(start..start.checked_add(len)?)
+}
+
+fn put_u64(buf: &mut [u8], offset: usize, value: u64) {
+    buf[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+/// Reads a guest string; `None` when out of bounds or not UTF-8 (the stock
+/// call has then failed too).
+pub(crate) fn guest_str(mem: &[u8], ptr: i32, len: i32) -> Option<&str> {
+    let start = ptr as u32 as usize;
+    let bytes = mem.get(start..start.checked_add(len as u32 as usize)?)?;
+    std::str::from_utf8(bytes).ok()
+}
+
+/// Reads a little-endian u32 from guest memory.
+pub(crate) fn guest_u32(mem: &[u8], ptr: i32) -> Option<u32> {
+    let start = ptr as u32 as usize;
+    Some(u32::from_le_bytes(
+        mem.get(start..start.checked_add(4)?)?.try_into().ok()?,
+    ))
+}

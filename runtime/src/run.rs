@@ -1,0 +1,215 @@
+//! One run: build the WASI context from a `Policy`, instantiate the module's
+//! `InstancePre` in a fresh store with the policy's limits, call `_start`, and
+//! turn however it ended into a `Status`. Only this file and `engine.rs`
+//! downcast wasmtime errors.
+
+use std::time::Instant;
+
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::engine::{first_line, Module, Runtime, TICK};
+use crate::error::RunError;
+use crate::observe::{first_change, reobserve, World};
+use crate::outcome::{RunOutcome, Status};
+use crate::output::{OutputOverflow, OutputSink};
+use crate::policy::{MountMode, Policy, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME};
+use crate::recorder::Recorder;
+
+/// The store's data: the stock WASI context, the recorder and the limiter.
+pub(crate) struct RunState {
+    pub wasi: WasiP1Ctx,
+    pub recorder: Recorder,
+    limiter: Limiter,
+}
+
+/// Enforces the policy's memory and table limits, and remembers a refusal so
+/// the failure it causes is reported as the limit, not as a bare trap.
+struct Limiter {
+    memory: u64,
+    table: u32,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = desired as u64 <= self.memory;
+        self.memory_refused |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table as usize)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        // Rust and Go binaries have one; reference-types modules may have a few.
+        16
+    }
+}
+
+/// The first file descriptor WASI gives a preopen (0-2 are stdio).
+const FIRST_PREOPEN_FD: u32 = 3;
+
+impl Runtime {
+    /// Runs `module` under `policy`. A test failure, trap or limit is a
+    /// [`Status`] in the outcome; `Err` means the run could not be set up.
+    pub fn run(&self, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
+        let scratch = match &policy.scratch_base {
+            Some(base) => Some(
+                tempfile::Builder::new()
+                    .prefix("cachet-run-")
+                    .tempdir_in(base)
+                    .map_err(|source| RunError::Scratch {
+                        base: base.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+
+        let mut mounts: Vec<(String, std::path::PathBuf, MountMode, Vec<String>)> = policy
+            .mounts
+            .iter()
+            .map(|m| (m.name.clone(), m.host.clone(), m.mode, m.guest.clone()))
+            .collect();
+        if let Some(dir) = &scratch {
+            mounts.push((
+                SCRATCH_MOUNT_NAME.into(),
+                dir.path().to_path_buf(),
+                MountMode::ReadWrite,
+                vec![SCRATCH_GUEST_PATH.into()],
+            ));
+        }
+        for (i, m) in mounts.iter().enumerate() {
+            if mounts[..i].iter().any(|o| o.0 == m.0) {
+                return Err(RunError::DuplicateMount(m.0.clone()));
+            }
+        }
+
+        let sink = OutputSink::new(policy.output_limit);
+        let mut wasi = WasiCtxBuilder::new();
+        let mut argv = vec![policy.program_name.clone()];
+        argv.extend(policy.args.iter().cloned());
+        wasi.args(&argv)
+            .envs(&policy.env.iter().collect::<Vec<_>>())
+            .stdout(sink.clone())
+            .stderr(sink.clone())
+            .allow_blocking_current_thread(true);
+        let mut preopens = Vec::new();
+        for (index, (name, host, mode, guests)) in mounts.iter().enumerate() {
+            let perms = match mode {
+                MountMode::ReadOnly => FsPerms::ReadOnly,
+                MountMode::ReadWrite => FsPerms::ReadWrite,
+            };
+            for guest in guests {
+                wasi.preopened_dir(host, guest, perms)
+                    .map_err(|e| RunError::Mount {
+                        name: name.clone(),
+                        host: host.clone(),
+                        reason: first_line(&e),
+                    })?;
+                preopens.push(index);
+            }
+        }
+
+        let world = World::new(
+            mounts.iter().map(|(n, h, m, _)| (n.clone(), h.clone(), *m)),
+            policy.env.clone(),
+        );
+        let scratch_index = scratch.as_ref().map(|_| mounts.len() - 1);
+        let mut recorder = Recorder::new(world, scratch_index);
+        for (i, mount) in preopens.into_iter().enumerate() {
+            recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, mount);
+        }
+
+        let state = RunState {
+            wasi: wasi.build_p1(),
+            recorder,
+            limiter: Limiter {
+                memory: policy.memory_limit,
+                table: policy.table_limit,
+                memory_refused: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = policy.timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+
+        let start = Instant::now();
+        let status = match module.inner.pre.instantiate(&mut store) {
+            Err(e) => classify_instantiate(e, &store, policy),
+            Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+                Err(_) => Status::Invalid("the module exports no `_start` function; build it as a WASI command (a test binary), not a library".into()),
+                Ok(start_fn) => match start_fn.call(&mut store, ()) {
+                    Ok(()) => Status::Exited(0),
+                    Err(e) => classify(e, &store, &sink, policy),
+                },
+            },
+        };
+        let elapsed = start.elapsed();
+        let output = sink.take();
+        let (log, world) = store.into_data().recorder.into_log();
+        let changed_during_run = first_change(&log, &reobserve(&log, &world));
+        drop(scratch);
+        Ok(RunOutcome {
+            status,
+            output,
+            elapsed,
+            log,
+            changed_during_run,
+        })
+    }
+}
+
+fn classify_instantiate(e: wasmtime::Error, store: &Store<RunState>, policy: &Policy) -> Status {
+    if store.data().limiter.memory_refused {
+        return Status::MemoryLimit(policy.memory_limit);
+    }
+    Status::Invalid(first_line(&e))
+}
+
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<RunState>,
+    sink: &OutputSink,
+    policy: &Policy,
+) -> Status {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return Status::Exited(exit.0);
+    }
+    if sink.overflowed() || e.downcast_ref::<OutputOverflow>().is_some() {
+        return Status::OutputOverflow(policy.output_limit);
+    }
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return Status::Timeout(policy.timeout);
+    }
+    if store.data().limiter.memory_refused {
+        return Status::MemoryLimit(policy.memory_limit);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => Status::Trapped(trap.to_string()),
+        None => Status::Trapped(first_line(&e)),
+    }
+}

@@ -1,0 +1,142 @@
+//! Every fixture, its expected outcome and its exact expected input log
+//! (`runtime/tests/golden/<fixture>.log`, reviewed by hand; regenerate with
+//! `CACHET_BLESS=1` and review the diff). A fixture without an entry fails.
+
+use std::time::Duration;
+
+use cachet_runtime::{Entry, Observation, Status};
+use cachet_testkit::{fixture_dirs, repo_root};
+
+use crate::{text, Sandbox};
+
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Pass,
+    Exit(i32),
+    /// A trap whose output contains this text.
+    Trap(&'static str),
+    Timeout,
+    MemoryLimit,
+    OutputOverflow,
+}
+
+const EXPECTED: &[(&str, Expect)] = &[
+    ("env_with_shim", Expect::Pass),
+    ("env_without_shim", Expect::Pass),
+    ("escape_absolute", Expect::Pass),
+    ("escape_dotdot", Expect::Pass),
+    ("escape_symlink_out", Expect::Pass),
+    ("fails_exit_nonzero", Expect::Exit(3)),
+    ("fails_panic", Expect::Trap("the answer is wrong")),
+    ("fs_lists_dir", Expect::Pass),
+    ("fs_readlink_inside", Expect::Pass),
+    ("fs_reads_missing", Expect::Pass),
+    ("fs_reads_testdata", Expect::Pass),
+    ("fs_stat", Expect::Pass),
+    ("limit_memory_bomb", Expect::MemoryLimit),
+    ("limit_output_flood", Expect::OutputOverflow),
+    ("limit_spin_forever", Expect::Timeout),
+    ("scratch_write_read", Expect::Pass),
+    ("uses_clock_random", Expect::Pass),
+    ("write_readonly_pkg", Expect::Pass),
+];
+
+#[test]
+fn every_fixture_has_an_expected_outcome() {
+    let table: Vec<&str> = EXPECTED.iter().map(|(n, _)| *n).collect();
+    for dir in fixture_dirs() {
+        assert!(
+            table.contains(&dir.as_str()),
+            "fixture {dir} has no entry in EXPECTED"
+        );
+    }
+    for name in table {
+        assert!(
+            fixture_dirs().iter().any(|d| d == name),
+            "EXPECTED names {name}, which is not a fixture"
+        );
+    }
+}
+
+/// The policy for one fixture: the common one, tightened for the limit tests.
+fn run(name: &str, expect: Expect) -> (cachet_runtime::RunOutcome, Sandbox) {
+    let sb = Sandbox::new(name);
+    let mut policy = sb.policy();
+    match expect {
+        Expect::Timeout => {
+            policy.timeout(Duration::from_millis(300));
+        }
+        Expect::MemoryLimit => {
+            policy.memory_limit(64 << 20);
+        }
+        Expect::OutputOverflow => {
+            policy.output_limit(64 << 10);
+        }
+        _ => {}
+    }
+    if name == "escape_absolute" {
+        policy.env("SECRET_PATH", sb.secret_path().to_str().unwrap());
+    }
+    (sb.run(name, &policy), sb)
+}
+
+fn golden(name: &str, log: &cachet_runtime::InputLog) -> String {
+    let mut log = log.clone();
+    if name == "escape_absolute" {
+        // SECRET_PATH names a fresh temp dir each run, so the digest of the
+        // whole environment changes; everything else stays exact.
+        for e in &mut log.entries {
+            if let Entry::Environ(o) = e {
+                *o = Observation::Digest(cachet_runtime::Sha256Digest([0; 32]));
+            }
+        }
+    }
+    log.render()
+}
+
+#[test]
+fn fixtures_end_as_expected_with_exact_input_logs() {
+    let bless = std::env::var_os("CACHET_BLESS").is_some();
+    let mut failures = Vec::new();
+    for &(name, expect) in EXPECTED {
+        let (outcome, _sb) = run(name, expect);
+        let out = text(&outcome);
+        let ok = match (expect, &outcome.status) {
+            (Expect::Pass, s) => s.passed(),
+            (Expect::Exit(c), Status::Exited(got)) => c == *got,
+            (Expect::Trap(msg), Status::Trapped(_)) => {
+                out.contains(msg) && out.contains("panicked at")
+            }
+            (Expect::Timeout, Status::Timeout(_)) => true,
+            (Expect::MemoryLimit, Status::MemoryLimit(_)) => true,
+            (Expect::OutputOverflow, Status::OutputOverflow(_)) => true,
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!(
+                "{name}: expected {expect:?}, got {} with output:\n{out}",
+                outcome.status
+            ));
+            continue;
+        }
+        assert!(
+            outcome.changed_during_run.is_none(),
+            "{name}: {:?}",
+            outcome.changed_during_run
+        );
+        let got = golden(name, &outcome.log);
+        let path = repo_root().join(format!("runtime/tests/golden/{name}.log"));
+        if bless {
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            failures.push(format!(
+                "{name}: input log differs from {}\n--- want\n{want}--- got\n{got}",
+                path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1,0 +1,193 @@
+//! Test support shared by the runtime tests, the host's integration tests and
+//! the benchmarks: builds the guest fixtures (`fixtures/`, its own cargo
+//! workspace) for `wasm32-wasip1` once per process, installing the target with
+//! rustup when it is missing, and lays out sandboxes to run them in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The WASI preview 1 target every guest is built for.
+pub const TARGET: &str = "wasm32-wasip1";
+
+/// One built guest: its test binary and its package (manifest) dir.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit sits in the repo root")
+        .to_path_buf()
+}
+
+/// Every fixture under `fixtures/guests`, built; panics with the build's
+/// output when it fails (tests cannot go on without them).
+pub fn fixtures() -> &'static BTreeMap<String, Fixture> {
+    static BUILT: OnceLock<BTreeMap<String, Fixture>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root().join("fixtures");
+        build_tests(&root).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// One fixture by name.
+pub fn fixture(name: &str) -> &'static Fixture {
+    fixtures()
+        .get(name)
+        .unwrap_or_else(|| panic!("no fixture named {name} under fixtures/guests"))
+}
+
+/// The names of the fixture directories (whether or not they built).
+pub fn fixture_dirs() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("fixtures/guests"))
+        .expect("fixtures/guests exists")
+        .map(|e| {
+            e.expect("readable fixtures dir")
+                .file_name()
+                .into_string()
+                .expect("UTF-8 fixture name")
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Makes sure rustup has the wasm32-wasip1 target.
+pub fn ensure_target() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let listed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+        match listed {
+            Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) => Ok(()),
+            _ => {
+                let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+                match status {
+                    Ok(s) if s.success() => Ok(()),
+                    other => Err(format!(
+                        "the {TARGET} target is missing and `rustup target add {TARGET}` failed ({other:?}); install it by hand and run the tests again"
+                    )),
+                }
+            }
+        }
+    })
+    .clone()
+}
+
+/// Builds every test binary of the cargo workspace or package at `dir` for
+/// wasm32-wasip1, returning them by target name.
+pub fn build_tests(dir: &Path) -> Result<BTreeMap<String, Fixture>, String> {
+    ensure_target()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(dir)
+        .args([
+            "test",
+            "--no-run",
+            "--target",
+            TARGET,
+            "--message-format=json",
+            "--quiet",
+        ])
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .map_err(|e| format!("cannot run cargo in {}: {e}", dir.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the guests in {} failed:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut built = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(wasm), Some(name), Some(manifest)) = (
+            msg["executable"].as_str(),
+            msg["target"]["name"].as_str(),
+            msg["manifest_path"].as_str(),
+        ) else {
+            continue;
+        };
+        let dir = Path::new(manifest)
+            .parent()
+            .expect("manifest has a dir")
+            .to_path_buf();
+        built.insert(
+            name.to_string(),
+            Fixture {
+                name: name.to_string(),
+                wasm: wasm.into(),
+                dir,
+            },
+        );
+    }
+    Ok(built)
+}
+
+/// Copies a directory tree, keeping symlinks as symlinks and skipping `target`.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file under `dir` with its bytes, for "byte-identical before and
+/// after" checks. Symlinks are recorded by target.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(base).expect("under base").to_path_buf();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&path)
+                        .expect("link")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else if kind.is_dir() {
+                out.insert(rel.clone(), b"<dir>".to_vec());
+                walk(base, &path, out);
+            } else {
+                out.insert(rel, std::fs::read(&path).expect("readable"));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
