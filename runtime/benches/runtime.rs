@@ -1,0 +1,122 @@
+//! Runtime benchmarks; they print numbers (recorded in docs/BENCHMARKS.md).
+//!
+//!   cargo bench -p cachet-runtime --bench runtime
+//!
+//! 1. Per-run overhead of a trivial WASI command, module compiled and warm:
+//!    WASI setup, a fresh scratch dir, instantiate, run, teardown.
+//! 2. Cold compile vs warm load-from-disk of a ~2-4 MB libtest module.
+//! 3. Re-observing a 50-entry log against unchanged files (the cache-hit path).
+
+use std::time::{Duration, Instant};
+
+use cachet_runtime::{reobserve, Entry, InputLog, Policy, ReadOp, Runtime, RuntimeConfig, Status};
+
+const HELLO: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "ok\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"#;
+
+fn stats(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    format!(
+        "n={} median={:.1?} p10={:.1?} p90={:.1?} min={:.1?}",
+        samples.len(),
+        pct(0.5),
+        pct(0.1),
+        pct(0.9),
+        samples[0]
+    )
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    let pkg = work.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("testdata")).unwrap();
+    std::fs::create_dir_all(work.path().join("scratch")).unwrap();
+    let rt = Runtime::new(RuntimeConfig { compiled_cache: Some(work.path().join("compiled")) }).unwrap();
+
+    // 1. Per-run overhead.
+    let module = rt.load(&wat::parse_str(HELLO).unwrap()).unwrap();
+    let mut policy = Policy::new();
+    policy.mount_read_only("pkg", &pkg, &["."]).scratch(work.path().join("scratch")).env("GREETING", "hello");
+    for _ in 0..200 {
+        rt.run(&module, &policy).unwrap();
+    }
+    let samples: Vec<Duration> = (0..3000)
+        .map(|_| {
+            let t = Instant::now();
+            let out = rt.run(&module, &policy).unwrap();
+            let d = t.elapsed();
+            assert_eq!(out.status, Status::Exited(0));
+            d
+        })
+        .collect();
+    println!("per-run overhead, trivial WASI command (1 ro mount + scratch dir): {}", stats(samples));
+    let mut bare = Policy::new();
+    bare.env("GREETING", "hello");
+    let samples: Vec<Duration> = (0..3000)
+        .map(|_| {
+            let t = Instant::now();
+            rt.run(&module, &bare).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    println!("per-run overhead, trivial WASI command (no mounts, no scratch dir): {}", stats(samples));
+
+    // 2. Cold compile vs warm load of a libtest module.
+    let fixture = cachet_testkit::fixture("fs_reads_testdata");
+    let bytes = std::fs::read(&fixture.wasm).unwrap();
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..5 {
+        let cache = work.path().join(format!("compiled-{i}"));
+        let rt1 = Runtime::new(RuntimeConfig { compiled_cache: Some(cache.clone()) }).unwrap();
+        let t = Instant::now();
+        rt1.load(&bytes).unwrap();
+        cold.push(t.elapsed());
+        assert_eq!(rt1.stats().compiled, 1);
+        drop(rt1);
+        let rt2 = Runtime::new(RuntimeConfig { compiled_cache: Some(cache) }).unwrap();
+        let t = Instant::now();
+        rt2.load(&bytes).unwrap();
+        warm.push(t.elapsed());
+        assert_eq!(rt2.stats().loaded_from_disk, 1);
+    }
+    println!("libtest module of {:.1} MB: cold compile {}", bytes.len() as f64 / 1e6, stats(cold));
+    println!("libtest module of {:.1} MB: warm load from disk {}", bytes.len() as f64 / 1e6, stats(warm));
+
+    // 3. Re-observing a 50-entry log: 40 files of 4 KiB, 5 listings, 5 stats.
+    let mut entries = Vec::new();
+    for i in 0..40 {
+        let name = format!("testdata/f{i:02}.txt");
+        std::fs::write(pkg.join(&name), vec![b'a' + (i % 26) as u8; 4096]).unwrap();
+        entries.push((ReadOp::Open, format!("pkg/{name}")));
+    }
+    for i in 0..5 {
+        std::fs::create_dir_all(pkg.join(format!("testdata/d{i}"))).unwrap();
+        entries.push((ReadOp::Readdir, format!("pkg/testdata/d{i}")));
+        entries.push((ReadOp::Stat, format!("pkg/testdata/f{i:02}.txt")));
+    }
+    let world = policy.world();
+    let log = InputLog {
+        entries: entries.into_iter().map(|(op, path)| Entry::Read { op, observation: world.observe(op, &path), path }).collect(),
+    };
+    let digest = log.inputs_digest();
+    let samples: Vec<Duration> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            let world = policy.world();
+            let now = reobserve(&log, &world);
+            assert_eq!(now.inputs_digest(), digest);
+            t.elapsed()
+        })
+        .collect();
+    println!("reobserve 50-entry log (40 x 4 KiB files, 5 dirs, 5 stats), full hashing: {}", stats(samples));
+}
