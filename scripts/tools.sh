@@ -32,3 +32,16 @@ ensure_go() {
   export GOPATH="$TOOLS_DIR/gopath" GOCACHE="$TOOLS_DIR/gocache" GOFLAGS="-modcacherw"
   go version >/dev/null || { echo "error: the Go toolchain under $goroot does not run" >&2; exit 2; }
 }
+
+# gotestsum, the real `go test -json` consumer the --json tests feed (Debian's
+# package: the Go module proxy is not reachable from these machines).
+ensure_gotestsum() {
+  command -v gotestsum >/dev/null 2>&1 && return
+  echo "installing gotestsum (Debian package)" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq gotestsum; } >&2 || {
+    echo "error: cannot install gotestsum; install it (apt-get install gotestsum) and run again" >&2
+    exit 2
+  }
+}

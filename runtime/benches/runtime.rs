@@ -40,12 +40,18 @@ fn main() {
     let pkg = work.path().join("pkg");
     std::fs::create_dir_all(pkg.join("testdata")).unwrap();
     std::fs::create_dir_all(work.path().join("scratch")).unwrap();
-    let rt = Runtime::new(RuntimeConfig { compiled_cache: Some(work.path().join("compiled")) }).unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        compiled_cache: Some(work.path().join("compiled")),
+    })
+    .unwrap();
 
     // 1. Per-run overhead.
     let module = rt.load(&wat::parse_str(HELLO).unwrap()).unwrap();
     let mut policy = Policy::new();
-    policy.mount_read_only("pkg", &pkg, &["."]).scratch(work.path().join("scratch")).env("GREETING", "hello");
+    policy
+        .mount_read_only("pkg", &pkg, &["."])
+        .scratch(work.path().join("scratch"))
+        .env("GREETING", "hello");
     for _ in 0..200 {
         rt.run(&module, &policy).unwrap();
     }
@@ -58,7 +64,10 @@ fn main() {
             d
         })
         .collect();
-    println!("per-run overhead, trivial WASI command (1 ro mount + scratch dir): {}", stats(samples));
+    println!(
+        "per-run overhead, trivial WASI command (1 ro mount + scratch dir): {}",
+        stats(samples)
+    );
     let mut bare = Policy::new();
     bare.env("GREETING", "hello");
     let samples: Vec<Duration> = (0..3000)
@@ -68,7 +77,10 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    println!("per-run overhead, trivial WASI command (no mounts, no scratch dir): {}", stats(samples));
+    println!(
+        "per-run overhead, trivial WASI command (no mounts, no scratch dir): {}",
+        stats(samples)
+    );
 
     // 2. Cold compile vs warm load of a libtest module.
     let fixture = cachet_testkit::fixture("fs_reads_testdata");
@@ -77,20 +89,34 @@ fn main() {
     let mut warm = Vec::new();
     for i in 0..5 {
         let cache = work.path().join(format!("compiled-{i}"));
-        let rt1 = Runtime::new(RuntimeConfig { compiled_cache: Some(cache.clone()) }).unwrap();
+        let rt1 = Runtime::new(RuntimeConfig {
+            compiled_cache: Some(cache.clone()),
+        })
+        .unwrap();
         let t = Instant::now();
         rt1.load(&bytes).unwrap();
         cold.push(t.elapsed());
         assert_eq!(rt1.stats().compiled, 1);
         drop(rt1);
-        let rt2 = Runtime::new(RuntimeConfig { compiled_cache: Some(cache) }).unwrap();
+        let rt2 = Runtime::new(RuntimeConfig {
+            compiled_cache: Some(cache),
+        })
+        .unwrap();
         let t = Instant::now();
         rt2.load(&bytes).unwrap();
         warm.push(t.elapsed());
         assert_eq!(rt2.stats().loaded_from_disk, 1);
     }
-    println!("libtest module of {:.1} MB: cold compile {}", bytes.len() as f64 / 1e6, stats(cold));
-    println!("libtest module of {:.1} MB: warm load from disk {}", bytes.len() as f64 / 1e6, stats(warm));
+    println!(
+        "libtest module of {:.1} MB: cold compile {}",
+        bytes.len() as f64 / 1e6,
+        stats(cold)
+    );
+    println!(
+        "libtest module of {:.1} MB: warm load from disk {}",
+        bytes.len() as f64 / 1e6,
+        stats(warm)
+    );
 
     // 3. Re-observing a 50-entry log: 40 files of 4 KiB, 5 listings, 5 stats.
     let mut entries = Vec::new();
@@ -106,7 +132,14 @@ fn main() {
     }
     let world = policy.world();
     let log = InputLog {
-        entries: entries.into_iter().map(|(op, path)| Entry::Read { op, observation: world.observe(op, &path), path }).collect(),
+        entries: entries
+            .into_iter()
+            .map(|(op, path)| Entry::Read {
+                op,
+                observation: world.observe(op, &path),
+                path,
+            })
+            .collect(),
     };
     let digest = log.inputs_digest();
     let samples: Vec<Duration> = (0..2000)
@@ -118,5 +151,8 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    println!("reobserve 50-entry log (40 x 4 KiB files, 5 dirs, 5 stats), full hashing: {}", stats(samples));
+    println!(
+        "reobserve 50-entry log (40 x 4 KiB files, 5 dirs, 5 stats), full hashing: {}",
+        stats(samples)
+    );
 }

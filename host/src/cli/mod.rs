@@ -1,0 +1,35 @@
+//! Command-line types (clap). Parsing does no I/O; `config` turns these into
+//! a validated configuration before anything runs.
+
+mod test;
+
+pub use test::{FrameworkArg, IsolateArg, TestArgs};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cachet",
+    version,
+    about = "Runs WebAssembly test binaries in a sandbox, like `go test`, with an exact input log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Test packages: .wasm files, directories, DIR/... and cargo packages.
+    Test(TestArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

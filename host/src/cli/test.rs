@@ -1,0 +1,63 @@
+//! `cachet test [flags] [packages] [-- args for the test binary]`
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Run only the cases whose name matches this regular expression (unanchored, as go test -run).
+    #[arg(long, value_name = "REGEX")]
+    pub run: Option<String>,
+    /// List the cases matching this regular expression instead of running them.
+    #[arg(long, value_name = "REGEX")]
+    pub list: Option<String>,
+    /// Start no new case after the first failure.
+    #[arg(long)]
+    pub failfast: bool,
+    /// Per-case time limit, in Go duration syntax (10m, 1m30s, 500ms); 0 means none.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
+    /// Run each case N times.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
+    /// Give the guest an environment variable: NAME=VALUE, or NAME for the host's value.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Mount a host directory: HOST:GUEST, read-only unless :rw is added.
+    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]")]
+    pub mount: Vec<String>,
+    /// Linear memory limit per case (bytes, or with KiB/MiB/GiB, K/M/G).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Show every case's output and result, not just failures.
+    #[arg(short = 'v')]
+    pub verbose: bool,
+    /// Print `go test -json` (test2json) events.
+    #[arg(long)]
+    pub json: bool,
+    /// How many cases run at once (default: the number of cores).
+    #[arg(short = 'p', value_name = "N")]
+    pub parallel: Option<usize>,
+    /// Test framework of every module, instead of detecting it.
+    #[arg(long, value_enum)]
+    pub framework: Option<FrameworkArg>,
+    /// Run each case in its own instance (test), or each module in one (module).
+    #[arg(long, value_enum)]
+    pub isolate: Option<IsolateArg>,
+    /// Packages: .wasm files, directories, DIR/... (every package below), cargo package dirs.
+    pub packages: Vec<String>,
+    /// Arguments passed to every test binary.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FrameworkArg {
+    Libtest,
+    Plain,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IsolateArg {
+    Test,
+    Module,
+}

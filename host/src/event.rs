@@ -1,0 +1,60 @@
+//! What the scheduler tells the reporter. Plain data; the reporter never
+//! calls back into the scheduler.
+
+use std::time::{Duration, SystemTime};
+
+/// How one case ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub name: String,
+    pub verdict: Verdict,
+    pub elapsed: Duration,
+    /// The case's own output (harness framing removed).
+    pub output: String,
+    /// Why the sandbox stopped it, when it was not the test's own failure:
+    /// `Some(limit)` for a timeout, which Go reports in its own words.
+    pub timed_out: Option<Duration>,
+    /// Any other stop by the sandbox (trap, memory limit, output limit), one line.
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The package's first case is starting.
+    PackageStarted { pkg: usize, at: SystemTime },
+    /// A package could not be set up; nothing of it runs.
+    PackageError { pkg: usize, message: String },
+    CaseFinished {
+        pkg: usize,
+        result: CaseResult,
+        at: SystemTime,
+    },
+    /// `--list`: the matching case names.
+    Listed { pkg: usize, names: Vec<String> },
+    /// Every job of the package is done.
+    PackageFinished {
+        pkg: usize,
+        elapsed: Duration,
+        outcome: PackageOutcome,
+        at: SystemTime,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackageOutcome {
+    Passed,
+    Failed,
+    /// No module in the package.
+    NoTestFiles,
+    /// Modules, but no case selected.
+    NoTestsToRun,
+    /// `--failfast` stopped the run before any of its cases started.
+    NotRun,
+}

@@ -1,0 +1,239 @@
+//! Test frameworks: how to list a module's cases, run one case, and read what
+//! it printed. `libtest` is Rust's harness (`cargo test --target
+//! wasm32-wasip1`); `plain` is any WASI command, one case, exit 0 passes.
+
+/// A module's test framework.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Framework {
+    Libtest,
+    Plain,
+}
+
+/// What one case's output says beyond its exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CaseOutput {
+    /// The case's own output, with the harness's framing lines removed.
+    pub body: String,
+    /// The harness reported the case as ignored.
+    pub skipped: bool,
+}
+
+/// A case's verdict when a whole module ran in one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Framework {
+    /// Guesses from the module's bytes: libtest binaries carry its option names.
+    pub fn detect(module: &[u8]) -> Framework {
+        if contains(module, b"RUST_TEST_THREADS") && contains(module, b"--format") {
+            Framework::Libtest
+        } else {
+            Framework::Plain
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Framework::Libtest => "libtest",
+            Framework::Plain => "plain",
+        }
+    }
+
+    /// Arguments that make the module print its cases, if it can.
+    pub fn list_args(self) -> Option<Vec<String>> {
+        match self {
+            Framework::Libtest => Some(args(&["--list", "--format", "terse"])),
+            Framework::Plain => None,
+        }
+    }
+
+    /// Case names from the list output (`NAME: test` lines; benches skipped).
+    pub fn parse_list(self, output: &str) -> Vec<String> {
+        output
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Arguments that run exactly these cases in one instance. `--nocapture`:
+    /// a panic aborts the instance on wasm32-wasip1, and a captured panic
+    /// message would die with it; `--test-threads=1`: WASI p1 has no threads.
+    pub fn run_args(self, cases: &[String], user: &[String]) -> Vec<String> {
+        let mut a = match self {
+            Framework::Libtest => {
+                let mut a = args(&["--exact", "--nocapture", "--test-threads=1"]);
+                a.extend(cases.iter().cloned());
+                a
+            }
+            Framework::Plain => Vec::new(),
+        };
+        a.extend(user.iter().cloned());
+        a
+    }
+
+    /// Strips libtest's framing from one case's output.
+    pub fn case_output(self, case: &str, raw: &str) -> CaseOutput {
+        if self == Framework::Plain {
+            return CaseOutput {
+                body: raw.to_string(),
+                skipped: false,
+            };
+        }
+        let skipped = raw.contains("test result: ok. 0 passed; 0 failed; 1 ignored");
+        let head = format!("test {case} ... ");
+        let mut body = match raw.find(&head) {
+            Some(i) => &raw[i + head.len()..],
+            None => raw
+                .trim_start_matches('\n')
+                .strip_prefix("running 1 test\n")
+                .unwrap_or(raw),
+        };
+        if let Some(i) = body.rfind("\ntest result: ") {
+            body = &body[..i];
+        }
+        let body = body.trim_end_matches('\n');
+        let body = ["ok", "FAILED"]
+            .iter()
+            .find_map(|v| body.strip_suffix(v))
+            .unwrap_or(body);
+        let body = if skipped {
+            ""
+        } else {
+            body.trim_end_matches('\n')
+        };
+        CaseOutput {
+            body: body.to_string(),
+            skipped,
+        }
+    }
+
+    /// Splits the output of a module that ran several cases in one instance
+    /// into each case's verdict and output. A case that started but has no
+    /// verdict failed (the instance trapped in it); cases after it never ran.
+    pub fn split_module_output(self, raw: &str, trapped: bool) -> Vec<(String, Verdict, String)> {
+        let mut out: Vec<(String, Option<Verdict>, String)> = Vec::new();
+        for line in raw.split_inclusive('\n') {
+            if let Some(rest) = line.strip_prefix("test ") {
+                if let Some((name, tail)) = rest.split_once(" ... ") {
+                    out.push((name.to_string(), None, String::new()));
+                    self.verdict_line(&mut out, tail);
+                    continue;
+                }
+            }
+            if line.starts_with("test result: ")
+                || line == "running 1 test\n"
+                || line.starts_with("running ") && line.ends_with(" tests\n")
+            {
+                continue;
+            }
+            self.verdict_line(&mut out, line);
+        }
+        let n = out.len();
+        out.into_iter()
+            .enumerate()
+            .map(|(i, (name, v, body))| {
+                let v = v.unwrap_or(if trapped && i + 1 == n {
+                    Verdict::Fail
+                } else {
+                    Verdict::Pass
+                });
+                (name, v, body.trim_end_matches('\n').to_string())
+            })
+            .collect()
+    }
+
+    fn verdict_line(self, out: &mut [(String, Option<Verdict>, String)], text: &str) {
+        let Some(last) = out.last_mut() else { return };
+        if last.1.is_some() {
+            return;
+        }
+        let t = text.trim_end_matches('\n');
+        let verdict = if t.ends_with("ok") && (t == "ok" || !t.ends_with(" ok")) {
+            Some((Verdict::Pass, t.len() - 2))
+        } else if t.ends_with("FAILED") {
+            Some((Verdict::Fail, t.len() - 6))
+        } else if t == "ignored" || t.starts_with("ignored, ") {
+            Some((Verdict::Skip, 0))
+        } else {
+            None
+        };
+        match verdict {
+            Some((v, body_end)) if text.ends_with('\n') => {
+                last.2.push_str(&t[..body_end]);
+                last.1 = Some(v);
+            }
+            _ => last.2.push_str(text),
+        }
+    }
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_case_output_is_unframed() {
+        let pass = "\nrunning 1 test\ntest a::b ... hello\nok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 3 filtered out; finished in 0.00s\n\n";
+        assert_eq!(
+            Framework::Libtest.case_output("a::b", pass),
+            CaseOutput {
+                body: "hello\n".trim_end().into(),
+                skipped: false
+            }
+        );
+        let panic =
+            "\nrunning 1 test\ntest a::c ... thread 'main' panicked at src/lib.rs:3:5:\nboom\n";
+        assert_eq!(
+            Framework::Libtest.case_output("a::c", panic).body,
+            "thread 'main' panicked at src/lib.rs:3:5:\nboom"
+        );
+        let ignored = "\nrunning 1 test\ntest a::d ... ignored\n\ntest result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 3 filtered out; finished in 0.00s\n\n";
+        assert!(Framework::Libtest.case_output("a::d", ignored).skipped);
+    }
+
+    #[test]
+    fn list_output() {
+        let out = "a::one: test\na::two: test\nb::bench: bench\n";
+        assert_eq!(Framework::Libtest.parse_list(out), ["a::one", "a::two"]);
+    }
+
+    #[test]
+    fn module_output_is_split_per_case() {
+        let raw = "\nrunning 3 tests\ntest a ... ok\ntest b ... printed\nok\ntest c ... thread 'main' panicked at x:\nboom\n";
+        let got = Framework::Libtest.split_module_output(raw, true);
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), Verdict::Pass, String::new()),
+                ("b".to_string(), Verdict::Pass, "printed".to_string()),
+                (
+                    "c".to_string(),
+                    Verdict::Fail,
+                    "thread 'main' panicked at x:\nboom".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn detection() {
+        assert_eq!(
+            Framework::detect(b"\0asm...RUST_TEST_THREADS...--format..."),
+            Framework::Libtest
+        );
+        assert_eq!(Framework::detect(b"\0asm plain"), Framework::Plain);
+    }
+}

@@ -1,0 +1,144 @@
+//! Reporters: Go's text format (`text.rs`) or test2json events (`json.rs`),
+//! printed per package in command-line order. The head package prints as
+//! its events arrive (so one package or `-p 1` streams); later packages
+//! buffer until every package before them is done.
+
+mod json;
+mod progress;
+mod text;
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
+use crate::exit;
+
+pub use json::JsonFormat;
+pub use progress::Progress;
+pub use text::TextFormat;
+
+/// Turns events into text; the ordering is the reporter's.
+pub trait Format {
+    fn package_started(&mut self, _pkg: &str, _at: SystemTime) -> String {
+        String::new()
+    }
+    fn case(&mut self, pkg: &str, result: &CaseResult, at: SystemTime) -> String;
+    fn listed(&mut self, pkg: &str, names: &[String]) -> String;
+    fn package_error(&mut self, pkg: &str, message: &str) -> String;
+    fn package_finished(
+        &mut self,
+        pkg: &str,
+        elapsed: Duration,
+        outcome: PackageOutcome,
+        at: SystemTime,
+    ) -> String;
+    fn summary(&mut self, failed: bool) -> String;
+}
+
+pub struct Reporter {
+    format: Box<dyn Format>,
+    names: Vec<String>,
+    buffers: Vec<String>,
+    done: Vec<bool>,
+    next: usize,
+    out: Box<dyn Write>,
+    progress: Progress,
+    failed: bool,
+    setup_error: bool,
+}
+
+impl Reporter {
+    pub fn new(
+        format: Box<dyn Format>,
+        names: Vec<String>,
+        out: Box<dyn Write>,
+        progress: Progress,
+    ) -> Self {
+        let n = names.len();
+        Reporter {
+            format,
+            names,
+            buffers: vec![String::new(); n],
+            done: vec![false; n],
+            next: 0,
+            out,
+            progress,
+            failed: false,
+            setup_error: false,
+        }
+    }
+
+    pub fn event(&mut self, event: Event) {
+        let (pkg, text) = match event {
+            Event::PackageStarted { pkg, at } => {
+                (pkg, self.format.package_started(&self.names[pkg], at))
+            }
+            Event::PackageError { pkg, message } => {
+                self.setup_error = true;
+                self.progress
+                    .suspend(|| eprintln!("cachet: {}: {message}", self.names[pkg]));
+                let text = self.format.package_error(&self.names[pkg], &message);
+                self.done[pkg] = true;
+                (pkg, text)
+            }
+            Event::CaseFinished { pkg, result, at } => {
+                self.failed |= result.verdict == Verdict::Fail;
+                self.progress.case_done(result.verdict == Verdict::Fail);
+                (pkg, self.format.case(&self.names[pkg], &result, at))
+            }
+            Event::Listed { pkg, names } => (pkg, self.format.listed(&self.names[pkg], &names)),
+            Event::PackageFinished {
+                pkg,
+                elapsed,
+                outcome,
+                at,
+            } => {
+                self.done[pkg] = true;
+                (
+                    pkg,
+                    self.format
+                        .package_finished(&self.names[pkg], elapsed, outcome, at),
+                )
+            }
+        };
+        self.buffers[pkg].push_str(&text);
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while self.next < self.buffers.len() {
+            let text = std::mem::take(&mut self.buffers[self.next]);
+            if !text.is_empty() {
+                let out = &mut self.out;
+                self.progress.suspend(|| {
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                });
+            }
+            if !self.done[self.next] {
+                break;
+            }
+            self.next += 1;
+        }
+    }
+
+    /// Prints the summary and returns the exit status.
+    pub fn finish(mut self) -> u8 {
+        self.progress.finish();
+        let summary = self.format.summary(self.failed || self.setup_error);
+        let _ = self.out.write_all(summary.as_bytes());
+        let _ = self.out.flush();
+        if self.setup_error {
+            exit::SETUP_ERROR
+        } else if self.failed {
+            exit::TESTS_FAILED
+        } else {
+            exit::PASSED
+        }
+    }
+}
+
+/// Go's `(0.01s)` and `0.012s`.
+pub(crate) fn secs(d: Duration, places: usize) -> String {
+    format!("{:.*}s", places, d.as_secs_f64())
+}

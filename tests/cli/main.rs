@@ -1,0 +1,62 @@
+//! Integration tests: drive the real `cachet` binary in the repository and in
+//! temp dirs, and check what a user sees: output (times normalized), exit
+//! status, and stderr lines.
+
+mod bad_input;
+mod json;
+mod report;
+mod select;
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// `cachet` run from the repository root with its own compiled-module cache.
+pub fn cachet(args: &[&str]) -> Output {
+    cachet_in(&cachet_testkit::repo_root(), args)
+}
+
+pub fn cachet_in(dir: &Path, args: &[&str]) -> Output {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
+    cachet_testkit::ensure_target().unwrap();
+    // `cargo test -p cachet-tests` does not rebuild another package's binary;
+    // make sure the one under test is current (a no-op when it is).
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(cachet_testkit::repo_root())
+            .args(["build", "--quiet", "-p", "cachet", "--bin", "cachet"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the cachet binary failed");
+    });
+    Command::cargo_bin("cachet")
+        .unwrap()
+        .current_dir(dir)
+        .env("CACHET_CACHE", cache.path())
+        .env_remove("CI")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Replaces durations (`0.012s`, `(0.01s)`) with `X.XXXs` / `(X.XXs)`.
+pub fn normalize(s: &str) -> String {
+    let re = regex::Regex::new(r"\b\d+\.(\d{2,3})s\b").unwrap();
+    re.replace_all(
+        s,
+        |c: &regex::Captures| if c[1].len() == 3 { "X.XXXs" } else { "X.XXs" },
+    )
+    .into_owned()
+}

@@ -1,0 +1,128 @@
+//! Go's output format, byte for byte (times normalized), and exit statuses.
+
+use crate::{cachet, normalize, stdout};
+
+#[test]
+fn passing_packages() {
+    let o = cachet(&["test", "-p", "1", "./fixtures/demo/..."]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        normalize(&stdout(&o)),
+        "ok  \tfixtures/demo/calc\tX.XXXs\nok  \tfixtures/demo/greet\tX.XXXs\nok  \tfixtures/demo/wordcount\tX.XXXs\n"
+    );
+}
+
+#[test]
+fn failing_mixed_and_no_tests_packages() {
+    let o = cachet(&[
+        "test",
+        "-p",
+        "1",
+        "fixtures/suites/mixed",
+        "fixtures/suites/notests",
+        "fixtures/demo/calc",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        normalize(&stdout(&o)),
+        "--- FAIL: tests::breaks (X.XXs)
+    about to fail
+
+    thread 'main' (1) panicked at suites/mixed/src/lib.rs:13:9:
+    assertion `left == right` failed: three is not four
+      left: 3
+     right: 4
+    note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
+--- FAIL: tests::exits_with_status_7 (X.XXs)
+    cachet: exit status 7
+FAIL
+FAIL\tfixtures/suites/mixed\tX.XXXs
+ok  \tfixtures/suites/notests\tX.XXXs [no tests to run]
+ok  \tfixtures/demo/calc\tX.XXXs
+FAIL
+"
+    );
+}
+
+#[test]
+fn verbose_shows_every_case() {
+    let o = cachet(&["test", "-v", "-p", "1", "fixtures/suites/mixed"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = normalize(&stdout(&o));
+    assert!(out.starts_with("=== RUN   tests::adds\n--- PASS: tests::adds (X.XXs)\n=== RUN   tests::breaks\nabout to fail\n"), "{out}");
+    assert!(
+        out.contains("=== RUN   tests::ignored\n--- SKIP: tests::ignored (X.XXs)\n"),
+        "{out}"
+    );
+    assert!(out.contains("=== RUN   tests::exits_with_status_7\n    cachet: exit status 7\n--- FAIL: tests::exits_with_status_7 (X.XXs)\n"), "{out}");
+    assert!(out.ends_with("--- PASS: tests::multiplies (X.XXs)\nFAIL\nFAIL\tfixtures/suites/mixed\tX.XXXs\nFAIL\n"), "{out}");
+}
+
+#[test]
+fn timed_out_case_is_killed_and_fails_the_package() {
+    let o = cachet(&[
+        "test",
+        "-p",
+        "1",
+        "--timeout",
+        "300ms",
+        "fixtures/suites/spin",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        normalize(&stdout(&o)),
+        "--- FAIL: tests::spins (X.XXs)\n*** Test killed: ran too long (300ms).\nFAIL\nFAIL\tfixtures/suites/spin\tX.XXXs\nFAIL\n"
+    );
+}
+
+#[test]
+fn empty_dir_has_no_test_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = crate::cachet_in(dir.path(), &["test"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "?   \t.\t[no test files]\n");
+}
+
+#[test]
+fn each_case_has_its_own_scratch_dir() {
+    for p in ["1", "2"] {
+        let o = cachet(&["test", "-v", "-p", p, "fixtures/suites/isolation"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    }
+    let o = cachet(&[
+        "test",
+        "-p",
+        "1",
+        "--isolate",
+        "module",
+        "fixtures/suites/isolation",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "one instance shares /tmp between its cases"
+    );
+}
+
+#[test]
+fn plain_modules_pass_on_exit_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#)
+        .unwrap();
+    let fail = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+           (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 4))))"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ok.wasm"), ok).unwrap();
+    std::fs::write(dir.path().join("zfail.wasm"), fail).unwrap();
+    let o = crate::cachet_in(
+        dir.path(),
+        &["test", "-v", "-p", "1", "ok.wasm", "zfail.wasm"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        normalize(&stdout(&o)),
+        "=== RUN   ok.wasm\n--- PASS: ok.wasm (X.XXs)\nPASS\nok  \tok.wasm\tX.XXXs\n=== RUN   zfail.wasm\n    cachet: exit status 4\n--- FAIL: zfail.wasm (X.XXs)\nFAIL\nFAIL\tzfail.wasm\tX.XXXs\nFAIL\n"
+    );
+}

@@ -1,0 +1,1 @@
+//! Integration tests live in `cli/`; this crate has no library code.
