@@ -18,6 +18,8 @@ enum Expect {
     Timeout,
     MemoryLimit,
     OutputOverflow,
+    /// Passes, but an input it read changed before the run ended.
+    ChangedDuringRun(&'static str),
 }
 
 const EXPECTED: &[(&str, Expect)] = &[
@@ -28,6 +30,10 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("escape_symlink_out", Expect::Pass),
     ("fails_exit_nonzero", Expect::Exit(3)),
     ("fails_panic", Expect::Trap("the answer is wrong")),
+    (
+        "fs_changes_input",
+        Expect::ChangedDuringRun("open data/state.txt: content changed"),
+    ),
     ("fs_lists_dir", Expect::Pass),
     ("fs_readlink_inside", Expect::Pass),
     ("fs_reads_missing", Expect::Pass),
@@ -72,6 +78,12 @@ fn run(name: &str, expect: Expect) -> (cachet_runtime::RunOutcome, Sandbox) {
         Expect::OutputOverflow => {
             policy.output_limit(64 << 10);
         }
+        Expect::ChangedDuringRun(_) => {
+            let data = sb.root.path().join("data");
+            std::fs::create_dir(&data).unwrap();
+            std::fs::write(data.join("state.txt"), "0").unwrap();
+            policy.mount_read_write("data", data, &["/data"]);
+        }
         _ => {}
     }
     if name == "escape_absolute" {
@@ -110,6 +122,7 @@ fn fixtures_end_as_expected_with_exact_input_logs() {
             (Expect::Timeout, Status::Timeout(_)) => true,
             (Expect::MemoryLimit, Status::MemoryLimit(_)) => true,
             (Expect::OutputOverflow, Status::OutputOverflow(_)) => true,
+            (Expect::ChangedDuringRun(_), s) => s.passed(),
             _ => false,
         };
         if !ok {
@@ -119,11 +132,17 @@ fn fixtures_end_as_expected_with_exact_input_logs() {
             ));
             continue;
         }
-        assert!(
-            outcome.changed_during_run.is_none(),
-            "{name}: {:?}",
-            outcome.changed_during_run
-        );
+        let change = outcome.changed_during_run.as_ref().map(|c| c.to_string());
+        match expect {
+            Expect::ChangedDuringRun(want) => {
+                let change = change.unwrap_or_default();
+                assert!(
+                    change.starts_with(want),
+                    "{name}: changed_during_run is {change:?}, want {want:?}"
+                );
+            }
+            _ => assert!(change.is_none(), "{name}: {change:?}"),
+        }
         let got = golden(name, &outcome.log);
         let path = repo_root().join(format!("runtime/tests/golden/{name}.log"));
         if bless {
