@@ -18,6 +18,8 @@ pub struct CaseResult {
     pub elapsed: Duration,
     /// The case's own output (harness framing removed).
     pub output: String,
+    /// How many bytes of `output` were already shown live (`CaseOutput`).
+    pub shown: usize,
     /// Why the sandbox stopped it, when it was not the test's own failure:
     /// `Some(limit)` for a timeout, which Go reports in its own words.
     pub timed_out: Option<Duration>,
@@ -31,6 +33,14 @@ pub enum Event {
     PackageStarted { pkg: usize, at: SystemTime },
     /// A package could not be set up; nothing of it runs.
     PackageError { pkg: usize, message: String },
+    /// A case is starting; sent only when output streams live.
+    CaseStarted { pkg: usize, name: String },
+    /// Part of a running case's output, framing removed; live streaming only.
+    CaseOutput {
+        pkg: usize,
+        name: String,
+        text: String,
+    },
     CaseFinished {
         pkg: usize,
         result: CaseResult,

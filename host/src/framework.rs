@@ -172,12 +172,80 @@ impl Framework {
     }
 }
 
+/// Newlines looked back over while streaming: libtest ends a case with the
+/// line that carries `ok` (after any unterminated output), a blank line,
+/// `test result: ...` and a blank line, so only text before the fifth newline
+/// from the end is certainly the case's own.
+const HOLD_LINES: usize = 5;
+
+/// Cleans a case's output while it is still being written, for live `-v`
+/// output: a line is passed on once [`HOLD_LINES`] more have arrived, so the
+/// harness's framing can still be removed from both ends.
+pub struct LiveOutput {
+    framework: Framework,
+    case: String,
+    raw: Vec<u8>,
+    sent: String,
+}
+
+impl LiveOutput {
+    pub fn new(framework: Framework, case: &str) -> Self {
+        LiveOutput {
+            framework,
+            case: case.to_string(),
+            raw: Vec::new(),
+            sent: String::new(),
+        }
+    }
+
+    /// Takes newly written bytes; returns the text that is now safe to show.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.raw.extend_from_slice(bytes);
+        let text = String::from_utf8_lossy(&self.raw);
+        let mut cut = text.len();
+        for _ in 0..HOLD_LINES {
+            match text[..cut].rfind('\n') {
+                Some(i) => cut = i,
+                None => return String::new(),
+            }
+        }
+        let stable = &text[..=cut];
+        let cleaned = match self.framework {
+            Framework::Plain => stable,
+            Framework::Libtest => {
+                let head = format!("test {} ... ", self.case);
+                match stable.find(&head) {
+                    Some(i) => &stable[i + head.len()..],
+                    None => return String::new(),
+                }
+            }
+        };
+        if cleaned.len() > self.sent.len() && cleaned.starts_with(&self.sent) {
+            let new = cleaned[self.sent.len()..].to_string();
+            self.sent = cleaned.to_string();
+            new
+        } else {
+            String::new()
+        }
+    }
+
+    /// How much of the final `body` was already shown.
+    pub fn shown_of(&self, body: &str) -> usize {
+        let with_newline = format!("{body}\n");
+        if with_newline.starts_with(&self.sent) {
+            self.sent.len().min(body.len())
+        } else {
+            0
+        }
+    }
+}
+
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 #[cfg(test)]
@@ -225,6 +293,35 @@ mod tests {
                     "thread 'main' panicked at x:\nboom".to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn live_output_holds_back_the_closing_lines() {
+        let stream = |raw: &str| {
+            let mut live = LiveOutput::new(Framework::Libtest, "a::b");
+            let shown: String = raw.as_bytes().chunks(3).map(|c| live.push(c)).collect();
+            let body = Framework::Libtest.case_output("a::b", raw).body;
+            let rest = body[live.shown_of(&body)..].to_string();
+            (shown, body, rest)
+        };
+        let closing = "\n\ntest result: ok. 1 passed; 0 failed\n\n";
+        // Output ending in a newline: `ok` gets a line of its own.
+        let (shown, body, rest) = stream(&format!(
+            "\nrunning 1 test\ntest a::b ... one\ntwo\nthree\nok{closing}"
+        ));
+        assert_eq!(
+            (shown.as_str(), body.as_str(), rest.as_str()),
+            ("one\ntwo\nthree\n", "one\ntwo\nthree", "")
+        );
+        // Output without a final newline: `ok` is glued to its last line, which
+        // must be held back until the case ends.
+        let (shown, body, rest) = stream(&format!(
+            "\nrunning 1 test\ntest a::b ... one\nlastok{closing}"
+        ));
+        assert_eq!(
+            (shown.as_str(), body.as_str(), rest.as_str()),
+            ("one\n", "one\nlast", "last")
         );
     }
 

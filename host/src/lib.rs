@@ -95,9 +95,7 @@ fn test(config: TestConfig) -> u8 {
     let format: Box<dyn reporter::Format> = if config.json {
         Box::new(JsonFormat::default())
     } else {
-        Box::new(TextFormat {
-            verbose: config.verbose,
-        })
+        Box::new(TextFormat::new(config.verbose))
     };
     let names = packages.iter().map(|p| p.name.clone()).collect();
     let mut reporter = Reporter::new(

@@ -28,10 +28,19 @@ pub struct Job {
 /// What every run of a package may see: the package dir read-only at `.`, a
 /// fresh scratch dir at `/tmp`, the `--env` variables, the `--mount`s, and
 /// the limits.
-pub fn policy(config: &TestConfig, package: &Package, scratch: &Path) -> Policy {
+pub fn policy(config: &TestConfig, package: &Package, scratch: &Path, embedded: bool) -> Policy {
     let mut p = Policy::new();
-    p.mount_read_only(PACKAGE_MOUNT, &package.dir, &["."])
+    let absolute = absolute_dir(package).filter(|_| embedded);
+    let mut guests = vec!["."];
+    guests.extend(absolute.as_deref());
+    p.mount_read_only(PACKAGE_MOUNT, &package.dir, &guests)
         .scratch(scratch);
+    if package.cargo {
+        // As `cargo test` sets it. The absolute path only where the module
+        // already holds it (and the package is mounted there); otherwise `.`,
+        // which keeps the environment the same in every checkout.
+        p.env("CARGO_MANIFEST_DIR", absolute.as_deref().unwrap_or("."));
+    }
     for m in &config.mounts {
         if m.writable {
             p.mount_read_write(&m.name, &m.host, &[m.guest.as_str()]);
@@ -51,6 +60,14 @@ pub fn policy(config: &TestConfig, package: &Package, scratch: &Path) -> Policy 
         p.memory_limit(m);
     }
     p
+}
+
+/// The package dir as an absolute, canonical path (what `env!("CARGO_MANIFEST_DIR")` holds).
+pub fn absolute_dir(package: &Package) -> Option<String> {
+    std::fs::canonicalize(&package.dir)
+        .ok()?
+        .to_str()
+        .map(str::to_string)
 }
 
 /// The jobs of one package, in order: per case (`--isolate=test`, the

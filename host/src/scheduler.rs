@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cachet_runtime::{Module, Policy, RunOutcome, Runtime, Status};
+use cachet_runtime::{Module, OutputTee, Policy, RunOutcome, Runtime, Status};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::{Isolate, TestConfig};
 use crate::discover::Package;
 use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
-use crate::framework::{self, Framework};
+use crate::framework::{self, Framework, LiveOutput};
 use crate::plan::{self, Job};
 
 /// Shared by every task of one `cachet test`.
@@ -32,6 +32,8 @@ struct Ctx {
     slots: Arc<Semaphore>,
     failed: AtomicBool,
     scratch: PathBuf,
+    /// Cases' output is sent as it is written (`-v`, one at a time).
+    live: bool,
 }
 
 /// Runs every package, calling `on_event` on this thread for each event.
@@ -43,6 +45,8 @@ pub fn run(
     mut on_event: impl FnMut(Event),
 ) {
     let workers = config.parallel.max(1);
+    // As go test: -v output streams with one package or -p 1.
+    let live = config.verbose && !config.json && (workers == 1 || packages.len() == 1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(workers + 2)
@@ -54,6 +58,7 @@ pub fn run(
         config,
         failed: AtomicBool::new(false),
         scratch: scratch.to_path_buf(),
+        live,
     });
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -75,6 +80,9 @@ struct Loaded {
     path: PathBuf,
     module: Module,
     framework: Framework,
+    /// The module contains its package's absolute path (from
+    /// `env!("CARGO_MANIFEST_DIR")`), so the package is mounted there too.
+    embeds_dir: bool,
 }
 
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
@@ -88,9 +96,12 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                 .framework
                 .or(p.cargo.then_some(Framework::Libtest));
             let slots = ctx.slots.clone();
+            let dir = p.cargo.then(|| plan::absolute_dir(p)).flatten();
             loads.push((
                 pkg,
-                tokio::spawn(blocking(slots, move || load(&ctx.runtime, path, forced))),
+                tokio::spawn(blocking(slots, move || {
+                    load(&ctx.runtime, path, forced, dir)
+                })),
             ));
         }
     }
@@ -111,7 +122,11 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     // 2. List every module's cases (in parallel), then plan jobs per package.
     let policies: Vec<Arc<Policy>> = packages
         .iter()
-        .map(|p| Arc::new(plan::policy(&ctx.config, p, &ctx.scratch)))
+        .zip(&loaded)
+        .map(|(p, mods)| {
+            let embedded = mods.as_ref().is_ok_and(|m| m.iter().any(|m| m.embeds_dir));
+            Arc::new(plan::policy(&ctx.config, p, &ctx.scratch, embedded))
+        })
         .collect();
     let mut listings: Vec<Vec<Listing>> = Vec::new();
     for (pkg, mods) in loaded.iter().enumerate() {
@@ -211,8 +226,8 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                 let skip = ctx.config.failfast && ctx.failed.load(Ordering::SeqCst);
                 if !skip {
                     start_package(pkg, &state, &tx);
-                    let ctx2 = ctx.clone();
-                    let results = tokio::task::spawn_blocking(move || run_job(&ctx2, job))
+                    let (ctx2, tx2) = (ctx.clone(), tx.clone());
+                    let results = tokio::task::spawn_blocking(move || run_job(&ctx2, job, &tx2))
                         .await
                         .expect("jobs do not panic");
                     drop(permit);
@@ -299,15 +314,22 @@ async fn blocking<T: Send + 'static>(
     out
 }
 
-fn load(runtime: &Runtime, path: PathBuf, forced: Option<Framework>) -> Result<Loaded, String> {
+fn load(
+    runtime: &Runtime,
+    path: PathBuf,
+    forced: Option<Framework>,
+    dir: Option<String>,
+) -> Result<Loaded, String> {
     let file = path.display().to_string();
     let bytes = std::fs::read(&path).map_err(|e| format!("{file}: cannot read: {e}"))?;
     let framework = forced.unwrap_or_else(|| Framework::detect(&bytes));
     let module = runtime.load(&bytes).map_err(|e| format!("{file}: {e}"))?;
+    let embeds_dir = dir.is_some_and(|d| framework::contains(&bytes, d.as_bytes()));
     Ok(Loaded {
         path,
         module,
         framework,
+        embeds_dir,
     })
 }
 
@@ -356,9 +378,29 @@ async fn list(ctx: Arc<Ctx>, m: ListSpec, policy: Arc<Policy>) -> Result<Vec<Str
         .parse_list(&String::from_utf8_lossy(&outcome.output)))
 }
 
-fn run_job(ctx: &Ctx, job: Job) -> Vec<CaseResult> {
+fn run_job(ctx: &Ctx, job: Job, tx: &Tx) -> Vec<CaseResult> {
     let mut policy = (*job.policy).clone();
     policy.args(&job.framework.run_args(&job.run_cases, &ctx.config.args));
+    let live = (ctx.live && job.cases.len() == 1).then(|| {
+        let name = job.cases[0].clone();
+        let _ = tx.send(Event::CaseStarted {
+            pkg: job.pkg,
+            name: name.clone(),
+        });
+        let filter = Arc::new(Mutex::new(LiveOutput::new(job.framework, &name)));
+        let (tx, pkg, f) = (tx.clone(), job.pkg, filter.clone());
+        policy.output_tee(OutputTee(Arc::new(move |bytes: &[u8]| {
+            let text = f.lock().expect("live output").push(bytes);
+            if !text.is_empty() {
+                let _ = tx.send(Event::CaseOutput {
+                    pkg,
+                    name: name.clone(),
+                    text,
+                });
+            }
+        })));
+        filter
+    });
     let outcome = match ctx.runtime.run(&job.module, &policy) {
         Ok(o) => o,
         Err(e) => {
@@ -370,10 +412,14 @@ fn run_job(ctx: &Ctx, job: Job) -> Vec<CaseResult> {
         }
     };
     let raw = String::from_utf8_lossy(&outcome.output).into_owned();
-    match (job.isolate, job.framework) {
+    let mut results = match (job.isolate, job.framework) {
         (Isolate::Module, Framework::Libtest) => module_results(&job, &outcome, &raw),
         _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
+    };
+    if let (Some(live), [result]) = (live, results.as_mut_slice()) {
+        result.shown = live.lock().expect("live output").shown_of(&result.output);
     }
+    results
 }
 
 fn failed_setup(name: &str, error: &str) -> CaseResult {
@@ -382,6 +428,7 @@ fn failed_setup(name: &str, error: &str) -> CaseResult {
         verdict: Verdict::Fail,
         elapsed: Duration::ZERO,
         output: String::new(),
+        shown: 0,
         timed_out: None,
         reason: Some(format!("cannot set up the run: {error}")),
     }
@@ -411,6 +458,7 @@ fn case_result(name: &str, framework: Framework, outcome: &RunOutcome, raw: &str
         verdict,
         elapsed: outcome.elapsed,
         output: out.body,
+        shown: 0,
         timed_out,
         reason,
     }
@@ -440,6 +488,7 @@ fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult>
                     Duration::ZERO
                 },
                 output,
+                shown: 0,
                 timed_out: if last { timed_out } else { None },
                 reason: if last { reason.clone() } else { None },
             }
@@ -451,6 +500,7 @@ fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult>
             verdict: Verdict::Fail,
             elapsed: outcome.elapsed,
             output: raw.to_string(),
+            shown: 0,
             timed_out,
             reason,
         });

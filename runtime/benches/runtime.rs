@@ -68,6 +68,29 @@ fn main() {
         "per-run overhead, trivial WASI command (1 ro mount + scratch dir): {}",
         stats(samples)
     );
+    for (label, mount, scratch) in [
+        ("1 ro mount, no scratch dir", true, false),
+        ("scratch dir only", false, true),
+    ] {
+        let mut p = Policy::new();
+        if mount {
+            p.mount_read_only("pkg", &pkg, &["."]);
+        }
+        if scratch {
+            p.scratch(work.path().join("scratch"));
+        }
+        let samples: Vec<Duration> = (0..3000)
+            .map(|_| {
+                let t = Instant::now();
+                rt.run(&module, &p).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "per-run overhead, trivial WASI command ({label}): {}",
+            stats(samples)
+        );
+    }
     let mut bare = Policy::new();
     bare.env("GREETING", "hello");
     let samples: Vec<Duration> = (0..3000)

@@ -23,6 +23,7 @@ mod output;
 mod policy;
 mod recorder;
 mod run;
+mod scratch;
 
 #[path = "../../guest-shim/src/abi.rs"]
 pub mod guest_abi;
@@ -35,8 +36,8 @@ pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};
 pub use observe::{first_change, reobserve, virtual_ino, Change, World, VIRTUAL_TIME_NS};
 pub use outcome::{RunOutcome, Status};
 pub use policy::{
-    Mount, MountMode, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT,
-    SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME,
+    Mount, MountMode, OutputTee, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_TIMEOUT, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME,
 };
 
 /// Formats a duration as Go does (`10m0s`, `1.5s`, `250ms`), for messages

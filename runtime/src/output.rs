@@ -13,6 +13,8 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::policy::OutputTee;
+
 /// The error a write past the cap traps with.
 #[derive(Debug, thiserror::Error)]
 #[error("output exceeded the limit of {limit} bytes")]
@@ -31,13 +33,21 @@ struct Buffer {
 pub(crate) struct OutputSink {
     limit: usize,
     buffer: Arc<Mutex<Buffer>>,
+    tee: Option<OutputTee>,
 }
 
 impl OutputSink {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, tee: Option<OutputTee>) -> Self {
         OutputSink {
             limit,
             buffer: Arc::default(),
+            tee,
+        }
+    }
+
+    fn tee(&self, data: &[u8]) {
+        if let (Some(tee), false) = (&self.tee, data.is_empty()) {
+            (tee.0)(data);
         }
     }
 
@@ -50,9 +60,13 @@ impl OutputSink {
         if data.len() > room {
             b.bytes.extend_from_slice(&data[..room]);
             b.overflowed = true;
+            drop(b);
+            self.tee(&data[..room]);
             return Err(OutputOverflow { limit: self.limit });
         }
         b.bytes.extend_from_slice(data);
+        drop(b);
+        self.tee(data);
         Ok(())
     }
 
@@ -139,7 +153,12 @@ mod tests {
 
     #[test]
     fn caps_and_remembers_overflow() {
-        let sink = OutputSink::new(8);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let tee = OutputTee(Arc::new(move |d: &[u8]| {
+            seen2.lock().unwrap().extend_from_slice(d)
+        }));
+        let sink = OutputSink::new(8, Some(tee));
         let mut other = sink.clone();
         sink.append(b"abc").unwrap();
         other.write(Bytes::from_static(b"def")).unwrap();
@@ -147,5 +166,10 @@ mod tests {
         assert!(sink.overflowed());
         assert!(other.check_write().is_err());
         assert_eq!(sink.take(), b"abcdefgh");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            b"abcdefgh",
+            "the tee sees what is kept, in order"
+        );
     }
 }

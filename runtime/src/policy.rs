@@ -15,7 +15,9 @@
 //! Every grant is an explicit builder method.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Linear memory one run may grow to. A test that needs more sets it; the
@@ -61,6 +63,20 @@ pub struct Mount {
     pub mode: MountMode,
 }
 
+/// Receives the guest's output as it is written (within the cap), for live
+/// streaming; the outcome still carries all of it.
+#[derive(Clone)]
+pub struct OutputTee(pub Arc<OutputCallback>);
+
+/// What an [`OutputTee`] calls with each write.
+pub type OutputCallback = dyn Fn(&[u8]) + Send + Sync;
+
+impl fmt::Debug for OutputTee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OutputTee")
+    }
+}
+
 /// What a run may see and use. See the module documentation for the defaults.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -70,6 +86,7 @@ pub struct Policy {
     pub(crate) args: Vec<String>,
     pub(crate) program_name: String,
     pub(crate) output_limit: usize,
+    pub(crate) output_tee: Option<OutputTee>,
     pub(crate) memory_limit: u64,
     pub(crate) table_limit: u32,
     pub(crate) timeout: Duration,
@@ -91,6 +108,7 @@ impl Policy {
             args: Vec::new(),
             program_name: "main.wasm".to_string(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
+            output_tee: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             table_limit: DEFAULT_TABLE_LIMIT,
             timeout: DEFAULT_TIMEOUT,
@@ -133,8 +151,9 @@ impl Policy {
         self
     }
 
-    /// Gives every run a fresh empty directory, created under `base`, mounted
-    /// read-write at `/tmp` with `TMPDIR=/tmp`, and removed after the run.
+    /// Gives every run an empty directory of its own under `base`, mounted
+    /// read-write at `/tmp` with `TMPDIR=/tmp`. After the run it is removed,
+    /// or, when the run left it empty, kept for a later run (see `scratch.rs`).
     pub fn scratch(&mut self, base: impl Into<PathBuf>) -> &mut Self {
         self.scratch_base = Some(base.into());
         self.env
@@ -164,6 +183,12 @@ impl Policy {
     /// Caps the merged stdout/stderr; past it the run stops as `OutputOverflow`.
     pub fn output_limit(&mut self, bytes: usize) -> &mut Self {
         self.output_limit = bytes;
+        self
+    }
+
+    /// Also hands every output write to `tee` as it happens.
+    pub fn output_tee(&mut self, tee: OutputTee) -> &mut Self {
+        self.output_tee = Some(tee);
         self
     }
 

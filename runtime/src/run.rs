@@ -76,9 +76,8 @@ impl Runtime {
     pub fn run(&self, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
         let scratch = match &policy.scratch_base {
             Some(base) => Some(
-                tempfile::Builder::new()
-                    .prefix("cachet-run-")
-                    .tempdir_in(base)
+                self.scratch
+                    .take(base)
                     .map_err(|source| RunError::Scratch {
                         base: base.clone(),
                         source,
@@ -106,7 +105,7 @@ impl Runtime {
             }
         }
 
-        let sink = OutputSink::new(policy.output_limit);
+        let sink = OutputSink::new(policy.output_limit, policy.output_tee.clone());
         let mut wasi = WasiCtxBuilder::new();
         let mut argv = vec![policy.program_name.clone()];
         argv.extend(policy.args.iter().cloned());
@@ -172,7 +171,9 @@ impl Runtime {
         let output = sink.take();
         let (log, world) = store.into_data().recorder.into_log();
         let changed_during_run = first_change(&log, &reobserve(&log, &world));
-        drop(scratch);
+        if let Some(dir) = scratch {
+            self.scratch.give_back(dir);
+        }
         Ok(RunOutcome {
             status,
             output,

@@ -126,3 +126,51 @@ fn plain_modules_pass_on_exit_zero() {
         "=== RUN   ok.wasm\n--- PASS: ok.wasm (X.XXs)\nPASS\nok  \tok.wasm\tX.XXXs\n=== RUN   zfail.wasm\n    cachet: exit status 4\n--- FAIL: zfail.wasm (X.XXs)\nFAIL\nFAIL\tzfail.wasm\tX.XXXs\nFAIL\n"
     );
 }
+
+#[test]
+fn verbose_output_streams_while_the_case_runs() {
+    use std::io::{BufRead, BufReader};
+    // Make sure the binary is current and the suite is built (this call's output
+    // is not used): streaming is then not hidden behind a cargo build.
+    let _ = crate::cachet(&["test", "--list", ".", "fixtures/suites/slowprint"]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cachet"))
+        .current_dir(cachet_testkit::repo_root())
+        .args(["test", "-v", "-p", "1", "fixtures/suites/slowprint"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push(line.clone());
+        if line == "line 5" {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("=== RUN   tests::prints_then_waits"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("line 5"), "{seen:?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "line 5 must arrive while the case still sleeps"
+    );
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.iter().any(|l| l == "line 10")
+            && rest
+                .iter()
+                .any(|l| l.starts_with("--- PASS: tests::prints_then_waits")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn cargo_manifest_dir_works_both_ways() {
+    let o = cachet(&["test", "-v", "-p", "1", "fixtures/suites/manifestdir"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(stdout(&o).matches("--- PASS").count(), 2);
+}

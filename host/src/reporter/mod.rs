@@ -22,6 +22,13 @@ pub trait Format {
     fn package_started(&mut self, _pkg: &str, _at: SystemTime) -> String {
         String::new()
     }
+    /// Live streaming only: a case starts, a case wrote output.
+    fn case_started(&mut self, _pkg: &str, _name: &str) -> String {
+        String::new()
+    }
+    fn case_output(&mut self, _pkg: &str, _name: &str, _text: &str) -> String {
+        String::new()
+    }
     fn case(&mut self, pkg: &str, result: &CaseResult, at: SystemTime) -> String;
     fn listed(&mut self, pkg: &str, names: &[String]) -> String;
     fn package_error(&mut self, pkg: &str, message: &str) -> String;
@@ -80,6 +87,12 @@ impl Reporter {
                 let text = self.format.package_error(&self.names[pkg], &message);
                 self.done[pkg] = true;
                 (pkg, text)
+            }
+            Event::CaseStarted { pkg, name } => {
+                (pkg, self.format.case_started(&self.names[pkg], &name))
+            }
+            Event::CaseOutput { pkg, name, text } => {
+                (pkg, self.format.case_output(&self.names[pkg], &name, &text))
             }
             Event::CaseFinished { pkg, result, at } => {
                 self.failed |= result.verdict == Verdict::Fail;

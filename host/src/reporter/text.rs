@@ -9,6 +9,27 @@ use crate::event::{CaseResult, PackageOutcome, Verdict};
 
 pub struct TextFormat {
     pub verbose: bool,
+    /// The case whose output was printed last, while streaming: another
+    /// case's output is introduced with `=== CONT`, as go test does.
+    last: Option<String>,
+}
+
+impl TextFormat {
+    pub fn new(verbose: bool) -> Self {
+        TextFormat {
+            verbose,
+            last: None,
+        }
+    }
+
+    fn switch_to(&mut self, name: &str) -> String {
+        let s = match &self.last {
+            Some(last) if last != name => format!("=== CONT  {name}\n"),
+            _ => String::new(),
+        };
+        self.last = Some(name.to_string());
+        s
+    }
 }
 
 fn indent(text: &str, by: &str) -> String {
@@ -39,13 +60,33 @@ fn stop_lines(r: &CaseResult, by: &str) -> String {
 }
 
 impl Format for TextFormat {
+    fn case_started(&mut self, _pkg: &str, name: &str) -> String {
+        self.last = Some(name.to_string());
+        format!("=== RUN   {name}\n")
+    }
+
+    fn case_output(&mut self, _pkg: &str, name: &str, text: &str) -> String {
+        self.switch_to(name) + text
+    }
+
     fn case(&mut self, _pkg: &str, r: &CaseResult, _at: SystemTime) -> String {
         let word = match r.verdict {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
             Verdict::Skip => "SKIP",
         };
-        if self.verbose {
+        if self.verbose && self.last.is_some() {
+            // Streamed: `=== RUN` and the shown output are out already.
+            let mut s = self.switch_to(&r.name);
+            s.push_str(&indent(&r.output[r.shown..], ""));
+            s.push_str(&stop_lines(r, "    "));
+            s.push_str(&format!(
+                "--- {word}: {} ({})\n",
+                r.name,
+                secs(r.elapsed, 2)
+            ));
+            s
+        } else if self.verbose {
             let mut s = format!("=== RUN   {}\n", r.name);
             s.push_str(&indent(&r.output, ""));
             s.push_str(&stop_lines(r, "    "));
