@@ -162,16 +162,15 @@ impl Recorder {
                     path: p.clone(),
                 });
             }
-            Target::Path { mount, rel } if writes => {
-                // On a read-write mount a writing open produces output, not an
-                // input; on a read-only mount the stock call refused it.
-                if self.world.mount_mode(*mount) == MountMode::ReadOnly {
-                    let path = logical(self.world.mount_name(*mount), rel);
-                    self.push(Entry::Denied {
-                        op: DeniedOp::Write,
-                        path,
-                    });
-                }
+            Target::Path { mount, rel }
+                if writes && self.world.mount_mode(*mount) == MountMode::ReadOnly =>
+            {
+                // The stock call refused it.
+                let path = logical(self.world.mount_name(*mount), rel);
+                self.push(Entry::Denied {
+                    op: DeniedOp::Write,
+                    path,
+                });
             }
             Target::Path { mount, rel } => {
                 let op = if call.lookup & SYMLINK_FOLLOW != 0 {

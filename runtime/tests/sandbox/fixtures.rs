@@ -82,6 +82,7 @@ fn run(name: &str, expect: Expect) -> (cachet_runtime::RunOutcome, Sandbox) {
             let data = sb.root.path().join("data");
             std::fs::create_dir(&data).unwrap();
             std::fs::write(data.join("state.txt"), "0").unwrap();
+            std::fs::write(data.join("rw.txt"), "shared").unwrap();
             policy.mount_read_write("data", data, &["/data"]);
         }
         _ => {}
