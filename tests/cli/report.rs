@@ -174,3 +174,36 @@ fn cargo_manifest_dir_works_both_ways() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert_eq!(stdout(&o).matches("--- PASS").count(), 2);
 }
+
+/// Runs cachet on a pseudo-terminal (util-linux `script`), as a user would.
+fn on_a_terminal(ci: bool) -> String {
+    let _ = crate::cachet(&["test", "--list", ".", "fixtures/suites/slowprint"]);
+    let bin = assert_cmd::cargo::cargo_bin("cachet");
+    let mut cmd = std::process::Command::new("script");
+    cmd.current_dir(cachet_testkit::repo_root())
+        .args([
+            "-qec",
+            &format!("{} test -p 1 fixtures/suites/slowprint", bin.display()),
+            "/dev/null",
+        ])
+        .env_remove("CI");
+    if ci {
+        cmd.env("CI", "true");
+    }
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn progress_line_on_terminals_only_and_never_in_ci() {
+    let tty = on_a_terminal(false);
+    assert!(tty.contains("1 cases done, 0 failed, running"), "{tty:?}");
+    assert!(
+        tty.contains("\x1b[2K"),
+        "the line is cleared before results print: {tty:?}"
+    );
+    assert!(tty.contains("ok  \tfixtures/suites/slowprint\t"), "{tty:?}");
+    let ci = on_a_terminal(true);
+    assert!(!ci.contains("running") && !ci.contains("\x1b["), "{ci:?}");
+    let piped = crate::cachet(&["test", "-p", "1", "fixtures/suites/slowprint"]);
+    assert!(!crate::stdout(&piped).contains('\x1b') && !crate::stderr(&piped).contains('\x1b'));
+}

@@ -1,7 +1,7 @@
 //! The live progress line: on a terminal only, never in CI or when piped,
 //! and only once a run has taken more than a second.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -10,22 +10,33 @@ const SHOW_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Progress {
     bar: Option<ProgressBar>,
-    enabled: bool,
-    started: Instant,
     done: u64,
     failed: u64,
 }
 
 impl Progress {
-    /// Enabled when stderr is a terminal and `CI` is not set.
-    pub fn new(enabled: bool) -> Self {
+    /// Shown when `wanted`, stderr is a terminal and `CI` is not set.
+    pub fn new(wanted: bool) -> Self {
         use std::io::IsTerminal;
-        let enabled =
-            enabled && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let enabled = wanted && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let bar = enabled.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+            );
+            bar.set_message("running");
+            let reveal = bar.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(SHOW_AFTER);
+                if !reveal.is_finished() {
+                    reveal.set_draw_target(ProgressDrawTarget::stderr());
+                    reveal.enable_steady_tick(Duration::from_millis(100));
+                }
+            });
+            bar
+        });
         Progress {
-            bar: None,
-            enabled,
-            started: Instant::now(),
+            bar,
             done: 0,
             failed: 0,
         }
@@ -34,19 +45,15 @@ impl Progress {
     pub fn case_done(&mut self, failed: bool) {
         self.done += 1;
         self.failed += u64::from(failed);
-        if self.enabled && self.bar.is_none() && self.started.elapsed() > SHOW_AFTER {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
-            );
-            bar.enable_steady_tick(Duration::from_millis(100));
-            self.bar = Some(bar);
-        }
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("{} cases done, {} failed", self.done, self.failed));
+            bar.set_message(format!(
+                "{} cases done, {} failed, running",
+                self.done, self.failed
+            ));
         }
     }
 
+    /// Runs `f` (which prints) with the line cleared, then redraws it.
     pub fn suspend(&self, f: impl FnOnce()) {
         match &self.bar {
             Some(bar) => bar.suspend(f),
