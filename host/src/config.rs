@@ -46,6 +46,11 @@ pub struct TestConfig {
     pub isolate: Option<Isolate>,
     pub packages: Vec<String>,
     pub args: Vec<String>,
+    /// Results may come from and go to the cache (off with `--count`, as
+    /// `go test -count=1`).
+    pub cache: bool,
+    pub explain: bool,
+    pub verify: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -147,6 +152,9 @@ impl TestConfig {
                 args.packages
             },
             args: args.args,
+            cache: args.count.is_none(),
+            explain: args.explain,
+            verify: args.verify,
         })
     }
 }

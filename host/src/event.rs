@@ -20,6 +20,12 @@ pub struct CaseResult {
     pub output: String,
     /// How many bytes of `output` were already shown live (`CaseOutput`).
     pub shown: usize,
+    /// The result came from the cache.
+    pub cached: bool,
+    /// `--explain`: why the case ran instead of hitting the cache.
+    pub explain: Option<String>,
+    /// Why a passing result was not saved (an input changed during the run).
+    pub not_saved: Option<String>,
     /// Why the sandbox stopped it, when it was not the test's own failure:
     /// `Some(limit)` for a timeout, which Go reports in its own words.
     pub timed_out: Option<Duration>,
@@ -31,6 +37,9 @@ pub struct CaseResult {
 pub enum Event {
     /// The package's first case is starting.
     PackageStarted { pkg: usize, at: SystemTime },
+    /// Something the user should know that fails nothing (a damaged cache
+    /// entry that was ignored).
+    Warning { message: String },
     /// A package could not be set up; nothing of it runs.
     PackageError { pkg: usize, message: String },
     /// A case is starting; sent only when output streams live.
@@ -60,6 +69,8 @@ pub enum Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PackageOutcome {
     Passed,
+    /// Passed, every case from the cache.
+    Cached,
     Failed,
     /// No module in the package.
     NoTestFiles,

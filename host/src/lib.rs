@@ -10,6 +10,8 @@
 //! `main` is the only place the pipeline is wired. Design notes:
 //! `docs/design/sandbox.md`, `docs/design/scheduler.md`.
 
+pub mod artifact;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod discover;
@@ -97,6 +99,13 @@ fn test(config: TestConfig) -> u8 {
     } else {
         Box::new(TextFormat::new(config.verbose))
     };
+    let cache = cache_dir().and_then(|dir| match cache::Cache::open(&dir.join("results")) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("cachet: warning: cannot open the result cache in {}: {e}; running without it (set CACHET_CACHE)", dir.display());
+            None
+        }
+    });
     let names = packages.iter().map(|p| p.name.clone()).collect();
     let mut reporter = Reporter::new(
         format,
@@ -104,8 +113,13 @@ fn test(config: TestConfig) -> u8 {
         Box::new(std::io::stdout()),
         Progress::new(!config.json),
     );
-    scheduler::run(Arc::new(config), packages, runtime, scratch.path(), |e| {
-        reporter.event(e)
-    });
+    scheduler::run(
+        Arc::new(config),
+        packages,
+        runtime,
+        cache,
+        scratch.path(),
+        |e| reporter.event(e),
+    );
     reporter.finish()
 }

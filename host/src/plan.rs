@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cachet_runtime::{Module, Policy};
+use cachet_runtime::Policy;
+
+use crate::artifact::Artifact;
 
 use crate::config::{Isolate, TestConfig};
 use crate::discover::Package;
@@ -15,7 +17,9 @@ pub const PACKAGE_MOUNT: &str = "pkg";
 /// One instance to run.
 pub struct Job {
     pub pkg: usize,
-    pub module: Module,
+    /// The package's name, which identifies its cases across rebuilds.
+    pub package: String,
+    pub module: Arc<Artifact>,
     pub framework: Framework,
     pub isolate: Isolate,
     /// The cases this job reports on.
@@ -74,15 +78,16 @@ pub fn absolute_dir(package: &Package) -> Option<String> {
 /// default where the framework lists cases) or per module, `--count` times.
 pub fn jobs(
     pkg: usize,
+    package: &str,
     config: &TestConfig,
     policy: Arc<Policy>,
-    modules: Vec<(Module, Framework, String, Vec<String>)>,
+    modules: Vec<(Arc<Artifact>, Vec<String>)>,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
     for _ in 0..config.count {
-        for (module, framework, file, cases) in &modules {
+        for (module, cases) in &modules {
             let mut policy_for = (*policy).clone();
-            policy_for.program_name(file);
+            policy_for.program_name(&module.file_name());
             let policy_for = Arc::new(policy_for);
             let selected: Vec<String> = cases
                 .iter()
@@ -92,16 +97,17 @@ pub fn jobs(
             if selected.is_empty() {
                 continue;
             }
-            let listed = framework.list_args().is_some();
+            let listed = module.framework.list_args().is_some();
             let isolate = if listed {
                 config.isolate.unwrap_or(Isolate::Test)
             } else {
-                Isolate::Module
+                Isolate::Test
             };
             let job = |cases: Vec<String>| Job {
                 pkg,
+                package: package.to_string(),
                 module: module.clone(),
-                framework: *framework,
+                framework: module.framework,
                 isolate,
                 run_cases: if listed { cases.clone() } else { Vec::new() },
                 cases,

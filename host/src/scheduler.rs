@@ -1,13 +1,13 @@
 //! The scheduler: the one place with concurrency. Design note:
 //! `docs/design/scheduler.md`.
 //!
-//! 1. Load (compile or fetch from the compiled-module cache) every module,
-//!    `-p` at a time.
-//! 2. List each module's cases with its framework's list protocol and select
-//!    them with `--run`.
+//! 1. Read and hash every module (no compiling yet), `-p` at a time.
+//! 2. List each module's cases with its framework's list protocol (a cached
+//!    listing needs no compile) and select them with `--run`.
 //! 3. Run the jobs (one per case with `--isolate=test`, one per module with
 //!    `--isolate=module`), `-p` at a time, in command-line order: a FIFO
-//!    semaphore hands out slots in the order jobs were queued.
+//!    semaphore hands out slots in the order jobs were queued. Each case is
+//!    looked up in the cache first; a module compiles when a case misses.
 //!
 //! Every result is sent to the reporter as an [`Event`] through one callback.
 
@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cachet_runtime::{Module, OutputTee, Policy, RunOutcome, Runtime, Status};
+use cachet_runtime::{OutputTee, Policy, RunOutcome, Runtime, Status};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::artifact::Artifact;
+use crate::cache::{Cache, CachedResult, KeyParts, Lookup, Miss, NameKey};
 use crate::config::{Isolate, TestConfig};
 use crate::discover::Package;
 use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
@@ -29,6 +31,7 @@ use crate::plan::{self, Job};
 struct Ctx {
     runtime: Arc<Runtime>,
     config: Arc<TestConfig>,
+    cache: Option<Cache>,
     slots: Arc<Semaphore>,
     failed: AtomicBool,
     scratch: PathBuf,
@@ -41,6 +44,7 @@ pub fn run(
     config: Arc<TestConfig>,
     packages: Vec<Package>,
     runtime: Arc<Runtime>,
+    cache: Option<Cache>,
     scratch: &Path,
     mut on_event: impl FnMut(Event),
 ) {
@@ -55,6 +59,7 @@ pub fn run(
     let ctx = Arc::new(Ctx {
         runtime,
         slots: Arc::new(Semaphore::new(workers)),
+        cache: cache.filter(|_| config.cache),
         config,
         failed: AtomicBool::new(false),
         scratch: scratch.to_path_buf(),
@@ -75,45 +80,30 @@ type Tx = mpsc::UnboundedSender<Event>;
 /// A module's case names being listed, or why it could not be.
 type Listing = tokio::task::JoinHandle<Result<Vec<String>, String>>;
 
-/// A loaded module with its framework and selected cases.
-struct Loaded {
-    path: PathBuf,
-    module: Module,
-    framework: Framework,
-    /// The module contains its package's absolute path (from
-    /// `env!("CARGO_MANIFEST_DIR")`), so the package is mounted there too.
-    embeds_dir: bool,
-}
-
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
-    // 1. Load every module of every package that was set up.
-    let mut loads = Vec::new();
+    // 1. Read and hash every module of every package that was set up.
+    let mut reads = Vec::new();
     for (pkg, p) in packages.iter().enumerate() {
         for path in &p.modules {
-            let (ctx, path) = (ctx.clone(), path.clone());
+            let path = path.clone();
             let forced = ctx
                 .config
                 .framework
                 .or(p.cargo.then_some(Framework::Libtest));
-            let slots = ctx.slots.clone();
             let dir = p.cargo.then(|| plan::absolute_dir(p)).flatten();
-            loads.push((
-                pkg,
-                tokio::spawn(blocking(slots, move || {
-                    load(&ctx.runtime, path, forced, dir)
-                })),
-            ));
+            let task = blocking(ctx.slots.clone(), move || Artifact::read(path, forced, dir));
+            reads.push((pkg, tokio::spawn(task)));
         }
     }
-    let mut loaded: Vec<Result<Vec<Loaded>, String>> = packages
+    let mut loaded: Vec<Result<Vec<Arc<Artifact>>, String>> = packages
         .iter()
         .map(|p| p.error.clone().map_or(Ok(Vec::new()), Err))
         .collect();
-    for (pkg, task) in loads {
-        let result = task.await.expect("loading does not panic");
+    for (pkg, task) in reads {
+        let result = task.await.expect("reading does not panic");
         if let Ok(mods) = &mut loaded[pkg] {
             match result {
-                Ok(m) => mods.push(m),
+                Ok(m) => mods.push(Arc::new(m)),
                 Err(e) => loaded[pkg] = Err(e),
             }
         }
@@ -133,7 +123,16 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         let tasks = match mods {
             Ok(mods) => mods
                 .iter()
-                .map(|m| tokio::spawn(list(ctx.clone(), m.spec(), policies[pkg].clone())))
+                .map(|m| {
+                    let name = packages[pkg].name.clone();
+                    tokio::spawn(list(
+                        ctx.clone(),
+                        tx.clone(),
+                        name,
+                        m.clone(),
+                        policies[pkg].clone(),
+                    ))
+                })
                 .collect(),
             Err(_) => Vec::new(),
         };
@@ -154,7 +153,6 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             plans.push(None);
             continue;
         }
-        let policy = policies[pkg].clone();
         let mut cases_per_module = Vec::new();
         let mut error = None;
         for task in tasks {
@@ -183,19 +181,14 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             plans.push(None);
             continue;
         }
-        let modules: Vec<(Module, Framework, String, Vec<String>)> = mods
-            .into_iter()
-            .zip(cases_per_module)
-            .map(|(m, cases)| {
-                let file = m
-                    .path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (m.module, m.framework, file, cases)
-            })
-            .collect();
-        let jobs = plan::jobs(pkg, &ctx.config, policy, modules);
+        let modules = mods.into_iter().zip(cases_per_module).collect();
+        let jobs = plan::jobs(
+            pkg,
+            &packages[pkg].name,
+            &ctx.config,
+            policies[pkg].clone(),
+            modules,
+        );
         if jobs.is_empty() {
             let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
             plans.push(None);
@@ -213,6 +206,7 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             started: None,
             failed: false,
             ran: 0,
+            all_cached: true,
         }));
         for job in jobs {
             let (ctx, tx, state) = (ctx.clone(), tx.clone(), state.clone());
@@ -238,6 +232,7 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                         }
                         let mut s = state.lock().expect("package state");
                         s.failed |= failed;
+                        s.all_cached &= result.cached;
                         s.ran += 1;
                         drop(s);
                         let _ = tx.send(Event::CaseFinished {
@@ -263,6 +258,7 @@ struct PackageRun {
     started: Option<Instant>,
     failed: bool,
     ran: usize,
+    all_cached: bool,
 }
 
 fn start_package(pkg: usize, state: &Mutex<PackageRun>, tx: &Tx) {
@@ -285,6 +281,8 @@ fn finish_job(pkg: usize, state: &Mutex<PackageRun>, tx: &Tx) {
             PackageOutcome::Failed
         } else if s.ran == 0 {
             PackageOutcome::NotRun
+        } else if s.all_cached {
+            PackageOutcome::Cached
         } else {
             PackageOutcome::Passed
         };
@@ -314,57 +312,52 @@ async fn blocking<T: Send + 'static>(
     out
 }
 
-fn load(
-    runtime: &Runtime,
-    path: PathBuf,
-    forced: Option<Framework>,
-    dir: Option<String>,
-) -> Result<Loaded, String> {
-    let file = path.display().to_string();
-    let bytes = std::fs::read(&path).map_err(|e| format!("{file}: cannot read: {e}"))?;
-    let framework = forced.unwrap_or_else(|| Framework::detect(&bytes));
-    let module = runtime.load(&bytes).map_err(|e| format!("{file}: {e}"))?;
-    let embeds_dir = dir.is_some_and(|d| framework::contains(&bytes, d.as_bytes()));
-    Ok(Loaded {
-        path,
-        module,
-        framework,
-        embeds_dir,
+/// Pseudo case name under which a module's listing is cached.
+const LIST_CASE: &str = "--list";
+
+async fn list(
+    ctx: Arc<Ctx>,
+    tx: Tx,
+    package: String,
+    m: Arc<Artifact>,
+    policy: Arc<Policy>,
+) -> Result<Vec<String>, String> {
+    let ctx2 = ctx.clone();
+    blocking(ctx.slots.clone(), move || match m.framework.list_args() {
+        Some(args) => list_blocking(&ctx2, &tx, &package, &m, &policy, &args),
+        // A plain module is its one case. It is compiled now, so a module
+        // that cannot load fails its package's setup, as a listing would.
+        None => m.module(&ctx2.runtime).map(|_| vec![m.file_name()]),
     })
+    .await
 }
 
-/// What listing needs of a loaded module, owned so it can move to a task.
-struct ListSpec {
-    path: PathBuf,
-    module: Module,
-    framework: Framework,
-}
-
-impl Loaded {
-    fn spec(&self) -> ListSpec {
-        ListSpec {
-            path: self.path.clone(),
-            module: self.module.clone(),
-            framework: self.framework,
+fn list_blocking(
+    ctx: &Ctx,
+    tx: &Tx,
+    package: &str,
+    m: &Artifact,
+    policy: &Policy,
+    args: &[String],
+) -> Result<Vec<String>, String> {
+    let file = m.path.display().to_string();
+    let parts = KeyParts::new(m.digest, m.framework.name(), LIST_CASE, args, policy);
+    let name = NameKey::new(package, &format!("{LIST_CASE} {}", m.file_name()));
+    if let Some(cache) = &ctx.cache {
+        match cache.lookup(name, &parts, &policy.world()) {
+            Lookup::Hit(r) => return Ok(r.cases),
+            Lookup::Miss(Miss::Corrupt(e)) => {
+                let _ = tx.send(Event::Warning { message: e });
+            }
+            Lookup::Miss(_) => {}
         }
     }
-}
-
-async fn list(ctx: Arc<Ctx>, m: ListSpec, policy: Arc<Policy>) -> Result<Vec<String>, String> {
-    let Some(args) = m.framework.list_args() else {
-        let name = m
-            .path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        return Ok(vec![name]);
-    };
-    let mut p = (*policy).clone();
-    p.args(&args);
-    let (runtime, module) = (ctx.runtime.clone(), m.module.clone());
-    let file = m.path.display().to_string();
-    let outcome = blocking(ctx.slots.clone(), move || runtime.run(&module, &p))
-        .await
+    let module = m.module(&ctx.runtime)?;
+    let mut p = policy.clone();
+    p.program_name(&m.file_name()).args(args);
+    let outcome = ctx
+        .runtime
+        .run(&module, &p)
         .map_err(|e| format!("{file}: {e}"))?;
     if !outcome.status.passed() {
         return Err(format!(
@@ -374,11 +367,114 @@ async fn list(ctx: Arc<Ctx>, m: ListSpec, policy: Arc<Policy>) -> Result<Vec<Str
             m.framework.name()
         ));
     }
-    Ok(m.framework
-        .parse_list(&String::from_utf8_lossy(&outcome.output)))
+    let cases = m
+        .framework
+        .parse_list(&String::from_utf8_lossy(&outcome.output));
+    if let (Some(cache), None) = (&ctx.cache, &outcome.changed_during_run) {
+        let result = CachedResult {
+            output: String::new(),
+            elapsed: outcome.elapsed,
+            skipped: false,
+            cases: cases.clone(),
+        };
+        let _ = cache.save(name, &parts, &outcome.log, &result);
+    }
+    Ok(cases)
 }
 
 fn run_job(ctx: &Ctx, job: Job, tx: &Tx) -> Vec<CaseResult> {
+    // The cache serves one case per instance; --isolate=module runs bypass it.
+    let cache = ctx
+        .cache
+        .as_ref()
+        .filter(|_| job.cases.len() == 1 && job.isolate == Isolate::Test);
+    let parts = KeyParts::new(
+        job.module.digest,
+        job.framework.name(),
+        &job.cases[0],
+        &ctx.config.args,
+        &job.policy,
+    );
+    let name = NameKey::new(&job.package, &job.cases[0]);
+    let mut explain = None;
+    let mut cached = None;
+    let lookup = cache.map(|c| c.lookup(name, &parts, &job.policy.world()));
+    if let Some(Lookup::Miss(Miss::Corrupt(e))) = &lookup {
+        let _ = tx.send(Event::Warning { message: e.clone() });
+    }
+    match lookup {
+        Some(Lookup::Hit(r)) if !ctx.config.verify => return vec![cached_result(&job.cases[0], r)],
+        Some(Lookup::Hit(r)) => cached = Some(r),
+        Some(Lookup::Miss(why)) => explain = Some(why),
+        None if ctx.cache.is_none() && ctx.config.explain => {
+            explain = Some(Miss::Bypassed("--count was given"))
+        }
+        None if ctx.config.explain => explain = Some(Miss::Bypassed("--isolate=module")),
+        None => {}
+    }
+    let mut results = run_uncached(ctx, &job, tx);
+    if let [result] = results.as_mut_slice() {
+        result.explain = explain
+            .filter(|_| ctx.config.explain)
+            .map(|m| m.to_string());
+        if let Some(before) = cached {
+            verify(result, &before);
+        }
+    }
+    results
+}
+
+fn cached_result(name: &str, r: CachedResult) -> CaseResult {
+    CaseResult {
+        name: name.to_string(),
+        verdict: if r.skipped {
+            Verdict::Skip
+        } else {
+            Verdict::Pass
+        },
+        elapsed: r.elapsed,
+        output: r.output,
+        shown: 0,
+        cached: true,
+        explain: None,
+        not_saved: None,
+        timed_out: None,
+        reason: None,
+    }
+}
+
+/// `--verify`: a cached case ran again; its result must match.
+fn verify(now: &mut CaseResult, before: &CachedResult) {
+    let same_verdict = matches!(
+        (now.verdict, before.skipped),
+        (Verdict::Pass, false) | (Verdict::Skip, true)
+    );
+    let what = if !same_verdict {
+        Some("the cached run passed, this run did not")
+    } else if now.output != before.output {
+        Some("the output differs")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        now.verdict = Verdict::Fail;
+        now.reason = Some(format!(
+            "verify: {what} from the cached result: the test is nondeterministic or read an input cachet did not record"
+        ));
+    }
+}
+
+fn run_uncached(ctx: &Ctx, job: &Job, tx: &Tx) -> Vec<CaseResult> {
+    let module = match job.module.module(&ctx.runtime) {
+        Ok(m) => m,
+        Err(e) => {
+            return job
+                .cases
+                .iter()
+                .map(|name| failed_setup(name, &e))
+                .collect()
+        }
+    };
     let mut policy = (*job.policy).clone();
     policy.args(&job.framework.run_args(&job.run_cases, &ctx.config.args));
     let live = (ctx.live && job.cases.len() == 1).then(|| {
@@ -401,36 +497,83 @@ fn run_job(ctx: &Ctx, job: Job, tx: &Tx) -> Vec<CaseResult> {
         })));
         filter
     });
-    let outcome = match ctx.runtime.run(&job.module, &policy) {
+    let outcome = match ctx.runtime.run(&module, &policy) {
         Ok(o) => o,
         Err(e) => {
             return job
                 .cases
                 .iter()
                 .map(|name| failed_setup(name, &e.to_string()))
-                .collect();
+                .collect()
         }
     };
     let raw = String::from_utf8_lossy(&outcome.output).into_owned();
     let mut results = match (job.isolate, job.framework) {
-        (Isolate::Module, Framework::Libtest) => module_results(&job, &outcome, &raw),
+        (Isolate::Module, Framework::Libtest) => module_results(job, &outcome, &raw),
         _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
     };
-    if let (Some(live), [result]) = (live, results.as_mut_slice()) {
-        result.shown = live.lock().expect("live output").shown_of(&result.output);
+    if let [result] = results.as_mut_slice() {
+        if let Some(live) = live {
+            result.shown = live.lock().expect("live output").shown_of(&result.output);
+        }
+        save(ctx, job, result, &outcome);
     }
     results
 }
 
+/// Saves a passing case, unless an input changed while it ran.
+fn save(ctx: &Ctx, job: &Job, result: &mut CaseResult, outcome: &RunOutcome) {
+    let Some(cache) = ctx.cache.as_ref().filter(|_| job.isolate == Isolate::Test) else {
+        return;
+    };
+    if result.verdict == Verdict::Fail {
+        return;
+    }
+    if let Some(change) = &outcome.changed_during_run {
+        result.not_saved = Some(format!("not cached: {change} during the run"));
+        return;
+    }
+    let parts = KeyParts::new(
+        job.module.digest,
+        job.framework.name(),
+        &job.cases[0],
+        &ctx.config.args,
+        &job.policy,
+    );
+    let cached = CachedResult {
+        output: result.output.clone(),
+        elapsed: result.elapsed,
+        skipped: result.verdict == Verdict::Skip,
+        cases: Vec::new(),
+    };
+    let _ = cache.save(
+        NameKey::new(&job.package, &job.cases[0]),
+        &parts,
+        &outcome.log,
+        &cached,
+    );
+}
+
 fn failed_setup(name: &str, error: &str) -> CaseResult {
     CaseResult {
-        name: name.to_string(),
-        verdict: Verdict::Fail,
-        elapsed: Duration::ZERO,
-        output: String::new(),
-        shown: 0,
-        timed_out: None,
         reason: Some(format!("cannot set up the run: {error}")),
+        ..case(name, Verdict::Fail, Duration::ZERO, String::new())
+    }
+}
+
+/// A result with nothing but the essentials set.
+fn case(name: &str, verdict: Verdict, elapsed: Duration, output: String) -> CaseResult {
+    CaseResult {
+        name: name.to_string(),
+        verdict,
+        elapsed,
+        output,
+        shown: 0,
+        cached: false,
+        explain: None,
+        not_saved: None,
+        timed_out: None,
+        reason: None,
     }
 }
 
@@ -454,13 +597,9 @@ fn case_result(name: &str, framework: Framework, outcome: &RunOutcome, raw: &str
     };
     let (timed_out, reason) = stop_reason(&outcome.status, raw);
     CaseResult {
-        name: name.to_string(),
-        verdict,
-        elapsed: outcome.elapsed,
-        output: out.body,
-        shown: 0,
         timed_out,
         reason,
+        ..case(name, verdict, outcome.elapsed, out.body)
     }
 }
 
@@ -474,35 +613,30 @@ fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult>
         .enumerate()
         .map(|(i, (name, v, output))| {
             let last = i + 1 == n && trapped;
+            let verdict = match v {
+                framework::Verdict::Pass => Verdict::Pass,
+                framework::Verdict::Fail => Verdict::Fail,
+                framework::Verdict::Skip => Verdict::Skip,
+            };
+            // One instance ran them all; per-case times are not known.
+            let elapsed = if n == 1 {
+                outcome.elapsed
+            } else {
+                Duration::ZERO
+            };
             CaseResult {
-                name,
-                verdict: match v {
-                    framework::Verdict::Pass => Verdict::Pass,
-                    framework::Verdict::Fail => Verdict::Fail,
-                    framework::Verdict::Skip => Verdict::Skip,
-                },
-                // One instance ran them all; per-case times are not known.
-                elapsed: if n == 1 {
-                    outcome.elapsed
-                } else {
-                    Duration::ZERO
-                },
-                output,
-                shown: 0,
                 timed_out: if last { timed_out } else { None },
                 reason: if last { reason.clone() } else { None },
+                ..case(&name, verdict, elapsed, output)
             }
         })
         .collect();
     if trapped && results.is_empty() {
+        let name = job.cases.first().cloned().unwrap_or_default();
         results.push(CaseResult {
-            name: job.cases.first().cloned().unwrap_or_default(),
-            verdict: Verdict::Fail,
-            elapsed: outcome.elapsed,
-            output: raw.to_string(),
-            shown: 0,
             timed_out,
             reason,
+            ..case(&name, Verdict::Fail, outcome.elapsed, raw.to_string())
         });
     }
     results

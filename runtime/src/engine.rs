@@ -56,6 +56,13 @@ const POOL_TABLE_ELEMENTS: usize = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModuleDigest(pub Sha256Digest);
 
+impl ModuleDigest {
+    /// The digest of a module's bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        ModuleDigest(Sha256Digest::of(bytes))
+    }
+}
+
 impl std::fmt::Display for ModuleDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -294,7 +301,9 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 const COMPONENT_VERSION: [u8; 4] = [0x0d, 0, 1, 0];
 
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+/// Checks that `bytes` start like a WASI p1 core module (not a component,
+/// not something else) without compiling them.
+pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         return Err(LoadError::NotWasm);
     }

@@ -29,7 +29,8 @@ mod scratch;
 pub mod guest_abi;
 
 pub use engine::{
-    LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
+    check_header, LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, MAX_WASM_STACK, TICK,
+    WASMTIME_VERSION,
 };
 pub use error::{LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};

@@ -223,6 +223,10 @@ impl Policy {
         self.memory_limit
     }
 
+    pub fn output_limit_bytes(&self) -> usize {
+        self.output_limit
+    }
+
     pub fn timeout_duration(&self) -> Duration {
         self.timeout
     }

@@ -3,6 +3,7 @@
 //! status, and stderr lines.
 
 mod bad_input;
+mod cache;
 mod json;
 mod report;
 mod select;
@@ -12,15 +13,22 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
-/// `cachet` run from the repository root with its own compiled-module cache.
+/// `cachet` run from the repository root (fresh results, shared compiled modules).
 pub fn cachet(args: &[&str]) -> Output {
     cachet_in(&cachet_testkit::repo_root(), args)
 }
 
 pub fn cachet_in(dir: &Path, args: &[&str]) -> Output {
-    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    cachet_with(dir, args, &[])
+}
+
+/// `cachet` in `dir` with extra environment. Unless `env` sets its own
+/// `CACHET_CACHE`, each call gets fresh results (so reports show real runs)
+/// and shares compiled modules with every other call (so nothing recompiles).
+pub fn cachet_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    static COMPILED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
+    let compiled = COMPILED.get_or_init(|| tempfile::tempdir().unwrap());
     cachet_testkit::ensure_target().unwrap();
     // `cargo test -p cachet-tests` does not rebuild another package's binary;
     // make sure the one under test is current (a no-op when it is).
@@ -33,11 +41,14 @@ pub fn cachet_in(dir: &Path, args: &[&str]) -> Output {
             .unwrap();
         assert!(status.success(), "building the cachet binary failed");
     });
+    let fresh = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(compiled.path(), fresh.path().join("compiled")).unwrap();
     Command::cargo_bin("cachet")
         .unwrap()
         .current_dir(dir)
-        .env("CACHET_CACHE", cache.path())
+        .env("CACHET_CACHE", fresh.path())
         .env_remove("CI")
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .unwrap()

@@ -135,7 +135,15 @@ fn verbose_output_streams_while_the_case_runs() {
     let _ = crate::cachet(&["test", "--list", ".", "fixtures/suites/slowprint"]);
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cachet"))
         .current_dir(cachet_testkit::repo_root())
-        .args(["test", "-v", "-p", "1", "fixtures/suites/slowprint"])
+        .args([
+            "test",
+            "--count",
+            "1",
+            "-v",
+            "-p",
+            "1",
+            "fixtures/suites/slowprint",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -183,7 +191,10 @@ fn on_a_terminal(ci: bool) -> String {
     cmd.current_dir(cachet_testkit::repo_root())
         .args([
             "-qec",
-            &format!("{} test -p 1 fixtures/suites/slowprint", bin.display()),
+            &format!(
+                "{} test --count 1 -p 1 fixtures/suites/slowprint",
+                bin.display()
+            ),
             "/dev/null",
         ])
         .env_remove("CI");

@@ -45,6 +45,13 @@ pub struct TestArgs {
     pub isolate: Option<IsolateArg>,
     /// Packages: .wasm files, directories, DIR/... (every package below), cargo package dirs.
     pub packages: Vec<String>,
+    /// Say why each case ran instead of using its cached result.
+    #[arg(long)]
+    pub explain: bool,
+    /// Run cached cases anyway and compare with the cached result; a
+    /// difference means nondeterminism or an input cachet did not record.
+    #[arg(long)]
+    pub verify: bool,
     /// Arguments passed to every test binary.
     #[arg(last = true)]
     pub args: Vec<String>,

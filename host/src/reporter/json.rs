@@ -101,14 +101,14 @@ impl Format for JsonFormat {
                 )),
             );
         }
-        if let Some(reason) = &r.reason {
+        for note in r.reason.iter().chain(&r.not_saved) {
             s += &line(
                 at,
                 "output",
                 pkg,
                 t,
                 None,
-                Some(format!("    cachet: {reason}\n")),
+                Some(format!("    cachet: {note}\n")),
             );
         }
         let (word, action) = match r.verdict {
@@ -172,6 +172,10 @@ impl Format for JsonFormat {
         let (outputs, action): (Vec<String>, &str) = match outcome {
             PackageOutcome::Passed => (
                 vec!["PASS\n".into(), format!("ok  \t{pkg}\t{}\n", secs(d, 3))],
+                "pass",
+            ),
+            PackageOutcome::Cached => (
+                vec!["PASS\n".into(), format!("ok  \t{pkg}\t(cached)\n")],
                 "pass",
             ),
             PackageOutcome::Failed => (

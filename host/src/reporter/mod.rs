@@ -77,6 +77,11 @@ impl Reporter {
 
     pub fn event(&mut self, event: Event) {
         let (pkg, text) = match event {
+            Event::Warning { message } => {
+                self.progress
+                    .suspend(|| eprintln!("cachet: warning: {message}"));
+                return;
+            }
             Event::PackageStarted { pkg, at } => {
                 (pkg, self.format.package_started(&self.names[pkg], at))
             }

@@ -1,7 +1,9 @@
 //! `go test`'s text output, byte for byte: `ok  \tPKG\t0.012s`,
-//! `--- FAIL: NAME (0.01s)` blocks, `?   \tPKG\t[no test files]`, a final
-//! `FAIL`; with `-v`, `=== RUN` and `--- PASS` for every case.
+//! `ok  \tPKG\t(cached)`, `--- FAIL: NAME (0.01s)` blocks,
+//! `?   \tPKG\t[no test files]`, a final `FAIL`; with `-v`, `=== RUN` and
+//! `--- PASS` for every case (cached ones replay their output, as in Go).
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use super::{secs, Format};
@@ -9,6 +11,8 @@ use crate::event::{CaseResult, PackageOutcome, Verdict};
 
 pub struct TextFormat {
     pub verbose: bool,
+    /// Cases whose `=== RUN` and output were streamed live.
+    streamed: HashSet<String>,
     /// The case whose output was printed last, while streaming: another
     /// case's output is introduced with `=== CONT`, as go test does.
     last: Option<String>,
@@ -18,6 +22,7 @@ impl TextFormat {
     pub fn new(verbose: bool) -> Self {
         TextFormat {
             verbose,
+            streamed: HashSet::new(),
             last: None,
         }
     }
@@ -29,6 +34,34 @@ impl TextFormat {
         };
         self.last = Some(name.to_string());
         s
+    }
+
+    fn case_lines(&mut self, r: &CaseResult) -> String {
+        let word = match r.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        };
+        let result_line = format!("--- {word}: {} ({})\n", r.name, secs(r.elapsed, 2));
+        if self.verbose {
+            let mut s = if self.streamed.remove(&r.name) {
+                // `=== RUN` and the output shown so far are out already.
+                self.switch_to(&r.name) + &indent(&r.output[r.shown..], "")
+            } else {
+                format!("=== RUN   {}\n", r.name) + &indent(&r.output, "")
+            };
+            s.push_str(&stop_lines(r, "    "));
+            s.push_str(&result_line);
+            s
+        } else if r.verdict == Verdict::Fail {
+            result_line + &indent(&r.output, "    ") + &stop_lines(r, "    ")
+        } else {
+            // A passing case prints nothing, but for a result not cached.
+            r.not_saved
+                .as_ref()
+                .map(|n| format!("cachet: {}: {n}\n", r.name))
+                .unwrap_or_default()
+        }
     }
 }
 
@@ -44,7 +77,8 @@ fn indent(text: &str, by: &str) -> String {
         .collect()
 }
 
-/// `*** Test killed: ran too long (10m0s).` and the sandbox's reasons.
+/// `*** Test killed: ran too long (10m0s).`, the sandbox's reasons, and
+/// why a passing result was not cached.
 fn stop_lines(r: &CaseResult, by: &str) -> String {
     let mut s = String::new();
     if let Some(limit) = r.timed_out {
@@ -53,14 +87,15 @@ fn stop_lines(r: &CaseResult, by: &str) -> String {
             cachet_runtime::duration_string(limit)
         ));
     }
-    if let Some(reason) = &r.reason {
-        s.push_str(&format!("{by}cachet: {reason}\n"));
+    for note in r.reason.iter().chain(&r.not_saved) {
+        s.push_str(&format!("{by}cachet: {note}\n"));
     }
     s
 }
 
 impl Format for TextFormat {
     fn case_started(&mut self, _pkg: &str, name: &str) -> String {
+        self.streamed.insert(name.to_string());
         self.last = Some(name.to_string());
         format!("=== RUN   {name}\n")
     }
@@ -69,41 +104,12 @@ impl Format for TextFormat {
         self.switch_to(name) + text
     }
 
-    fn case(&mut self, _pkg: &str, r: &CaseResult, _at: SystemTime) -> String {
-        let word = match r.verdict {
-            Verdict::Pass => "PASS",
-            Verdict::Fail => "FAIL",
-            Verdict::Skip => "SKIP",
-        };
-        if self.verbose && self.last.is_some() {
-            // Streamed: `=== RUN` and the shown output are out already.
-            let mut s = self.switch_to(&r.name);
-            s.push_str(&indent(&r.output[r.shown..], ""));
-            s.push_str(&stop_lines(r, "    "));
-            s.push_str(&format!(
-                "--- {word}: {} ({})\n",
-                r.name,
-                secs(r.elapsed, 2)
-            ));
-            s
-        } else if self.verbose {
-            let mut s = format!("=== RUN   {}\n", r.name);
-            s.push_str(&indent(&r.output, ""));
-            s.push_str(&stop_lines(r, "    "));
-            s.push_str(&format!(
-                "--- {word}: {} ({})\n",
-                r.name,
-                secs(r.elapsed, 2)
-            ));
-            s
-        } else if r.verdict == Verdict::Fail {
-            let mut s = format!("--- FAIL: {} ({})\n", r.name, secs(r.elapsed, 2));
-            s.push_str(&indent(&r.output, "    "));
-            s.push_str(&stop_lines(r, "    "));
-            s
-        } else {
-            String::new()
-        }
+    fn case(&mut self, pkg: &str, r: &CaseResult, _at: SystemTime) -> String {
+        let explain = r
+            .explain
+            .as_ref()
+            .map(|why| format!("cachet: explain: {pkg}: {} ran: {why}\n", r.name));
+        explain.unwrap_or_default() + &self.case_lines(r)
     }
 
     fn listed(&mut self, _pkg: &str, names: &[String]) -> String {
@@ -121,11 +127,10 @@ impl Format for TextFormat {
         outcome: PackageOutcome,
         _at: SystemTime,
     ) -> String {
+        let pass = if self.verbose { "PASS\n" } else { "" };
         match outcome {
-            PackageOutcome::Passed if self.verbose => {
-                format!("PASS\nok  \t{pkg}\t{}\n", secs(elapsed, 3))
-            }
-            PackageOutcome::Passed => format!("ok  \t{pkg}\t{}\n", secs(elapsed, 3)),
+            PackageOutcome::Passed => format!("{pass}ok  \t{pkg}\t{}\n", secs(elapsed, 3)),
+            PackageOutcome::Cached => format!("{pass}ok  \t{pkg}\t(cached)\n"),
             PackageOutcome::Failed => format!("FAIL\nFAIL\t{pkg}\t{}\n", secs(elapsed, 3)),
             PackageOutcome::NoTestFiles => format!("?   \t{pkg}\t[no test files]\n"),
             PackageOutcome::NoTestsToRun => {
