@@ -18,6 +18,7 @@ pub mod discover;
 pub mod event;
 pub mod exit;
 pub mod framework;
+pub mod inputs;
 pub mod plan;
 pub mod reporter;
 pub mod scheduler;
@@ -54,6 +55,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     let code = match cli.command {
+        Command::Inputs(args) => inputs::run(args, open_cache()),
+        Command::Clean(args) => clean(args.results),
         Command::Test(args) => match TestConfig::from_args(args) {
             Ok(config) => test(config),
             Err(e) => {
@@ -74,6 +77,61 @@ pub fn cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("cachet"))
+}
+
+/// The result cache under [`cache_dir`], trimmed at most once a day; `None`
+/// (with a warning) when it cannot be opened: tests then run uncached.
+fn open_cache() -> Option<cache::Cache> {
+    let dir = cache_dir()?.join("results");
+    match cache::Cache::open(&dir) {
+        Ok(c) => {
+            trim_daily(&c);
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("cachet: warning: cannot open the result cache in {}: {e}; running without it (set CACHET_CACHE)", dir.display());
+            None
+        }
+    }
+}
+
+/// Trims the store when its marker is a day old (as Go's cache does).
+fn trim_daily(cache: &cache::Cache) {
+    let marker = cache.store().root().join("trimmed");
+    let due = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age > std::time::Duration::from_secs(24 * 3600));
+    if due && std::fs::write(&marker, b"").is_ok() {
+        let _ = cache
+            .store()
+            .trim(cache::store::MAX_AGE, cache::store::MAX_BYTES);
+    }
+}
+
+/// `cachet clean`: removes the cache, or with `results_only` just results.
+fn clean(results_only: bool) -> u8 {
+    let Some(dir) = cache_dir() else {
+        eprintln!("cachet: no cache directory (set CACHET_CACHE or HOME)");
+        return exit::SETUP_ERROR;
+    };
+    let target = if results_only {
+        dir.join("results")
+    } else {
+        dir
+    };
+    match std::fs::remove_dir_all(&target) {
+        Ok(()) => {
+            println!("removed {}", target.display());
+            exit::PASSED
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => exit::PASSED,
+        Err(e) => {
+            eprintln!("cachet: cannot remove {}: {e}", target.display());
+            exit::SETUP_ERROR
+        }
+    }
 }
 
 fn test(config: TestConfig) -> u8 {
@@ -99,13 +157,7 @@ fn test(config: TestConfig) -> u8 {
     } else {
         Box::new(TextFormat::new(config.verbose))
     };
-    let cache = cache_dir().and_then(|dir| match cache::Cache::open(&dir.join("results")) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("cachet: warning: cannot open the result cache in {}: {e}; running without it (set CACHET_CACHE)", dir.display());
-            None
-        }
-    });
+    let cache = open_cache();
     let names = packages.iter().map(|p| p.name.clone()).collect();
     let mut reporter = Reporter::new(
         format,

@@ -374,3 +374,37 @@ fn verify_catches_a_nondeterministic_test() {
         "{out}"
     );
 }
+
+#[test]
+fn inputs_prints_the_recorded_log_and_clean_forgets_results() {
+    let p = warmed();
+    let env = [("CACHET_CACHE", p.cache.path().to_str().unwrap())];
+    let o = crate::cachet_with(&p.dir(), &["inputs", ".", "tests::reads_a"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let a = cachet_runtime::Sha256Digest::of(b"alpha");
+    assert_eq!(
+        out,
+        format!(
+            "== . tests::reads_a\ncachet-input-log v1\nenv TERM unset\nuses clock\nopen pkg/testdata/a.txt {a}\nstat pkg/testdata/a.txt file size=5\n"
+        )
+    );
+    let all = stdout(&crate::cachet_with(&p.dir(), &["inputs", "."], &env));
+    assert_eq!(all.matches("== . ").count(), ALL.len(), "{all}");
+    assert!(
+        all.contains("readdir pkg/testdata/listed sha256:")
+            && all.contains("readlink pkg/testdata/link target=a.txt"),
+        "{all}"
+    );
+
+    let o = crate::cachet_with(&p.dir(), &["clean", "--results"], &env);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        p.cache.path().join("compiled").exists(),
+        "compiled modules are kept"
+    );
+    assert_eq!(p.ran(&[]).len(), ALL.len(), "every result is gone");
+    let o = crate::cachet_with(&p.dir(), &["clean"], &env);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!p.cache.path().exists());
+}

@@ -117,6 +117,16 @@ impl Cache {
         }
     }
 
+    /// The case names of a cached listing whose log is recorded (whatever
+    /// today's world says), for `cachet inputs`.
+    pub fn cases(&self, parts: &KeyParts) -> Option<Vec<String>> {
+        let entry: LogEntry = self.read(LOGS, &parts.key().0).ok()??;
+        let result: CachedResult = self
+            .read(RESULTS, &parts.key().result(&entry.log.inputs_digest()).0)
+            .ok()??;
+        Some(result.cases)
+    }
+
     /// The last passing log of `parts`, for `cachet inputs`.
     pub fn log(&self, parts: &KeyParts) -> Result<Option<InputLog>, String> {
         Ok(self.read::<LogEntry>(LOGS, &parts.key().0)?.map(|e| e.log))

@@ -1,8 +1,12 @@
 //! Command-line types (clap). Parsing does no I/O; `config` turns these into
 //! a validated configuration before anything runs.
 
+mod clean;
+mod inputs;
 mod test;
 
+pub use clean::CleanArgs;
+pub use inputs::InputsArgs;
 pub use test::{FrameworkArg, IsolateArg, TestArgs};
 
 use clap::{Parser, Subcommand};
@@ -22,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Test packages: .wasm files, directories, DIR/... and cargo packages.
     Test(TestArgs),
+    /// Print the input log recorded by each case's last passing run.
+    Inputs(InputsArgs),
+    /// Remove cached results (and compiled modules, without --results).
+    Clean(CleanArgs),
 }
 
 #[cfg(test)]

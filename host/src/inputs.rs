@@ -1,0 +1,118 @@
+//! `cachet inputs PKG [CASE]`: the input log each case's last passing run
+//! recorded, as the cache holds it. What a cache audit reads: every file,
+//! directory, variable and link the cached result depends on.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::artifact::Artifact;
+use crate::cache::{Cache, KeyParts};
+use crate::cli::{InputsArgs, TestArgs};
+use crate::config::TestConfig;
+use crate::framework::Framework;
+use crate::{discover, exit, plan};
+
+/// Pseudo case of a module's listing (as the scheduler caches it).
+const LIST_CASE: &str = "--list";
+
+pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
+    let Some(cache) = cache else {
+        eprintln!("cachet: no result cache to read (set CACHET_CACHE or HOME)");
+        return exit::SETUP_ERROR;
+    };
+    let test_args = TestArgs {
+        run: None,
+        list: None,
+        failfast: false,
+        timeout: "10m".into(),
+        count: None,
+        env: args.env,
+        mount: args.mount,
+        memory: args.memory,
+        verbose: false,
+        json: false,
+        parallel: Some(1),
+        framework: None,
+        isolate: None,
+        explain: false,
+        verify: false,
+        packages: vec![args.package],
+        args: args.args,
+    };
+    let config = match TestConfig::from_args(test_args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cachet: {e}");
+            return exit::SETUP_ERROR;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut code = exit::PASSED;
+    for package in discover::discover(&config.packages) {
+        if let Some(e) = &package.error {
+            eprintln!("cachet: {}: {e}", package.name);
+            code = exit::SETUP_ERROR;
+            continue;
+        }
+        let dir = package
+            .cargo
+            .then(|| plan::absolute_dir(&package))
+            .flatten();
+        let forced = package.cargo.then_some(Framework::Libtest);
+        let artifacts: Vec<Arc<Artifact>> = match package
+            .modules
+            .iter()
+            .map(|m| Artifact::read(m.clone(), forced, dir.clone()).map(Arc::new))
+            .collect()
+        {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("cachet: {}: {e}", package.name);
+                code = exit::SETUP_ERROR;
+                continue;
+            }
+        };
+        let embedded = artifacts.iter().any(|a| a.embeds_dir);
+        let policy = plan::policy(&config, &package, &std::env::temp_dir(), embedded);
+        for a in &artifacts {
+            let cases = match a.framework.list_args() {
+                None => vec![a.file_name()],
+                Some(list_args) => {
+                    let parts =
+                        KeyParts::new(a.digest, a.framework.name(), LIST_CASE, &list_args, &policy);
+                    match cache.log(&parts) {
+                        Ok(Some(_)) => cases_of(&cache, &parts),
+                        _ => {
+                            eprintln!(
+                                "cachet: {}: {}: no recorded run of this build; run `cachet test {}` first",
+                                package.name,
+                                a.file_name(),
+                                package.name
+                            );
+                            code = exit::SETUP_ERROR;
+                            continue;
+                        }
+                    }
+                }
+            };
+            for case in cases
+                .iter()
+                .filter(|c| args.case.as_ref().is_none_or(|want| want == *c))
+            {
+                let parts =
+                    KeyParts::new(a.digest, a.framework.name(), case, &config.args, &policy);
+                let _ = writeln!(out, "== {} {case}", package.name);
+                let _ = match cache.log(&parts) {
+                    Ok(Some(log)) => write!(out, "{}", log.render()),
+                    Ok(None) => writeln!(out, "(no passing run recorded)"),
+                    Err(e) => writeln!(out, "(unreadable: {e})"),
+                };
+            }
+        }
+    }
+    code
+}
+
+fn cases_of(cache: &Cache, parts: &KeyParts) -> Vec<String> {
+    cache.cases(parts).unwrap_or_default()
+}
