@@ -73,7 +73,7 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
             }
         };
         let embedded = artifacts.iter().any(|a| a.embeds_dir);
-        let policy = plan::policy(&config, &package, &std::env::temp_dir(), embedded);
+        let policy = plan::policy(&config, &package, &std::env::temp_dir(), embedded, None);
         for a in &artifacts {
             let cases = match a.framework.list_args() {
                 None => vec![a.file_name()],

@@ -169,9 +169,12 @@ fn test(config: TestConfig) -> u8 {
         Arc::new(config),
         packages,
         runtime,
-        cache,
+        cache.clone(),
         scratch.path(),
         |e| reporter.event(e),
     );
+    if let Some(c) = &cache {
+        c.save_memo();
+    }
     reporter.finish()
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cachet_runtime::Policy;
+use cachet_runtime::{DigestMemo, Policy};
 
 use crate::artifact::Artifact;
 
@@ -32,8 +32,17 @@ pub struct Job {
 /// What every run of a package may see: the package dir read-only at `.`, a
 /// fresh scratch dir at `/tmp`, the `--env` variables, the `--mount`s, and
 /// the limits.
-pub fn policy(config: &TestConfig, package: &Package, scratch: &Path, embedded: bool) -> Policy {
+pub fn policy(
+    config: &TestConfig,
+    package: &Package,
+    scratch: &Path,
+    embedded: bool,
+    memo: Option<Arc<dyn DigestMemo>>,
+) -> Policy {
     let mut p = Policy::new();
+    if let Some(m) = memo {
+        p.digest_memo(m);
+    }
     let absolute = absolute_dir(package).filter(|_| embedded);
     let mut guests = vec!["."];
     guests.extend(absolute.as_deref());

@@ -115,7 +115,8 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         .zip(&loaded)
         .map(|(p, mods)| {
             let embedded = mods.as_ref().is_ok_and(|m| m.iter().any(|m| m.embeds_dir));
-            Arc::new(plan::policy(&ctx.config, p, &ctx.scratch, embedded))
+            let memo = ctx.cache.as_ref().map(Cache::memo);
+            Arc::new(plan::policy(&ctx.config, p, &ctx.scratch, embedded, memo))
         })
         .collect();
     let mut listings: Vec<Vec<Listing>> = Vec::new();

@@ -34,7 +34,10 @@ pub use engine::{
 };
 pub use error::{LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};
-pub use observe::{first_change, reobserve, virtual_ino, Change, World, VIRTUAL_TIME_NS};
+pub use observe::{
+    first_change, reobserve, virtual_ino, Change, DigestMemo, FileId, SharedMemo, World,
+    VIRTUAL_TIME_NS,
+};
 pub use outcome::{RunOutcome, Status};
 pub use policy::{
     Mount, MountMode, OutputTee, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT_LIMIT,

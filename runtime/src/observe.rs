@@ -38,6 +38,35 @@ pub fn virtual_dev(mount_name: &str) -> u64 {
     virtual_ino(&format!("dev:{mount_name}"))
 }
 
+/// A file's identity as `stat` gives it; any write changes `ctime` at least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// Remembers content digests by [`FileId`], so an unchanged file costs an
+/// `fstat` instead of a read. An implementation must never return a digest
+/// for a file that may have changed since it was recorded (the host's memo
+/// applies the racy-file rule).
+pub trait DigestMemo: Send + Sync {
+    fn get(&self, id: &FileId) -> Option<Sha256Digest>;
+    fn put(&self, id: FileId, digest: Sha256Digest);
+}
+
+/// A shared [`DigestMemo`].
+#[derive(Clone)]
+pub struct SharedMemo(pub std::sync::Arc<dyn DigestMemo>);
+
+impl fmt::Debug for SharedMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedMemo")
+    }
+}
+
 struct WorldMount {
     name: String,
     host: PathBuf,
@@ -49,6 +78,7 @@ struct WorldMount {
 pub struct World {
     mounts: Vec<WorldMount>,
     env: BTreeMap<String, String>,
+    memo: Option<SharedMemo>,
 }
 
 impl fmt::Debug for World {
@@ -83,7 +113,14 @@ impl World {
                 })
                 .collect(),
             env,
+            memo: None,
         }
+    }
+
+    /// Uses `memo` for file contents.
+    pub fn with_memo(mut self, memo: Option<SharedMemo>) -> Self {
+        self.memo = memo;
+        self
     }
 
     pub(crate) fn env(&self) -> &BTreeMap<String, String> {
@@ -125,8 +162,8 @@ impl World {
         };
         let rel = if rel.is_empty() { "." } else { rel };
         let result = match op {
-            ReadOp::Open => open(dir, rel, true),
-            ReadOp::OpenNoFollow => open(dir, rel, false),
+            ReadOp::Open => open(dir, rel, true, self.memo.as_ref().map(|m| &*m.0)),
+            ReadOp::OpenNoFollow => open(dir, rel, false, self.memo.as_ref().map(|m| &*m.0)),
             ReadOp::Stat => dir.metadata(rel).map(|m| meta(&m)),
             ReadOp::Lstat => dir.symlink_metadata(rel).map(|m| meta(&m)),
             ReadOp::Readdir => listing(dir, rel),
@@ -238,7 +275,12 @@ pub fn first_change(recorded: &InputLog, now: &InputLog) -> Option<Change> {
         })
 }
 
-fn open(dir: &Dir, rel: &str, follow: bool) -> io::Result<Observation> {
+fn open(
+    dir: &Dir,
+    rel: &str,
+    follow: bool,
+    memo: Option<&dyn DigestMemo>,
+) -> io::Result<Observation> {
     let m = if follow {
         dir.metadata(rel)?
     } else {
@@ -252,7 +294,13 @@ fn open(dir: &Dir, rel: &str, follow: bool) -> io::Result<Observation> {
         // devices and fifos are never opened, which could block.
         return Ok(meta(&m));
     }
-    let mut file = dir.open(rel)?;
+    let mut file = dir.open(rel)?.into_std();
+    let id = memo.and_then(|_| file_id(&file));
+    if let (Some(memo), Some(id)) = (memo, &id) {
+        if let Some(d) = memo.get(id) {
+            return Ok(Observation::Digest(d));
+        }
+    }
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -262,7 +310,27 @@ fn open(dir: &Dir, rel: &str, follow: bool) -> io::Result<Observation> {
         }
         h.update(&buf[..n]);
     }
-    Ok(Observation::Digest(Sha256Digest(h.finalize().into())))
+    let digest = Sha256Digest(h.finalize().into());
+    // Recorded only if the file did not change while it was read.
+    if let (Some(memo), Some(id)) = (memo, id) {
+        if file_id(&file) == Some(id) {
+            memo.put(id, digest);
+        }
+    }
+    Ok(Observation::Digest(digest))
+}
+
+fn file_id(file: &std::fs::File) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+    })
 }
 
 fn kind_of(t: cap_std::fs::FileType) -> FileKind {

@@ -87,6 +87,7 @@ pub struct Policy {
     pub(crate) program_name: String,
     pub(crate) output_limit: usize,
     pub(crate) output_tee: Option<OutputTee>,
+    pub(crate) memo: Option<crate::observe::SharedMemo>,
     pub(crate) memory_limit: u64,
     pub(crate) table_limit: u32,
     pub(crate) timeout: Duration,
@@ -109,6 +110,7 @@ impl Policy {
             program_name: "main.wasm".to_string(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
             output_tee: None,
+            memo: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             table_limit: DEFAULT_TABLE_LIMIT,
             timeout: DEFAULT_TIMEOUT,
@@ -186,6 +188,12 @@ impl Policy {
         self
     }
 
+    /// Remembers file digests in `memo` (for observations and re-observation).
+    pub fn digest_memo(&mut self, memo: Arc<dyn crate::observe::DigestMemo>) -> &mut Self {
+        self.memo = Some(crate::observe::SharedMemo(memo));
+        self
+    }
+
     /// Also hands every output write to `tee` as it happens.
     pub fn output_tee(&mut self, tee: OutputTee) -> &mut Self {
         self.output_tee = Some(tee);
@@ -240,6 +248,7 @@ impl Policy {
                 .map(|m| (m.name.clone(), m.host.clone(), m.mode)),
             self.env.clone(),
         )
+        .with_memo(self.memo.clone())
     }
 
     /// The host directory a logical mount name stands for.

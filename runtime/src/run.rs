@@ -134,7 +134,8 @@ impl Runtime {
         let world = World::new(
             mounts.iter().map(|(n, h, m, _)| (n.clone(), h.clone(), *m)),
             policy.env.clone(),
-        );
+        )
+        .with_memo(policy.memo.clone());
         let scratch_index = scratch.as_ref().map(|_| mounts.len() - 1);
         let mut recorder = Recorder::new(world, scratch_index);
         for (i, mount) in preopens.into_iter().enumerate() {

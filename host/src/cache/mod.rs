@@ -9,6 +9,7 @@
 //! test ran. The cache never prints; warnings come back as values.
 
 pub mod key;
+pub mod memo;
 pub mod store;
 
 use std::path::Path;
@@ -74,16 +75,27 @@ const LOGS: &str = "logs";
 const RESULTS: &str = "results";
 const NAMES: &str = "names";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Cache {
     store: Store,
+    memo: std::sync::Arc<memo::StatMemo>,
 }
 
 impl Cache {
     pub fn open(dir: &Path) -> std::io::Result<Cache> {
-        Ok(Cache {
-            store: Store::open(dir)?,
-        })
+        let store = Store::open(dir)?;
+        let memo = std::sync::Arc::new(memo::StatMemo::load(&dir.join("memo")));
+        Ok(Cache { store, memo })
+    }
+
+    /// The stat memo, for the runs' policies.
+    pub fn memo(&self) -> std::sync::Arc<dyn cachet_runtime::DigestMemo> {
+        self.memo.clone()
+    }
+
+    /// Writes the stat memo back; a failure only costs re-hashing later.
+    pub fn save_memo(&self) {
+        let _ = self.memo.save();
     }
 
     pub fn store(&self) -> &Store {
