@@ -94,12 +94,13 @@ impl TestConfig {
         let timeout = parse_duration(&args.timeout)
             .ok_or_else(|| ConfigError::Duration(args.timeout.clone()))?;
         let memory = args
+            .sandbox
             .memory
             .as_deref()
             .map(|m| parse_size(m).ok_or_else(|| ConfigError::Size(m.to_string())))
             .transpose()?;
         let mut env = BTreeMap::new();
-        for e in &args.env {
+        for e in &args.sandbox.env {
             let (name, value) = match e.split_once('=') {
                 Some((n, v)) => (n.to_string(), v.to_string()),
                 None => (
@@ -113,6 +114,7 @@ impl TestConfig {
             env.insert(name, value);
         }
         let mounts = args
+            .sandbox
             .mount
             .iter()
             .map(|m| parse_mount(m))

@@ -172,60 +172,67 @@ impl Framework {
     }
 }
 
-/// Newlines looked back over while streaming: libtest ends a case with the
-/// line that carries `ok` (after any unterminated output), a blank line,
-/// `test result: ...` and a blank line, so only text before the fifth newline
-/// from the end is certainly the case's own.
+/// Lines held while streaming: libtest ends a case with the line that carries
+/// `ok` (after any unterminated output), a blank line, `test result: ...` and
+/// a blank line, so the last four complete lines (and any partial one) may
+/// still be framing.
 const HOLD_LINES: usize = 5;
 
 /// Cleans a case's output while it is still being written, for live `-v`
-/// output: a line is passed on once [`HOLD_LINES`] more have arrived, so the
-/// harness's framing can still be removed from both ends.
+/// output: complete lines wait in a queue until [`HOLD_LINES`]` - 1` newer
+/// ones have arrived, so the harness's framing can still be removed from both
+/// ends. Each byte is looked at a bounded number of times, however long the
+/// output grows.
 pub struct LiveOutput {
-    framework: Framework,
-    case: String,
-    raw: Vec<u8>,
+    head: String,
+    partial: Vec<u8>,
+    held: std::collections::VecDeque<String>,
+    /// The harness's opening framing has been passed.
+    started: bool,
     sent: String,
 }
 
 impl LiveOutput {
     pub fn new(framework: Framework, case: &str) -> Self {
         LiveOutput {
-            framework,
-            case: case.to_string(),
-            raw: Vec::new(),
+            head: format!("test {case} ... "),
+            partial: Vec::new(),
+            held: std::collections::VecDeque::new(),
+            started: framework == Framework::Plain,
             sent: String::new(),
         }
     }
 
     /// Takes newly written bytes; returns the text that is now safe to show.
     pub fn push(&mut self, bytes: &[u8]) -> String {
-        self.raw.extend_from_slice(bytes);
-        let text = String::from_utf8_lossy(&self.raw);
-        let mut cut = text.len();
-        for _ in 0..HOLD_LINES {
-            match text[..cut].rfind('\n') {
-                Some(i) => cut = i,
-                None => return String::new(),
+        self.partial.extend_from_slice(bytes);
+        let mut out = String::new();
+        let mut start = 0;
+        while let Some(n) = memchr::memchr(b'\n', &self.partial[start..]) {
+            let line = String::from_utf8_lossy(&self.partial[start..=start + n]).into_owned();
+            start += n + 1;
+            self.held.push_back(line);
+            while self.held.len() >= HOLD_LINES {
+                let line = self.held.pop_front().expect("held is not empty");
+                out.push_str(&self.unframe(line));
             }
         }
-        let stable = &text[..=cut];
-        let cleaned = match self.framework {
-            Framework::Plain => stable,
-            Framework::Libtest => {
-                let head = format!("test {} ... ", self.case);
-                match stable.find(&head) {
-                    Some(i) => &stable[i + head.len()..],
-                    None => return String::new(),
-                }
+        self.partial.drain(..start);
+        self.sent.push_str(&out);
+        out
+    }
+
+    /// A line leaving the queue, without the harness's opening framing.
+    fn unframe(&mut self, line: String) -> String {
+        if self.started {
+            return line;
+        }
+        match line.find(&self.head) {
+            Some(i) => {
+                self.started = true;
+                line[i + self.head.len()..].to_string()
             }
-        };
-        if cleaned.len() > self.sent.len() && cleaned.starts_with(&self.sent) {
-            let new = cleaned[self.sent.len()..].to_string();
-            self.sent = cleaned.to_string();
-            new
-        } else {
-            String::new()
+            None => String::new(),
         }
     }
 
@@ -322,6 +329,22 @@ mod tests {
         assert_eq!(
             (shown.as_str(), body.as_str(), rest.as_str()),
             ("one\n", "one\nlast", "last")
+        );
+    }
+
+    #[test]
+    fn live_output_is_linear_in_the_output() {
+        // 50,000 writes of one line each: a filter that re-scanned all output
+        // on every write (as the first version did) would take minutes here.
+        let mut live = LiveOutput::new(Framework::Libtest, "t");
+        let mut shown = live.push(b"\nrunning 1 test\ntest t ... ");
+        for i in 0..50_000 {
+            shown.push_str(&live.push(format!("line {i}\n").as_bytes()));
+        }
+        assert!(shown.starts_with("line 0\nline 1\n"));
+        assert!(
+            shown.ends_with("line 49995\n"),
+            "the last four lines are held"
         );
     }
 

@@ -389,58 +389,60 @@ fn run_job(ctx: &Ctx, job: Job, tx: &Tx) -> Vec<CaseResult> {
         .cache
         .as_ref()
         .filter(|_| job.cases.len() == 1 && job.isolate == Isolate::Test);
-    let parts = KeyParts::new(
-        job.module.digest,
-        job.framework.name(),
-        &job.cases[0],
-        &ctx.config.args,
-        &job.policy,
-    );
-    let name = NameKey::new(&job.package, &job.cases[0]);
-    let mut explain = None;
-    let mut cached = None;
-    let lookup = cache.map(|c| c.lookup(name, &parts, &job.policy.world()));
+    let key = cache.map(|c| {
+        let parts = KeyParts::new(
+            job.module.digest,
+            job.framework.name(),
+            &job.cases[0],
+            &ctx.config.args,
+            &job.policy,
+        );
+        (c, parts, NameKey::new(&job.package, &job.cases[0]))
+    });
+    let lookup = key
+        .as_ref()
+        .map(|(c, parts, name)| c.lookup(*name, parts, &job.policy.world()));
     if let Some(Lookup::Miss(Miss::Corrupt(e))) = &lookup {
         let _ = tx.send(Event::Warning { message: e.clone() });
     }
+    let (mut explain, mut cached) = (None, None);
     match lookup {
         Some(Lookup::Hit(r)) if !ctx.config.verify => return vec![cached_result(&job.cases[0], r)],
         Some(Lookup::Hit(r)) => cached = Some(r),
         Some(Lookup::Miss(why)) => explain = Some(why),
-        None if ctx.cache.is_none() && ctx.config.explain => {
-            explain = Some(Miss::Bypassed("--count was given"))
+        None if ctx.cache.is_none() => {
+            explain = Some(Miss::Bypassed(
+                "--count was given, or the cache could not be opened",
+            ))
         }
-        None if ctx.config.explain => explain = Some(Miss::Bypassed("--isolate=module")),
-        None => {}
+        None => explain = Some(Miss::Bypassed("--isolate=module")),
     }
-    let mut results = run_uncached(ctx, &job, tx);
-    if let [result] = results.as_mut_slice() {
+    let (mut results, outcome) = run_uncached(ctx, &job, tx);
+    if let ([result], Some(outcome)) = (results.as_mut_slice(), &outcome) {
         result.explain = explain
             .filter(|_| ctx.config.explain)
             .map(|m| m.to_string());
-        if let Some(before) = cached {
-            verify(result, &before);
+        match cached {
+            Some(before) => verify(result, &before),
+            None => {
+                if let Some((cache, parts, name)) = &key {
+                    save(cache, parts, *name, result, outcome);
+                }
+            }
         }
     }
     results
 }
 
 fn cached_result(name: &str, r: CachedResult) -> CaseResult {
+    let verdict = if r.skipped {
+        Verdict::Skip
+    } else {
+        Verdict::Pass
+    };
     CaseResult {
-        name: name.to_string(),
-        verdict: if r.skipped {
-            Verdict::Skip
-        } else {
-            Verdict::Pass
-        },
-        elapsed: r.elapsed,
-        output: r.output,
-        shown: 0,
         cached: true,
-        explain: None,
-        not_saved: None,
-        timed_out: None,
-        reason: None,
+        ..case(name, verdict, r.elapsed, r.output)
     }
 }
 
@@ -465,16 +467,12 @@ fn verify(now: &mut CaseResult, before: &CachedResult) {
     }
 }
 
-fn run_uncached(ctx: &Ctx, job: &Job, tx: &Tx) -> Vec<CaseResult> {
+/// Runs the job; the outcome comes back with the results when it ran.
+fn run_uncached(ctx: &Ctx, job: &Job, tx: &Tx) -> (Vec<CaseResult>, Option<RunOutcome>) {
+    let setup_failed = |e: &str| job.cases.iter().map(|name| failed_setup(name, e)).collect();
     let module = match job.module.module(&ctx.runtime) {
         Ok(m) => m,
-        Err(e) => {
-            return job
-                .cases
-                .iter()
-                .map(|name| failed_setup(name, &e))
-                .collect()
-        }
+        Err(e) => return (setup_failed(&e), None),
     };
     let mut policy = (*job.policy).clone();
     policy.args(&job.framework.run_args(&job.run_cases, &ctx.config.args));
@@ -500,33 +498,27 @@ fn run_uncached(ctx: &Ctx, job: &Job, tx: &Tx) -> Vec<CaseResult> {
     });
     let outcome = match ctx.runtime.run(&module, &policy) {
         Ok(o) => o,
-        Err(e) => {
-            return job
-                .cases
-                .iter()
-                .map(|name| failed_setup(name, &e.to_string()))
-                .collect()
-        }
+        Err(e) => return (setup_failed(&e.to_string()), None),
     };
     let raw = String::from_utf8_lossy(&outcome.output).into_owned();
     let mut results = match (job.isolate, job.framework) {
         (Isolate::Module, Framework::Libtest) => module_results(job, &outcome, &raw),
         _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
     };
-    if let [result] = results.as_mut_slice() {
-        if let Some(live) = live {
-            result.shown = live.lock().expect("live output").shown_of(&result.output);
-        }
-        save(ctx, job, result, &outcome);
+    if let ([result], Some(live)) = (results.as_mut_slice(), live) {
+        result.shown = live.lock().expect("live output").shown_of(&result.output);
     }
-    results
+    (results, Some(outcome))
 }
 
 /// Saves a passing case, unless an input changed while it ran.
-fn save(ctx: &Ctx, job: &Job, result: &mut CaseResult, outcome: &RunOutcome) {
-    let Some(cache) = ctx.cache.as_ref().filter(|_| job.isolate == Isolate::Test) else {
-        return;
-    };
+fn save(
+    cache: &Cache,
+    parts: &KeyParts,
+    name: NameKey,
+    result: &mut CaseResult,
+    outcome: &RunOutcome,
+) {
     if result.verdict == Verdict::Fail {
         return;
     }
@@ -534,25 +526,38 @@ fn save(ctx: &Ctx, job: &Job, result: &mut CaseResult, outcome: &RunOutcome) {
         result.not_saved = Some(format!("not cached: {change} during the run"));
         return;
     }
-    let parts = KeyParts::new(
-        job.module.digest,
-        job.framework.name(),
-        &job.cases[0],
-        &ctx.config.args,
-        &job.policy,
-    );
     let cached = CachedResult {
-        output: result.output.clone(),
+        output: trim_output(&result.output),
         elapsed: result.elapsed,
         skipped: result.verdict == Verdict::Skip,
         cases: Vec::new(),
     };
-    let _ = cache.save(
-        NameKey::new(&job.package, &job.cases[0]),
-        &parts,
-        &outcome.log,
-        &cached,
-    );
+    let _ = cache.save(name, parts, &outcome.log, &cached);
+}
+
+/// Output kept in a cache entry: its first and last [`KEPT_OUTPUT`] / 2 bytes.
+const KEPT_OUTPUT: usize = 1 << 20;
+
+/// A passing case's output as the cache keeps it (for `-v` replay): whole up
+/// to [`KEPT_OUTPUT`], else its head and tail with a notice between.
+fn trim_output(output: &str) -> String {
+    if output.len() <= KEPT_OUTPUT {
+        return output.to_string();
+    }
+    let half = KEPT_OUTPUT / 2;
+    let head_end = (0..=half)
+        .rev()
+        .find(|&i| output.is_char_boundary(i))
+        .unwrap_or(0);
+    let tail_start = (output.len() - half..output.len())
+        .find(|&i| output.is_char_boundary(i))
+        .unwrap_or(output.len());
+    let omitted = tail_start - head_end;
+    format!(
+        "{}\n[cachet: {omitted} bytes of output not kept in the cache]\n{}",
+        &output[..head_end],
+        &output[tail_start..]
+    )
 }
 
 fn failed_setup(name: &str, error: &str) -> CaseResult {

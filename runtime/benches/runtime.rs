@@ -11,16 +11,7 @@ use std::time::{Duration, Instant};
 
 use cachet_runtime::{reobserve, Entry, InputLog, Policy, ReadOp, Runtime, RuntimeConfig, Status};
 
-const HELLO: &str = r#"
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "ok\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"#;
+use cachet_testkit::HELLO_WAT as HELLO;
 
 fn stats(mut samples: Vec<Duration>) -> String {
     samples.sort();

@@ -11,6 +11,18 @@ use std::sync::OnceLock;
 /// The WASI preview 1 target every guest is built for.
 pub const TARGET: &str = "wasm32-wasip1";
 
+/// The trivial WASI command of the runtime tests and benchmarks: writes "ok\n".
+pub const HELLO_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "ok\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"#;
+
 /// One built guest: its test binary and its package (manifest) dir.
 #[derive(Clone, Debug)]
 pub struct Fixture {

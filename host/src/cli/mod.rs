@@ -3,10 +3,12 @@
 
 mod clean;
 mod inputs;
+mod sandbox;
 mod test;
 
 pub use clean::CleanArgs;
 pub use inputs::InputsArgs;
+pub use sandbox::SandboxArgs;
 pub use test::{FrameworkArg, IsolateArg, TestArgs};
 
 use clap::{Parser, Subcommand};

@@ -2,6 +2,8 @@
 
 use clap::{Args, ValueEnum};
 
+use super::SandboxArgs;
+
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// Run only the cases whose name matches this regular expression (unanchored, as go test -run).
@@ -19,15 +21,8 @@ pub struct TestArgs {
     /// Run each case N times.
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,
-    /// Give the guest an environment variable: NAME=VALUE, or NAME for the host's value.
-    #[arg(long = "env", value_name = "NAME[=VALUE]")]
-    pub env: Vec<String>,
-    /// Mount a host directory: HOST:GUEST, read-only unless :rw is added.
-    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]")]
-    pub mount: Vec<String>,
-    /// Linear memory limit per case (bytes, or with KiB/MiB/GiB, K/M/G).
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Show every case's output and result, not just failures.
     #[arg(short = 'v')]
     pub verbose: bool,
