@@ -49,7 +49,7 @@ impl Artifact {
         self.compiled
             .get_or_init(|| {
                 runtime
-                    .load(&self.bytes)
+                    .load_digested(&self.bytes, self.digest)
                     .map_err(|e| format!("{}: {e}", self.path.display()))
             })
             .clone()

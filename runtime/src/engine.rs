@@ -199,8 +199,13 @@ impl Runtime {
     /// Loads a module: from this process if it was loaded before, else from
     /// the on-disk cache, else by compiling (and then caching) it.
     pub fn load(&self, bytes: &[u8]) -> Result<Module, LoadError> {
+        self.load_digested(bytes, ModuleDigest::of(bytes))
+    }
+
+    /// [`Runtime::load`] for a caller that already hashed `bytes`: `digest`
+    /// must be `ModuleDigest::of(bytes)` (it names the module in every cache).
+    pub fn load_digested(&self, bytes: &[u8], digest: ModuleDigest) -> Result<Module, LoadError> {
         check_header(bytes)?;
-        let digest = ModuleDigest(Sha256Digest::of(bytes));
         if let Some(m) = self
             .modules
             .lock()

@@ -408,3 +408,61 @@ fn inputs_prints_the_recorded_log_and_clean_forgets_results() {
     assert_eq!(o.status.code(), Some(0));
     assert!(!p.cache.path().exists());
 }
+
+#[test]
+fn a_result_whose_input_changed_during_the_run_is_not_cached() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("state.txt"), "0").unwrap();
+    std::fs::write(data.join("rw.txt"), "shared").unwrap();
+    std::fs::copy(
+        &cachet_testkit::fixture("fs_changes_input").wasm,
+        root.path().join("changes.wasm"),
+    )
+    .unwrap();
+    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+    let mount = format!("{}:/data:rw", data.display());
+    for _ in 0..2 {
+        let o = crate::cachet_with(
+            root.path(),
+            &["test", "--mount", &mount, "changes.wasm"],
+            &env,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(
+            out.starts_with(
+                "cachet: changes_its_own_input: not cached: open data/state.txt: content changed"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(" during the run\n") && !out.contains("(cached)"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn json_reports_cached_packages() {
+    let p = warmed();
+    let env = [("CACHET_CACHE", p.cache.path().to_str().unwrap())];
+    let o = crate::cachet_with(&p.dir(), &["test", "--json", "."], &env);
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outputs: String = events
+        .iter()
+        .filter(|e| e["Test"].is_null())
+        .filter_map(|e| e["Output"].as_str())
+        .collect();
+    assert!(outputs.contains("ok  \t.\t(cached)\n"), "{outputs}");
+    let passed = events
+        .iter()
+        .filter(|e| e["Action"] == "pass" && !e["Test"].is_null())
+        .count();
+    assert_eq!(passed, ALL.len(), "an event for every cached case");
+}
