@@ -2,6 +2,8 @@
 //! it printed. `libtest` is Rust's harness (`cargo test --target
 //! wasm32-wasip1`); `plain` is any WASI command, one case, exit 0 passes.
 
+use crate::event::Verdict;
+
 /// A module's test framework.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Framework {
@@ -16,14 +18,6 @@ pub struct CaseOutput {
     pub body: String,
     /// The harness reported the case as ignored.
     pub skipped: bool,
-}
-
-/// A case's verdict when a whole module ran in one instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Skip,
 }
 
 impl Framework {

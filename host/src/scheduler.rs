@@ -24,7 +24,7 @@ use crate::cache::{Cache, CachedResult, KeyParts, Lookup, Miss, NameKey};
 use crate::config::{Isolate, TestConfig};
 use crate::discover::Package;
 use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
-use crate::framework::{self, Framework, LiveOutput};
+use crate::framework::{Framework, LiveOutput};
 use crate::plan::{self, Job};
 
 /// Shared by every task of one `cachet test`.
@@ -617,13 +617,8 @@ fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult>
     let mut results: Vec<CaseResult> = split
         .into_iter()
         .enumerate()
-        .map(|(i, (name, v, output))| {
+        .map(|(i, (name, verdict, output))| {
             let last = i + 1 == n && trapped;
-            let verdict = match v {
-                framework::Verdict::Pass => Verdict::Pass,
-                framework::Verdict::Fail => Verdict::Fail,
-                framework::Verdict::Skip => Verdict::Skip,
-            };
             // One instance ran them all; per-case times are not known.
             let elapsed = if n == 1 {
                 outcome.elapsed
