@@ -6,7 +6,7 @@
 //!   memory (see docs/BENCHMARKS.md for the per-run cost).
 //! - Compiled modules are kept on disk keyed by module sha256, the engine's
 //!   compatibility fingerprint and the wasmtime version, and verified by a
-//!   sha256 trailer before they are deserialized: a damaged file is recompiled,
+//!   BLAKE3 trailer before they are deserialized: a damaged file is recompiled,
 //!   never loaded.
 //! - Each module's `InstancePre` (imports resolved once) is reused by every run.
 
@@ -218,7 +218,7 @@ impl Runtime {
         let cached = self
             .compiled_cache
             .as_ref()
-            .map(|dir| dir.join(format!("{}.cwasm", self.cache_key(&digest))));
+            .map(|dir| dir.join(format!("{}.b3.cwasm", self.cache_key(&digest))));
         let module = match cached.as_deref().and_then(|p| self.load_compiled(p)) {
             Some(m) => {
                 self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
@@ -260,7 +260,7 @@ impl Runtime {
     fn load_compiled(&self, path: &Path) -> Option<wasmtime::Module> {
         let bytes = std::fs::read(path).ok()?;
         let (body, trailer) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-        if Sha256Digest::of(body).0 != trailer {
+        if blake3::hash(body).as_bytes() != trailer {
             return None;
         }
         // SAFETY: the bytes were written by `store_compiled` with this engine's
@@ -282,8 +282,8 @@ fn store_compiled(path: &Path, module: &wasmtime::Module) -> std::io::Result<()>
     let dir = path.parent().expect("cache file has a parent");
     std::fs::create_dir_all(dir)?;
     let mut bytes = module.serialize().map_err(std::io::Error::other)?;
-    let trailer = Sha256Digest::of(&bytes);
-    bytes.extend_from_slice(&trailer.0);
+    let trailer = blake3::hash(&bytes);
+    bytes.extend_from_slice(trailer.as_bytes());
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::fs::write(tmp.path(), &bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
