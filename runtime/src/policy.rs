@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,20 +225,12 @@ impl Policy {
         &self.mounts
     }
 
-    pub fn environment(&self) -> &BTreeMap<String, String> {
-        &self.env
-    }
-
     pub fn memory_limit_bytes(&self) -> u64 {
         self.memory_limit
     }
 
     pub fn output_limit_bytes(&self) -> usize {
         self.output_limit
-    }
-
-    pub fn timeout_duration(&self) -> Duration {
-        self.timeout
     }
 
     /// The world the input log is observed in: the mounts by logical name and
@@ -251,13 +243,5 @@ impl Policy {
             self.env.clone(),
         )
         .with_memo(self.memo.clone())
-    }
-
-    /// The host directory a logical mount name stands for.
-    pub fn mount_host(&self, name: &str) -> Option<&Path> {
-        self.mounts
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| m.host.as_path())
     }
 }

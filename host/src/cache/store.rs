@@ -120,17 +120,6 @@ impl Store {
         Ok(Some(payload.to_vec()))
     }
 
-    /// Removes every entry of these kinds (all of them when empty).
-    pub fn clean(&self, kinds: &[&str]) -> io::Result<()> {
-        if kinds.is_empty() {
-            return remove_all(&self.root);
-        }
-        for k in kinds {
-            remove_all(&self.root.join(k))?;
-        }
-        Ok(())
-    }
-
     /// Removes stray temp files, entries unused for `max_age`, and the least
     /// recently used entries while the total exceeds `max_bytes`.
     pub fn trim(&self, max_age: Duration, max_bytes: u64) -> io::Result<TrimReport> {
@@ -199,13 +188,6 @@ fn touch(path: &Path) {
         if let Ok(f) = fs::File::options().append(true).open(path) {
             let _ = f.set_modified(SystemTime::now());
         }
-    }
-}
-
-fn remove_all(dir: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 
