@@ -39,6 +39,17 @@ pub struct TestConfig {
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<ExtraMount>,
     pub memory: Option<u64>,
+    /// The wasm stack of every case (one engine setting for the whole run).
+    pub stack: Option<usize>,
+    pub output_limit: Option<usize>,
+    pub tmp_limit: Option<u64>,
+    pub open_files: Option<u32>,
+    /// `--hermetic`: the seed of the virtual run.
+    pub hermetic: Option<u64>,
+    /// `--prebuilt`: never run cargo or any other host tool.
+    pub prebuilt: bool,
+    pub compile_timeout: Duration,
+    pub compile_memory: u64,
     pub verbose: bool,
     pub json: bool,
     pub parallel: usize,
@@ -61,10 +72,14 @@ pub enum ConfigError {
         pattern: String,
         reason: String,
     },
-    #[error("invalid --timeout {0:?}: use Go duration syntax such as 10m, 1m30s or 500ms")]
-    Duration(String),
-    #[error("invalid --memory {0:?}: use bytes or a size such as 512MiB or 2G")]
-    Size(String),
+    #[error("invalid --{0} {1:?}: use Go duration syntax such as 10m, 1m30s or 500ms")]
+    Duration(&'static str, String),
+    #[error("invalid --{0} {1:?}: use bytes or a size such as 512MiB or 2G")]
+    Size(&'static str, String),
+    #[error("invalid --stack {0:?}: give between 64KiB and 1GiB")]
+    Stack(String),
+    #[error("invalid --open-files 0: give at least 1")]
+    OpenFiles,
     #[error("invalid --env {0:?}: use NAME=VALUE, or NAME to pass the host's value")]
     Env(String),
     #[error("--env {0}: the variable is not set on the host; give a value with {0}=VALUE")]
@@ -92,13 +107,32 @@ impl TestConfig {
             .transpose()
         };
         let timeout = parse_duration(&args.timeout)
-            .ok_or_else(|| ConfigError::Duration(args.timeout.clone()))?;
-        let memory = args
-            .sandbox
-            .memory
-            .as_deref()
-            .map(|m| parse_size(m).ok_or_else(|| ConfigError::Size(m.to_string())))
-            .transpose()?;
+            .ok_or_else(|| ConfigError::Duration("timeout", args.timeout.clone()))?;
+        let size = |flag: &'static str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
+            v.as_deref()
+                .map(|m| parse_size(m).ok_or_else(|| ConfigError::Size(flag, m.to_string())))
+                .transpose()
+        };
+        let memory = size("memory", &args.sandbox.memory)?;
+        let stack = size("stack", &args.sandbox.stack)?;
+        if let (Some(s), Some(text)) = (stack, &args.sandbox.stack) {
+            if !(64 << 10..=1 << 30).contains(&s) {
+                return Err(ConfigError::Stack(text.clone()));
+            }
+        }
+        let output_limit = size("output-limit", &args.sandbox.output_limit)?;
+        let tmp_limit = size("tmp-limit", &args.sandbox.tmp_limit)?;
+        if args.sandbox.open_files == Some(0) {
+            return Err(ConfigError::OpenFiles);
+        }
+        let compile_timeout = match &args.compile_timeout {
+            Some(t) => parse_duration(t)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| ConfigError::Duration("compile-timeout", t.clone()))?,
+            None => cachet_runtime::DEFAULT_COMPILE_TIMEOUT,
+        };
+        let compile_memory = size("compile-memory", &args.compile_memory)?
+            .unwrap_or(cachet_runtime::DEFAULT_COMPILE_MEMORY);
         let mut env = BTreeMap::new();
         for e in &args.sandbox.env {
             let (name, value) = match e.split_once('=') {
@@ -137,6 +171,17 @@ impl TestConfig {
             env,
             mounts,
             memory,
+            stack: stack.map(|s| s as usize),
+            output_limit: output_limit.map(|s| s as usize),
+            tmp_limit,
+            open_files: args.sandbox.open_files,
+            hermetic: args
+                .sandbox
+                .hermetic
+                .then(|| args.sandbox.seed.unwrap_or(cachet_runtime::DEFAULT_SEED)),
+            prebuilt: args.prebuilt,
+            compile_timeout,
+            compile_memory,
             verbose: args.verbose,
             json: args.json,
             parallel,
@@ -158,6 +203,13 @@ impl TestConfig {
             explain: args.explain,
             verify: args.verify,
         })
+    }
+}
+
+impl TestConfig {
+    /// The wasm stack every case gets.
+    pub fn stack_bytes(&self) -> usize {
+        self.stack.unwrap_or(cachet_runtime::MAX_WASM_STACK)
     }
 }
 

@@ -9,6 +9,10 @@
 //!   hidden directories and `node_modules`).
 //!
 //! A package that cannot be set up carries its error; the others still run.
+//!
+//! Building runs cargo on the host, outside the sandbox: a package's build
+//! scripts and proc macros are ordinary host programs. With `--prebuilt`
+//! nothing is built and a cargo package is an error that says so.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,12 +45,20 @@ impl Package {
 
 const TARGET: &str = "wasm32-wasip1";
 
+/// Whether discovery may run host tools (cargo) to build packages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    Allowed,
+    /// `--prebuilt`: only existing `.wasm` files.
+    Never,
+}
+
 /// Expands every pattern, in order; a pattern that matches nothing yields one
 /// failed package naming it.
-pub fn discover(patterns: &[String]) -> Vec<Package> {
+pub fn discover(patterns: &[String], build: Build) -> Vec<Package> {
     let mut out: Vec<Package> = Vec::new();
     for pattern in patterns {
-        let found = expand(pattern);
+        let found = expand(pattern, build);
         for p in found {
             if !out
                 .iter()
@@ -59,7 +71,7 @@ pub fn discover(patterns: &[String]) -> Vec<Package> {
     out
 }
 
-fn expand(pattern: &str) -> Vec<Package> {
+fn expand(pattern: &str, build: Build) -> Vec<Package> {
     if let Some(root) = pattern
         .strip_suffix("/...")
         .or((pattern == "...").then_some("."))
@@ -77,7 +89,7 @@ fn expand(pattern: &str) -> Vec<Package> {
         walk(base, &mut dirs);
         let found: Vec<Package> = dirs
             .into_iter()
-            .filter_map(|d| package_at(&d, false))
+            .filter_map(|d| package_at(&d, false, build))
             .collect();
         if found.is_empty() {
             return vec![Package::failed(display_name(pattern), base.to_path_buf(), format!("{pattern} matched no packages (no Cargo.toml with [package] and no .wasm files)"))];
@@ -100,7 +112,7 @@ fn expand(pattern: &str) -> Vec<Package> {
         }];
     }
     if path.is_dir() {
-        return vec![package_at(path, true).expect("explicit dirs always yield a package")];
+        return vec![package_at(path, true, build).expect("explicit dirs always yield a package")];
     }
     vec![Package::failed(
         display_name(pattern),
@@ -132,11 +144,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The package in `dir`, if any; `explicit` dirs always give one (possibly
 /// with no test files).
-fn package_at(dir: &Path, explicit: bool) -> Option<Package> {
+fn package_at(dir: &Path, explicit: bool, build: Build) -> Option<Package> {
     let name = display_name(&dir.to_string_lossy());
     let manifest = dir.join("Cargo.toml");
     if std::fs::read_to_string(&manifest).is_ok_and(|m| m.lines().any(|l| l.trim() == "[package]"))
     {
+        if build == Build::Never {
+            return Some(Package::failed(
+                name,
+                dir.to_path_buf(),
+                format!("is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/{TARGET}/debug/deps/*.wasm)"),
+            ));
+        }
         return Some(build_cargo(name, dir));
     }
     let mut modules: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -259,14 +278,14 @@ mod tests {
 
     #[test]
     fn missing_paths_and_empty_patterns_are_package_errors() {
-        let got = discover(&["/nonexistent/cachet/x.wasm".to_string()]);
+        let got = discover(&["/nonexistent/cachet/x.wasm".to_string()], Build::Allowed);
         assert_eq!(
             got[0].error.as_deref(),
             Some("/nonexistent/cachet/x.wasm: no such file or directory")
         );
         let dir = tempfile::tempdir().unwrap();
         let pattern = format!("{}/...", dir.path().display());
-        assert!(discover(&[pattern])[0]
+        assert!(discover(&[pattern], Build::Allowed)[0]
             .error
             .as_deref()
             .unwrap()
@@ -280,10 +299,13 @@ mod tests {
         std::fs::write(dir.path().join("a/x.wasm"), b"").unwrap();
         std::fs::write(dir.path().join("a/target/y.wasm"), b"").unwrap();
         std::fs::create_dir_all(dir.path().join("b")).unwrap();
-        let got = discover(&[format!("{}/...", dir.path().display())]);
+        let got = discover(&[format!("{}/...", dir.path().display())], Build::Allowed);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].modules, [dir.path().join("a/x.wasm")]);
-        let empty = discover(&[dir.path().join("b").display().to_string()]);
+        let empty = discover(
+            &[dir.path().join("b").display().to_string()],
+            Build::Allowed,
+        );
         assert!(empty[0].modules.is_empty() && empty[0].error.is_none());
     }
 }

@@ -18,8 +18,8 @@ pub struct CaseResult {
     pub elapsed: Duration,
     /// The case's own output (harness framing removed).
     pub output: String,
-    /// How many bytes of `output` were already shown live (`CaseOutput`).
-    pub shown: usize,
+    /// Streamed live: what of `output` was not shown yet (`None`: all of it).
+    pub live_rest: Option<String>,
     /// The result came from the cache.
     pub cached: bool,
     /// `--explain`: why the case ran instead of hitting the cache.
@@ -55,6 +55,8 @@ pub enum Event {
         result: CaseResult,
         at: SystemTime,
     },
+    /// Ctrl-C or SIGTERM: running cases are being stopped, no new one starts.
+    Interrupted,
     /// `--list`: the matching case names.
     Listed { pkg: usize, names: Vec<String> },
     /// Every job of the package is done.
@@ -76,6 +78,7 @@ pub enum PackageOutcome {
     NoTestFiles,
     /// Modules, but no case selected.
     NoTestsToRun,
-    /// `--failfast` stopped the run before any of its cases started.
-    NotRun,
+    /// None of its cases started, for this reason (`--failfast` stopped at
+    /// an earlier failure; interrupted).
+    NotRun(&'static str),
 }

@@ -176,24 +176,27 @@ const HOLD_LINES: usize = 5;
 /// output: complete lines wait in a queue until [`HOLD_LINES`]` - 1` newer
 /// ones have arrived, so the harness's framing can still be removed from both
 /// ends. Each byte is looked at a bounded number of times, however long the
-/// output grows.
+/// output grows, and what was shown is not kept: memory stays bounded by
+/// the held lines.
 pub struct LiveOutput {
+    framework: Framework,
+    case: String,
     head: String,
     partial: Vec<u8>,
     held: std::collections::VecDeque<String>,
     /// The harness's opening framing has been passed.
     started: bool,
-    sent: String,
 }
 
 impl LiveOutput {
     pub fn new(framework: Framework, case: &str) -> Self {
         LiveOutput {
+            framework,
+            case: case.to_string(),
             head: format!("test {case} ... "),
             partial: Vec::new(),
             held: std::collections::VecDeque::new(),
             started: framework == Framework::Plain,
-            sent: String::new(),
         }
     }
 
@@ -212,7 +215,6 @@ impl LiveOutput {
             }
         }
         self.partial.drain(..start);
-        self.sent.push_str(&out);
         out
     }
 
@@ -230,14 +232,22 @@ impl LiveOutput {
         }
     }
 
-    /// How much of the final `body` was already shown.
-    pub fn shown_of(&self, body: &str) -> usize {
-        let with_newline = format!("{body}\n");
-        if with_newline.starts_with(&self.sent) {
-            self.sent.len().min(body.len())
-        } else {
-            0
+    /// After the case ended: the rest of its body, not shown yet (the held
+    /// lines without the closing framing), or `None` when nothing of the
+    /// body was shown (its opening framing never passed), so all of it is
+    /// still to show.
+    pub fn rest(&self) -> Option<String> {
+        if !self.started {
+            return None;
         }
+        // The body starts after the head; plain modules have none.
+        let mut raw = match self.framework {
+            Framework::Libtest => self.head.clone(),
+            Framework::Plain => String::new(),
+        };
+        raw.extend(self.held.iter().map(String::as_str));
+        raw.push_str(&String::from_utf8_lossy(&self.partial));
+        Some(self.framework.case_output(&self.case, &raw).body)
     }
 }
 
@@ -303,7 +313,12 @@ mod tests {
             let mut live = LiveOutput::new(Framework::Libtest, "a::b");
             let shown: String = raw.as_bytes().chunks(3).map(|c| live.push(c)).collect();
             let body = Framework::Libtest.case_output("a::b", raw).body;
-            let rest = body[live.shown_of(&body)..].to_string();
+            let rest = live.rest().unwrap();
+            assert_eq!(
+                format!("{shown}{rest}").trim_end(),
+                body,
+                "shown + rest = body"
+            );
             (shown, body, rest)
         };
         let closing = "\n\ntest result: ok. 1 passed; 0 failed\n\n";

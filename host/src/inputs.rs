@@ -34,6 +34,9 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         isolate: None,
         explain: false,
         verify: false,
+        prebuilt: args.prebuilt,
+        compile_timeout: None,
+        compile_memory: None,
         packages: vec![args.package],
         args: args.args,
     };
@@ -46,7 +49,12 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     };
     let mut out = std::io::stdout().lock();
     let mut code = exit::PASSED;
-    for package in discover::discover(&config.packages) {
+    let build = if config.prebuilt {
+        discover::Build::Never
+    } else {
+        discover::Build::Allowed
+    };
+    for package in discover::discover(&config.packages, build) {
         if let Some(e) = &package.error {
             eprintln!("cachet: {}: {e}", package.name);
             code = exit::SETUP_ERROR;
@@ -76,8 +84,14 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
             let cases = match a.framework.list_args() {
                 None => vec![a.file_name()],
                 Some(list_args) => {
-                    let parts =
-                        KeyParts::new(a.digest, a.framework.name(), LIST_CASE, &list_args, &policy);
+                    let parts = KeyParts::new(
+                        a.digest,
+                        a.framework.name(),
+                        LIST_CASE,
+                        &list_args,
+                        &policy,
+                        config.stack_bytes(),
+                    );
                     match cache.log(&parts) {
                         Ok(Some(_)) => cases_of(&cache, &parts),
                         _ => {
@@ -97,8 +111,14 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
                 .iter()
                 .filter(|c| args.case.as_ref().is_none_or(|want| want == *c))
             {
-                let parts =
-                    KeyParts::new(a.digest, a.framework.name(), case, &config.args, &policy);
+                let parts = KeyParts::new(
+                    a.digest,
+                    a.framework.name(),
+                    case,
+                    &config.args,
+                    &policy,
+                    config.stack_bytes(),
+                );
                 let _ = writeln!(out, "== {} {case}", package.name);
                 let _ = match cache.log(&parts) {
                     Ok(Some(log)) => write!(out, "{}", log.render()),

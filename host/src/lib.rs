@@ -22,6 +22,7 @@ pub mod inputs;
 pub mod plan;
 pub mod reporter;
 pub mod scheduler;
+pub mod workdir;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -57,6 +58,15 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let code = match cli.command {
         Command::Inputs(args) => inputs::run(args, open_cache()),
         Command::Clean(args) => clean(args.results),
+        Command::Compile(a) => {
+            match cachet_runtime::compile_child(&a.input, &a.output, &a.key, a.stack, a.memory) {
+                Ok(()) => exit::PASSED,
+                Err(e) => {
+                    eprintln!("{e}");
+                    exit::SETUP_ERROR
+                }
+            }
+        }
         Command::Test(args) => match TestConfig::from_args(args) {
             Ok(config) => test(config),
             Err(e) => {
@@ -135,9 +145,25 @@ fn clean(results_only: bool) -> u8 {
 }
 
 fn test(config: TestConfig) -> u8 {
-    let packages = discover::discover(&config.packages);
+    let build = if config.prebuilt {
+        discover::Build::Never
+    } else {
+        discover::Build::Allowed
+    };
+    let packages = discover::discover(&config.packages, build);
+    // Compiles run in a child process (this binary) under the compile limits.
+    let compile = std::env::current_exe()
+        .ok()
+        .map(|program| cachet_runtime::CompileGuard {
+            program,
+            args: vec!["__compile".into()],
+            timeout: config.compile_timeout,
+            memory: config.compile_memory,
+        });
     let runtime = match Runtime::new(RuntimeConfig {
         compiled_cache: cache_dir().map(|d| d.join("compiled")),
+        max_wasm_stack: config.stack,
+        compile,
     }) {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -145,7 +171,7 @@ fn test(config: TestConfig) -> u8 {
             return exit::SETUP_ERROR;
         }
     };
-    let scratch = match tempfile::Builder::new().prefix("cachet-").tempdir() {
+    let scratch = match workdir::Workdir::create() {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cachet: cannot create a scratch directory in {}: {e}; set TMPDIR to a writable directory", std::env::temp_dir().display());

@@ -72,6 +72,18 @@ pub fn policy(
     if let Some(m) = config.memory {
         p.memory_limit(m);
     }
+    if let Some(o) = config.output_limit {
+        p.output_limit(o);
+    }
+    if let Some(t) = config.tmp_limit {
+        p.scratch_limit(t);
+    }
+    if let Some(n) = config.open_files {
+        p.open_files(n);
+    }
+    if let Some(seed) = config.hermetic {
+        p.hermetic(seed);
+    }
     p
 }
 

@@ -34,6 +34,8 @@ struct Ctx {
     cache: Option<Cache>,
     slots: Arc<Semaphore>,
     failed: AtomicBool,
+    /// Ctrl-C or SIGTERM arrived: no new case starts.
+    interrupted: AtomicBool,
     scratch: PathBuf,
     /// Cases' output is sent as it is written (`-v`, one at a time).
     live: bool,
@@ -54,6 +56,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(workers + 2)
+        .enable_io()
         .build()
         .expect("a tokio runtime starts");
     let ctx = Arc::new(Ctx {
@@ -62,17 +65,51 @@ pub fn run(
         cache: cache.filter(|_| config.cache),
         config,
         failed: AtomicBool::new(false),
+        interrupted: AtomicBool::new(false),
         scratch: scratch.to_path_buf(),
         live,
     });
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        // A weak sender: the event loop below ends when the driver's senders
+        // are gone, whatever the signal watcher is waiting for.
+        let signals = tokio::spawn(watch_signals(ctx.clone(), tx.downgrade()));
         let driver = tokio::spawn(drive(ctx, packages, tx));
         while let Some(event) = rx.recv().await {
             on_event(event);
         }
         driver.await.expect("the scheduler does not panic");
+        signals.abort();
     });
+}
+
+/// The first Ctrl-C or SIGTERM stops every running case and starts no new
+/// one, so the run reports what was interrupted and removes its temp dir;
+/// a second one quits at once (removing the temp dir first).
+async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    for first in [true, false] {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        if first {
+            ctx.interrupted.store(true, Ordering::SeqCst);
+            ctx.runtime.interrupt();
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Event::Interrupted);
+            }
+        } else {
+            let _ = cachet_runtime::remove_tree(&ctx.scratch);
+            std::process::exit(i32::from(crate::exit::INTERRUPTED));
+        }
+    }
 }
 
 type Tx = mpsc::UnboundedSender<Event>;
@@ -218,7 +255,8 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                 .await
                 .expect("semaphore open");
             tasks.push(tokio::spawn(async move {
-                let skip = ctx.config.failfast && ctx.failed.load(Ordering::SeqCst);
+                let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
+                    || ctx.interrupted.load(Ordering::SeqCst);
                 if !skip {
                     start_package(pkg, &state, &tx);
                     let (ctx2, tx2) = (ctx.clone(), tx.clone());
@@ -245,7 +283,12 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                 } else {
                     drop(permit);
                 }
-                finish_job(pkg, &state, &tx);
+                let why = if ctx.interrupted.load(Ordering::SeqCst) {
+                    "interrupted"
+                } else {
+                    "--failfast stopped at an earlier failure"
+                };
+                finish_job(pkg, &state, &tx, why);
             }));
         }
     }
@@ -273,7 +316,7 @@ fn start_package(pkg: usize, state: &Mutex<PackageRun>, tx: &Tx) {
     }
 }
 
-fn finish_job(pkg: usize, state: &Mutex<PackageRun>, tx: &Tx) {
+fn finish_job(pkg: usize, state: &Mutex<PackageRun>, tx: &Tx, not_run: &'static str) {
     let mut s = state.lock().expect("package state");
     s.remaining -= 1;
     if s.remaining == 0 {
@@ -281,7 +324,7 @@ fn finish_job(pkg: usize, state: &Mutex<PackageRun>, tx: &Tx) {
         let outcome = if s.failed {
             PackageOutcome::Failed
         } else if s.ran == 0 {
-            PackageOutcome::NotRun
+            PackageOutcome::NotRun(not_run)
         } else if s.all_cached {
             PackageOutcome::Cached
         } else {
@@ -342,7 +385,14 @@ fn list_blocking(
     args: &[String],
 ) -> Result<Vec<String>, String> {
     let file = m.path.display().to_string();
-    let parts = KeyParts::new(m.digest, m.framework.name(), LIST_CASE, args, policy);
+    let parts = KeyParts::new(
+        m.digest,
+        m.framework.name(),
+        LIST_CASE,
+        args,
+        policy,
+        ctx.config.stack_bytes(),
+    );
     let name = NameKey::new(package, &format!("{LIST_CASE} {}", m.file_name()));
     if let Some(cache) = &ctx.cache {
         match cache.lookup(name, &parts, &policy.world()) {
@@ -396,6 +446,7 @@ fn run_job(ctx: &Ctx, job: Job, tx: &Tx) -> Vec<CaseResult> {
             &job.cases[0],
             &ctx.config.args,
             &job.policy,
+            ctx.config.stack_bytes(),
         );
         (c, parts, NameKey::new(&job.package, &job.cases[0]))
     });
@@ -500,13 +551,16 @@ fn run_uncached(ctx: &Ctx, job: &Job, tx: &Tx) -> (Vec<CaseResult>, Option<RunOu
         Ok(o) => o,
         Err(e) => return (setup_failed(&e.to_string()), None),
     };
+    if let Some(message) = outcome.cleanup_error.clone() {
+        let _ = tx.send(Event::Warning { message });
+    }
     let raw = String::from_utf8_lossy(&outcome.output).into_owned();
     let mut results = match (job.isolate, job.framework) {
         (Isolate::Module, Framework::Libtest) => module_results(job, &outcome, &raw),
         _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
     };
     if let ([result], Some(live)) = (results.as_mut_slice(), live) {
-        result.shown = live.lock().expect("live output").shown_of(&result.output);
+        result.live_rest = live.lock().expect("live output").rest();
     }
     (results, Some(outcome))
 }
@@ -574,7 +628,7 @@ fn case(name: &str, verdict: Verdict, elapsed: Duration, output: String) -> Case
         verdict,
         elapsed,
         output,
-        shown: 0,
+        live_rest: None,
         cached: false,
         explain: None,
         not_saved: None,
@@ -583,14 +637,22 @@ fn case(name: &str, verdict: Verdict, elapsed: Duration, output: String) -> Case
     }
 }
 
-/// The sandbox's reason for a stop the test itself did not report.
+/// The sandbox's reason for a stop the test itself did not report: one
+/// line, then the innermost wasm frames of a trap.
 fn stop_reason(status: &Status, output: &str) -> (Option<Duration>, Option<String>) {
     match status {
         Status::Exited(0) => (None, None),
         Status::Timeout(limit) => (Some(*limit), None),
         // A Rust panic already printed its message; the trap adds nothing.
-        Status::Trapped(_) if output.contains("panicked at") => (None, None),
-        other => (None, Some(other.to_string())),
+        Status::Trapped { .. } if output.contains("panicked at") => (None, None),
+        other => {
+            let mut reason = other.to_string();
+            for frame in other.frames() {
+                reason.push_str("\n    at ");
+                reason.push_str(frame);
+            }
+            (None, Some(reason))
+        }
     }
 }
 

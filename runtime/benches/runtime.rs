@@ -36,6 +36,7 @@ fn main() {
     std::fs::create_dir_all(work.path().join("scratch")).unwrap();
     let rt = Runtime::new(RuntimeConfig {
         compiled_cache: Some(work.path().join("compiled")),
+        ..Default::default()
     })
     .unwrap();
 
@@ -108,6 +109,7 @@ fn main() {
         let cache = work.path().join(format!("compiled-{i}"));
         let rt1 = Runtime::new(RuntimeConfig {
             compiled_cache: Some(cache.clone()),
+            ..Default::default()
         })
         .unwrap();
         let t = Instant::now();
@@ -117,6 +119,7 @@ fn main() {
         drop(rt1);
         let rt2 = Runtime::new(RuntimeConfig {
             compiled_cache: Some(cache),
+            ..Default::default()
         })
         .unwrap();
         let t = Instant::now();

@@ -5,27 +5,37 @@
 //! - Pooling allocator: instance slots are reused, so a run does not map fresh
 //!   memory (see docs/BENCHMARKS.md for the per-run cost).
 //! - Compiled modules are kept on disk keyed by module sha256, the engine's
-//!   compatibility fingerprint and the wasmtime version, and verified by a
-//!   BLAKE3 trailer before they are deserialized: a damaged file is recompiled,
-//!   never loaded.
+//!   compatibility fingerprint and the wasmtime version. Each file names its
+//!   own key in a header, and a BLAKE3 trailer covers header and body: a
+//!   damaged file, or one copied over another module's entry, is recompiled,
+//!   never loaded (issue 7: copying module A's file over B's entry made B run
+//!   A's native code when only integrity was checked).
+//! - Compiling can run in a child process (`RuntimeConfig::compile`) with a
+//!   time and memory limit, so a compile bomb fails its package's setup
+//!   instead of taking the host down.
 //! - Each module's `InstancePre` (imports resolved once) is reused by every run.
+//! - Guests run on threads whose stacks hold the wasm stack (`guest_thread.rs`).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
 };
 
+use crate::clock::Interrupt;
 use crate::error::{LoadError, RuntimeError};
+use crate::guest_thread::GuestThreads;
 use crate::log::Sha256Digest;
 use crate::run::RunState;
+use crate::scratch::ScratchPool;
 
 /// The wasmtime version compiled modules on disk are keyed by; a test checks it
 /// against the workspace's pin.
@@ -110,23 +120,65 @@ pub struct LoadStats {
 pub struct RuntimeConfig {
     /// Where compiled modules are kept; `None` keeps them in memory only.
     pub compiled_cache: Option<PathBuf>,
+    /// The wasm stack of every run; `None` is [`MAX_WASM_STACK`].
+    pub max_wasm_stack: Option<usize>,
+    /// Compile in a child process with limits; `None` compiles in-process.
+    pub compile: Option<CompileGuard>,
+}
+
+/// How to compile a module in a child process: `program args... IN OUT KEY
+/// STACK MEMORY` must call [`compile_child`]. The child gets `memory` bytes
+/// of address space and `timeout` of wall time; past either, the module is
+/// reported as a compile bomb.
+#[derive(Clone, Debug)]
+pub struct CompileGuard {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub timeout: Duration,
+    pub memory: u64,
+}
+
+/// A compile may take this long by default. The largest test binaries seen
+/// (Go's standard library, ~30 MB of wasm) compile in well under a minute on
+/// two cores.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Address space a compile may use by default: cranelift needs a few hundred
+/// MiB for the largest modules seen; the rest is margin.
+pub const DEFAULT_COMPILE_MEMORY: u64 = 4 << 30;
+
+/// What every run of every guest thread shares.
+pub(crate) struct Shared {
+    pub engine: Engine,
+    pub scratch: ScratchPool,
+    pub interrupt: Arc<Interrupt>,
+    pub max_wasm_stack: usize,
 }
 
 pub struct Runtime {
-    pub(crate) engine: Engine,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) threads: GuestThreads,
     pub(crate) linker: Linker<RunState>,
     compiled_cache: Option<PathBuf>,
+    compile: Option<CompileGuard>,
     modules: Mutex<HashMap<ModuleDigest, Module>>,
     compiled: AtomicU64,
     loaded_from_disk: AtomicU64,
     reused: AtomicU64,
     stop_ticker: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
-    pub(crate) scratch: crate::scratch::ScratchPool,
 }
 
-impl Runtime {
-    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+/// The engine settings of every run, and of the compile child (which needs
+/// no instance pool, and must produce code the pooled engine accepts).
+fn engine_config(max_wasm_stack: usize, pooled: bool) -> Config {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true)
+        .max_wasm_stack(max_wasm_stack)
+        // wasmtime requires the async stack to hold the wasm stack even
+        // though runs are synchronous.
+        .async_stack_size(max_wasm_stack + (1 << 20));
+    if pooled {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_core_instances(POOL_INSTANCES)
             .total_memories(POOL_INSTANCES)
@@ -139,13 +191,15 @@ impl Runtime {
             // (docs/BENCHMARKS.md); fresh pages fault in only when touched.
             .linear_memory_keep_resident(64 << 10)
             .table_keep_resident(1 << 16);
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
-            .max_wasm_stack(MAX_WASM_STACK)
-            // wasmtime requires the async stack to hold the wasm stack even
-            // though runs are synchronous.
-            .async_stack_size(MAX_WASM_STACK + (1 << 20))
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    wasm
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let max_wasm_stack = config.max_wasm_stack.unwrap_or(MAX_WASM_STACK);
+        let wasm = engine_config(max_wasm_stack, true);
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         crate::intercept::add_to_linker(&mut linker)
@@ -166,17 +220,39 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?
         };
         Ok(Runtime {
-            engine,
+            shared: Arc::new(Shared {
+                engine,
+                scratch: ScratchPool::default(),
+                interrupt: Arc::default(),
+                max_wasm_stack,
+            }),
+            threads: GuestThreads::new(max_wasm_stack)
+                .map_err(|e| RuntimeError::Engine(format!("cannot start the WASI runtime: {e}")))?,
             linker,
             compiled_cache: config.compiled_cache,
+            compile: config.compile,
             modules: Mutex::default(),
             compiled: AtomicU64::new(0),
             loaded_from_disk: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             stop_ticker,
             ticker: Some(ticker),
-            scratch: crate::scratch::ScratchPool::default(),
         })
+    }
+
+    /// Stops every running guest (as `Status::Interrupted`) and every later
+    /// run before it starts: Ctrl-C.
+    pub fn interrupt(&self) {
+        self.shared.interrupt.trigger();
+    }
+
+    /// Whether [`Runtime::interrupt`] was called.
+    pub fn interrupted(&self) -> bool {
+        self.shared.interrupt.is_set()
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.shared.engine
     }
 
     pub fn stats(&self) -> LoadStats {
@@ -215,23 +291,31 @@ impl Runtime {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(m.clone());
         }
+        let key = self.cache_key(&digest);
         let cached = self
             .compiled_cache
             .as_ref()
-            .map(|dir| dir.join(format!("{}.b3.cwasm", self.cache_key(&digest))));
-        let module = match cached.as_deref().and_then(|p| self.load_compiled(p)) {
+            .map(|dir| dir.join(format!("{}.cwasm", key.hex())));
+        let module = match cached.as_deref().and_then(|p| self.load_compiled(p, &key)) {
             Some(m) => {
                 self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
                 m
             }
             None => {
-                let m = wasmtime::Module::new(&self.engine, bytes)
-                    .map_err(|e| LoadError::Compile(first_line(&e)))?;
+                let m = match &self.compile {
+                    Some(guard) => self.compile_in_child(guard, bytes, &key, cached.as_deref())?,
+                    None => {
+                        let m = wasmtime::Module::new(self.engine(), bytes)
+                            .map_err(|e| LoadError::Compile(first_line(&e)))?;
+                        if let Some(path) = &cached {
+                            // A cache that cannot be written only costs a
+                            // recompile later.
+                            let _ = store_compiled(path, &key, &m);
+                        }
+                        m
+                    }
+                };
                 self.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some(path) = &cached {
-                    // A cache that cannot be written only costs a recompile later.
-                    let _ = store_compiled(path, &m);
-                }
                 m
             }
         };
@@ -249,24 +333,135 @@ impl Runtime {
         Ok(module)
     }
 
-    fn cache_key(&self, digest: &ModuleDigest) -> String {
+    /// The identity of a module's compiled code: the module digest, this
+    /// engine's compatibility fingerprint and the wasmtime version.
+    fn cache_key(&self, digest: &ModuleDigest) -> Sha256Digest {
         let mut h = ShaHasher(Sha256::new());
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut h);
+        std::hash::Hash::hash(&self.engine().precompile_compatibility_hash(), &mut h);
         h.0.update(WASMTIME_VERSION.as_bytes());
         h.0.update(digest.0 .0);
-        Sha256Digest(h.0.finalize().into()).hex()
+        Sha256Digest(h.0.finalize().into())
     }
 
-    fn load_compiled(&self, path: &Path) -> Option<wasmtime::Module> {
+    fn load_compiled(&self, path: &Path, key: &Sha256Digest) -> Option<wasmtime::Module> {
         let bytes = std::fs::read(path).ok()?;
-        let (body, trailer) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-        if blake3::hash(body).as_bytes() != trailer {
-            return None;
-        }
-        // SAFETY: the bytes were written by `store_compiled` with this engine's
-        // fingerprint in the file name, and the trailer proves they are intact.
-        unsafe { wasmtime::Module::deserialize(&self.engine, body) }.ok()
+        let body = compiled_body(&bytes, key)?;
+        // SAFETY: the file names this module's key (module digest, engine
+        // fingerprint, wasmtime version) in its header, and the trailer over
+        // header and body proves both are as `store_compiled` wrote them.
+        unsafe { wasmtime::Module::deserialize(self.engine(), body) }.ok()
     }
+
+    /// Compiles `bytes` in a child process under `guard`'s limits, into
+    /// `cached` (or a temp file), and loads the result.
+    fn compile_in_child(
+        &self,
+        guard: &CompileGuard,
+        bytes: &[u8],
+        key: &Sha256Digest,
+        cached: Option<&Path>,
+    ) -> Result<wasmtime::Module, LoadError> {
+        let io = |what: &str, e: std::io::Error| LoadError::Compile(format!("{what}: {e}"));
+        let dir = match cached.and_then(Path::parent) {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| io("cannot create the compiled-module cache", e))?;
+                d.to_path_buf()
+            }
+            None => std::env::temp_dir(),
+        };
+        let input = tempfile::Builder::new()
+            .prefix("cachet-compile-")
+            .tempfile_in(&dir)
+            .map_err(|e| io("cannot write the module for compiling", e))?;
+        std::fs::write(input.path(), bytes)
+            .map_err(|e| io("cannot write the module for compiling", e))?;
+        let output = tempfile::Builder::new()
+            .prefix("cachet-compiled-")
+            .tempfile_in(&dir)
+            .map_err(|e| io("cannot create the compiled module", e))?;
+        let mut child = std::process::Command::new(&guard.program)
+            .args(&guard.args)
+            .arg(input.path())
+            .arg(output.path())
+            .arg(key.hex())
+            .arg(self.shared.max_wasm_stack.to_string())
+            .arg(guard.memory.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| io("cannot start the compiler process", e))?;
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() >= guard.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(LoadError::CompileLimit(format!(
+                        "compiling took longer than {}",
+                        crate::duration_string(guard.timeout)
+                    )));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(io("cannot wait for the compiler process", e)),
+            }
+        };
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.by_ref().take(64 << 10).read_to_string(&mut err);
+            }
+            let line = err.lines().next().unwrap_or("").to_string();
+            return Err(if err.contains(OUT_OF_MEMORY) || line.is_empty() {
+                LoadError::CompileLimit(format!(
+                    "compiling needed more than {} of memory",
+                    crate::outcome::size_string(guard.memory)
+                ))
+            } else {
+                LoadError::Compile(line)
+            });
+        }
+        let written =
+            std::fs::read(output.path()).map_err(|e| io("cannot read the compiled module", e))?;
+        let body = compiled_body(&written, key).ok_or_else(|| {
+            LoadError::Compile("the compiler process wrote a damaged file".into())
+        })?;
+        // SAFETY: as in `load_compiled`: header and trailer checked.
+        let module = unsafe { wasmtime::Module::deserialize(self.engine(), body) }
+            .map_err(|e| LoadError::Compile(first_line(&e)))?;
+        if let Some(path) = cached {
+            let _ = output.persist(path);
+        }
+        Ok(module)
+    }
+}
+
+/// What Rust's allocator prints before aborting a process that ran out of
+/// its address space (the compile child under its limit).
+const OUT_OF_MEMORY: &str = "memory allocation of";
+
+/// The compile child: reads the module at `input`, compiles it with the
+/// engine settings of a run (stack `max_wasm_stack`) within `memory` bytes
+/// of address space, and writes it to `output` bound to `key`. Called by
+/// the host binary for the arguments [`CompileGuard`] describes.
+pub fn compile_child(
+    input: &Path,
+    output: &Path,
+    key_hex: &str,
+    max_wasm_stack: usize,
+    memory: u64,
+) -> Result<(), String> {
+    limit_address_space(memory);
+    let key = Sha256Digest::parse_hex(key_hex).ok_or("bad key")?;
+    let bytes =
+        std::fs::read(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
+    let engine = Engine::new(&engine_config(max_wasm_stack, false)).map_err(|e| first_line(&e))?;
+    let module = wasmtime::Module::new(&engine, &bytes).map_err(|e| first_line(&e))?;
+    store_compiled(output, &key, &module)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))
 }
 
 impl Drop for Runtime {
@@ -278,10 +473,22 @@ impl Drop for Runtime {
     }
 }
 
-fn store_compiled(path: &Path, module: &wasmtime::Module) -> std::io::Result<()> {
+/// First bytes of a compiled-module file; its key follows.
+const COMPILED_HEADER: &[u8] = b"cachet-compiled v2\n";
+
+/// Writes `module` to `path`: header, key, body, BLAKE3 of all three.
+fn store_compiled(
+    path: &Path,
+    key: &Sha256Digest,
+    module: &wasmtime::Module,
+) -> std::io::Result<()> {
     let dir = path.parent().expect("cache file has a parent");
     std::fs::create_dir_all(dir)?;
-    let mut bytes = module.serialize().map_err(std::io::Error::other)?;
+    let body = module.serialize().map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(COMPILED_HEADER.len() + 32 + body.len() + 32);
+    bytes.extend_from_slice(COMPILED_HEADER);
+    bytes.extend_from_slice(&key.0);
+    bytes.extend_from_slice(&body);
     let trailer = blake3::hash(&bytes);
     bytes.extend_from_slice(trailer.as_bytes());
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -289,6 +496,33 @@ fn store_compiled(path: &Path, module: &wasmtime::Module) -> std::io::Result<()>
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
+
+/// The body of a compiled-module file, if it is intact and bound to `key`.
+fn compiled_body<'a>(bytes: &'a [u8], key: &Sha256Digest) -> Option<&'a [u8]> {
+    let (signed, trailer) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if blake3::hash(signed).as_bytes() != trailer {
+        return None;
+    }
+    let rest = signed.strip_prefix(COMPILED_HEADER)?;
+    let (file_key, body) = rest.split_at_checked(32)?;
+    (file_key == key.0).then_some(body)
+}
+
+/// Caps the address space of this process (the compile child).
+#[cfg(unix)]
+fn limit_address_space(bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads the struct; a failure leaves the compile unlimited.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_AS, &limit);
+    }
+}
+
+#[cfg(not(unix))]
+fn limit_address_space(_bytes: u64) {}
 
 /// Feeds `Hash` output into sha256, which is stable across processes.
 struct ShaHasher(Sha256);
@@ -329,6 +563,29 @@ pub(crate) fn first_line(e: &wasmtime::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiled_files_are_bound_to_their_key() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let module = wasmtime::Module::new(rt.engine(), "(module)").unwrap();
+        let (a, b) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"b"));
+        let path = dir.path().join("a.cwasm");
+        store_compiled(&path, &a, &module).unwrap();
+        assert!(rt.load_compiled(&path, &a).is_some());
+        assert!(
+            rt.load_compiled(&path, &b).is_none(),
+            "another module's file is refused"
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(
+            rt.load_compiled(&path, &a).is_none(),
+            "a damaged file is refused"
+        );
+    }
 
     #[test]
     fn wasmtime_version_matches_the_workspace_pin() {

@@ -32,6 +32,8 @@ pub enum LoadError {
         "{0}; cachet provides only WASI preview 1 (`wasi_snapshot_preview1`) and `cachet` imports"
     )]
     Link(String),
+    #[error("compile limit: {0}; the module is too large or built to exhaust the compiler (raise --compile-timeout or --compile-memory if it is genuine)")]
+    CompileLimit(String),
 }
 
 /// Why a run could not be set up (the module never started).
@@ -51,4 +53,6 @@ pub enum RunError {
     },
     #[error("mount `{0}` is given twice; each mount needs its own name")]
     DuplicateMount(String),
+    #[error("internal error in cachet while running the module: {0}; please report it")]
+    Internal(String),
 }

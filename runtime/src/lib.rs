@@ -13,14 +13,18 @@
 //! The runtime knows nothing of caching, the CLI or reports, and exposes no
 //! wasmtime types. Design note: `docs/design/sandbox.md`.
 
+mod clock;
 mod engine;
 mod error;
+mod guest_thread;
 mod intercept;
 pub mod log;
 mod observe;
 mod outcome;
 mod output;
 mod policy;
+mod quota;
+mod random;
 mod recorder;
 mod run;
 mod scratch;
@@ -28,8 +32,10 @@ mod scratch;
 #[path = "../../guest-shim/src/abi.rs"]
 pub mod guest_abi;
 
+pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use engine::{
-    check_header, LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, MAX_WASM_STACK, TICK,
+    check_header, compile_child, CompileGuard, LoadStats, Module, ModuleDigest, Runtime,
+    RuntimeConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK,
     WASMTIME_VERSION,
 };
 pub use error::{LoadError, RunError, RuntimeError};
@@ -38,11 +44,15 @@ pub use observe::{
     first_change, reobserve, virtual_ino, Change, DigestMemo, FileId, SharedMemo, World,
     VIRTUAL_TIME_NS,
 };
-pub use outcome::{RunOutcome, Status};
+pub use outcome::{size_string, RunOutcome, Status};
+pub use output::{KEPT_HEAD, KEPT_TAIL};
 pub use policy::{
-    Mount, MountMode, OutputTee, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT_LIMIT,
-    DEFAULT_TIMEOUT, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME,
+    Mount, MountMode, OutputTee, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OPEN_FILES,
+    DEFAULT_OUTPUT_LIMIT, DEFAULT_SCRATCH_LIMIT, DEFAULT_SEED, DEFAULT_TIMEOUT, SCRATCH_GUEST_PATH,
+    SCRATCH_MOUNT_NAME,
 };
+pub use quota::INODE_CHARGE;
+pub use scratch::remove_tree;
 
 /// Formats a duration as Go does (`10m0s`, `1.5s`, `250ms`), for messages
 /// that users of `go test` read every day.

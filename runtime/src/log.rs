@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// First line of every rendered log; bumped when the meaning of a line changes.
-pub const LOG_HEADER: &str = "cachet-input-log v1";
+pub const LOG_HEADER: &str = "cachet-input-log v2";
 
 /// A sha256 digest, rendered `sha256:<64 hex digits>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ impl Sha256Digest {
         s
     }
 
-    fn parse_hex(hex: &str) -> Option<Self> {
+    pub fn parse_hex(hex: &str) -> Option<Self> {
         if hex.len() != 64 {
             return None;
         }
@@ -76,6 +76,12 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    /// Special files: the guest sees which kind in `stat`, and cannot open
+    /// any of them (an open could block, or read what no log can digest).
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
     Other,
 }
 
@@ -85,6 +91,10 @@ impl FileKind {
             FileKind::File => "file",
             FileKind::Dir => "dir",
             FileKind::Symlink => "symlink",
+            FileKind::CharDevice => "chardev",
+            FileKind::BlockDevice => "blockdev",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
             FileKind::Other => "other",
         }
     }
@@ -94,9 +104,18 @@ impl FileKind {
             "file" => FileKind::File,
             "dir" => FileKind::Dir,
             "symlink" => FileKind::Symlink,
+            "chardev" => FileKind::CharDevice,
+            "blockdev" => FileKind::BlockDevice,
+            "fifo" => FileKind::Fifo,
+            "socket" => FileKind::Socket,
             "other" => FileKind::Other,
             _ => return None,
         })
+    }
+
+    /// Not a file, directory or symlink: never opened by the sandbox.
+    pub fn is_special(self) -> bool {
+        !matches!(self, FileKind::File | FileKind::Dir | FileKind::Symlink)
     }
 }
 

@@ -291,7 +291,9 @@ fn open(
     }
     if !m.is_file() {
         // Directories record their kind only (their listing is `readdir`'s);
-        // devices and fifos are never opened, which could block.
+        // special files are never opened (the sandbox refuses them: an open
+        // could block, a read could give anything), so their kind is all a
+        // guest can learn.
         return Ok(meta(&m));
     }
     let mut file = dir.open(rel)?.into_std();
@@ -334,12 +336,21 @@ fn file_id(file: &std::fs::File) -> Option<FileId> {
 }
 
 fn kind_of(t: cap_std::fs::FileType) -> FileKind {
+    use cap_std::fs::FileTypeExt;
     if t.is_dir() {
         FileKind::Dir
     } else if t.is_file() {
         FileKind::File
     } else if t.is_symlink() {
         FileKind::Symlink
+    } else if t.is_char_device() {
+        FileKind::CharDevice
+    } else if t.is_block_device() {
+        FileKind::BlockDevice
+    } else if t.is_fifo() {
+        FileKind::Fifo
+    } else if t.is_socket() {
+        FileKind::Socket
     } else {
         FileKind::Other
     }

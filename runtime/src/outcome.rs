@@ -12,14 +12,29 @@ use crate::observe::Change;
 pub enum Status {
     /// The guest exited (returned from `_start`: 0, or called `proc_exit`).
     Exited(i32),
-    /// The guest trapped: a Rust panic, `unreachable`, a stack overflow.
-    Trapped(String),
+    /// The guest trapped (a Rust panic, `unreachable`, an out-of-bounds
+    /// access): the cause, and the innermost wasm frames, named where the
+    /// module has a name section.
+    Trapped {
+        message: String,
+        frames: Vec<String>,
+    },
+    /// The guest's wasm stack passed its limit (deep or endless recursion).
+    StackOverflow { limit: usize, frames: Vec<String> },
     /// The run was stopped after its time limit.
     Timeout(Duration),
+    /// The host stopped the run (Ctrl-C).
+    Interrupted,
     /// Linear memory growth past the limit was refused and the guest failed.
     MemoryLimit(u64),
     /// The guest wrote more output than the cap; the output is truncated there.
     OutputOverflow(usize),
+    /// A write to the scratch dir was refused (ENOSPC) at its quota and the
+    /// guest then failed.
+    ScratchLimit(u64),
+    /// An open was refused (EMFILE) at the open-files limit and the guest
+    /// then failed.
+    OpenFilesLimit(u32),
     /// The module could not run as a WASI command (no `_start`, failed to
     /// instantiate).
     Invalid(String),
@@ -29,27 +44,60 @@ impl Status {
     pub fn passed(&self) -> bool {
         *self == Status::Exited(0)
     }
+
+    /// The wasm frames of a trap or stack overflow, innermost first.
+    pub fn frames(&self) -> &[String] {
+        match self {
+            Status::Trapped { frames, .. } | Status::StackOverflow { frames, .. } => frames,
+            _ => &[],
+        }
+    }
+}
+
+/// `512 MiB`, `1 GiB`, `64 KiB`, `100 bytes`: a limit as users give it.
+pub fn size_string(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Status::Exited(code) => write!(f, "exit status {code}"),
-            Status::Trapped(msg) => write!(f, "trapped: {msg}"),
+            Status::Trapped { message, .. } => write!(f, "trapped: {message}"),
+            Status::StackOverflow { limit, .. } => write!(
+                f,
+                "stack overflow: the wasm stack passed its limit of {} (deep or endless recursion)",
+                size_string(*limit as u64)
+            ),
             Status::Timeout(d) => write!(
                 f,
                 "ran too long: stopped after {}",
                 crate::duration_string(*d)
             ),
+            Status::Interrupted => f.write_str("interrupted"),
             Status::MemoryLimit(limit) => write!(
                 f,
-                "memory limit: tried to grow linear memory past {} MiB",
-                limit >> 20
+                "memory limit: tried to grow linear memory past {}",
+                size_string(*limit)
             ),
             Status::OutputOverflow(limit) => write!(
                 f,
-                "output limit: wrote more than {} KiB of output",
-                limit >> 10
+                "output limit: wrote more than {} of output",
+                size_string(*limit as u64)
+            ),
+            Status::ScratchLimit(limit) => write!(
+                f,
+                "scratch limit: /tmp would have held more than {} (writes failed with ENOSPC)",
+                size_string(*limit)
+            ),
+            Status::OpenFilesLimit(limit) => write!(
+                f,
+                "open files limit: tried to hold more than {limit} files open (opens failed with EMFILE)"
             ),
             Status::Invalid(msg) => write!(f, "cannot run module: {msg}"),
         }
@@ -67,4 +115,6 @@ pub struct RunOutcome {
     /// Set when an input observed during the run was different by its end:
     /// the result must not be cached.
     pub changed_during_run: Option<Change>,
+    /// The run's scratch dir could not be removed (a warning for the host).
+    pub cleanup_error: Option<String>,
 }

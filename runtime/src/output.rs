@@ -1,9 +1,15 @@
-//! The guest's stdout and stderr, merged into one capped buffer.
+//! The guest's stdout and stderr, merged into one capped stream.
 //!
 //! Both streams write to the same buffer under one lock, so their bytes
 //! interleave in the order the guest wrote them. Past the cap the rest of the
 //! write is dropped, the sink remembers it overflowed, and the write traps: the
 //! guest stops at once instead of flooding on, and the host stays well.
+//!
+//! Memory is bounded separately from the cap: a run keeps the first
+//! [`KEPT_HEAD`] and the last [`KEPT_TAIL`] bytes, with a notice of what was
+//! left out between them. Eight cases writing the 256 MiB cap at once took
+//! cachet past 3 GiB of RSS when all of it was kept (issue 7); the tee (live
+//! `-v` output) still sees every byte as it is written.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -22,10 +28,69 @@ pub(crate) struct OutputOverflow {
     pub limit: usize,
 }
 
+/// Output kept from the start of a run.
+pub const KEPT_HEAD: usize = 4 << 20;
+/// Output kept from the end of a run.
+pub const KEPT_TAIL: usize = 4 << 20;
+
 #[derive(Default)]
 struct Buffer {
-    bytes: Vec<u8>,
+    head: Vec<u8>,
+    /// The last bytes past the head, as a ring of [`KEPT_TAIL`] bytes once full.
+    tail: Vec<u8>,
+    /// Where the next byte goes in a full `tail`.
+    tail_at: usize,
+    /// Every byte written, kept or not.
+    total: usize,
     overflowed: bool,
+}
+
+impl Buffer {
+    fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len();
+        let room = KEPT_HEAD - self.head.len();
+        if room > 0 {
+            let n = room.min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        if data.len() >= KEPT_TAIL {
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[data.len() - KEPT_TAIL..]);
+            self.tail_at = 0;
+            return;
+        }
+        let grow = (KEPT_TAIL - self.tail.len()).min(data.len());
+        self.tail.extend_from_slice(&data[..grow]);
+        let mut rest = &data[grow..];
+        while !rest.is_empty() {
+            let n = (KEPT_TAIL - self.tail_at).min(rest.len());
+            self.tail[self.tail_at..self.tail_at + n].copy_from_slice(&rest[..n]);
+            self.tail_at = (self.tail_at + n) % KEPT_TAIL;
+            rest = &rest[n..];
+        }
+    }
+
+    /// Head, a notice for what was left out, tail.
+    fn take(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.head);
+        let kept = out.len() + self.tail.len();
+        if self.total > kept {
+            out.extend_from_slice(
+                format!(
+                    "\n[cachet: {} bytes of output not kept here]\n",
+                    self.total - kept
+                )
+                .as_bytes(),
+            );
+        }
+        let tail = std::mem::take(&mut self.tail);
+        out.extend_from_slice(&tail[self.tail_at..]);
+        out.extend_from_slice(&tail[..self.tail_at]);
+        self.tail_at = 0;
+        self.total = 0;
+        out
+    }
 }
 
 /// A handle to the shared buffer; clones write to the same place.
@@ -56,15 +121,15 @@ impl OutputSink {
         if b.overflowed {
             return Err(OutputOverflow { limit: self.limit });
         }
-        let room = self.limit - b.bytes.len();
+        let room = self.limit - b.total;
         if data.len() > room {
-            b.bytes.extend_from_slice(&data[..room]);
+            b.push(&data[..room]);
             b.overflowed = true;
             drop(b);
             self.tee(&data[..room]);
             return Err(OutputOverflow { limit: self.limit });
         }
-        b.bytes.extend_from_slice(data);
+        b.push(data);
         drop(b);
         self.tee(data);
         Ok(())
@@ -77,8 +142,9 @@ impl OutputSink {
             .overflowed
     }
 
+    /// The output kept: all of it up to [`KEPT_HEAD`] + [`KEPT_TAIL`] bytes.
     pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut self.buffer.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -171,5 +237,26 @@ mod tests {
             b"abcdefgh",
             "the tee sees what is kept, in order"
         );
+    }
+
+    #[test]
+    fn keeps_head_and_tail_of_long_output() {
+        let sink = OutputSink::new(usize::MAX, None);
+        let total = KEPT_HEAD + KEPT_TAIL + 3 * 1000 + 7;
+        let byte = |i: usize| (i % 251) as u8;
+        let all: Vec<u8> = (0..total).map(byte).collect();
+        for chunk in all.chunks(1000) {
+            sink.append(chunk).unwrap();
+        }
+        let kept = sink.take();
+        assert!(kept.starts_with(&all[..KEPT_HEAD]));
+        assert!(kept.ends_with(&all[total - KEPT_TAIL..]));
+        let notice = &kept[KEPT_HEAD..kept.len() - KEPT_TAIL];
+        assert_eq!(
+            notice,
+            b"\n[cachet: 3007 bytes of output not kept here]\n".as_slice()
+        );
+        sink.append(b"short").unwrap();
+        assert_eq!(sink.take(), b"short", "taking resets the buffer");
     }
 }

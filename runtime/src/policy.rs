@@ -10,7 +10,10 @@
 //! - stdin closed (reads return end of file);
 //! - no sockets and no network: cachet never grants them;
 //! - stdout and stderr merged into one buffer capped at [`DEFAULT_OUTPUT_LIMIT`];
-//! - [`DEFAULT_MEMORY_LIMIT`] of linear memory and [`DEFAULT_TIMEOUT`] of run time.
+//! - [`DEFAULT_MEMORY_LIMIT`] of linear memory and [`DEFAULT_TIMEOUT`] of run time;
+//! - [`DEFAULT_SCRATCH_LIMIT`] in its scratch dir and [`DEFAULT_OPEN_FILES`]
+//!   open files;
+//! - the real clocks and real random numbers (see [`Policy::hermetic`]).
 //!
 //! Every grant is an explicit builder method.
 
@@ -32,6 +35,19 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 256 << 20;
 
 /// Per-run timeout, as `go test -timeout`'s default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Bytes one run may keep in its scratch dir (`/tmp`): files' sizes plus one
+/// block per file or directory (see `quota.rs`). Test temp files are small;
+/// one test writing 2 GiB to `/tmp` filled a CI machine's disk (issue 7).
+pub const DEFAULT_SCRATCH_LIMIT: u64 = 512 << 20;
+
+/// Files one run may hold open at once. 1024 is the soft limit most systems
+/// give a process, which real test suites live within; `-p` runs at once
+/// then stay far below the host's own limit.
+pub const DEFAULT_OPEN_FILES: u32 = 1024;
+
+/// Seed of `--hermetic` random numbers when none is given.
+pub const DEFAULT_SEED: u64 = 0;
 
 /// Table elements one run may grow to. Rust and Go test binaries use a few
 /// thousand; the bound only stops a guest that grows tables in a loop.
@@ -93,6 +109,9 @@ pub struct Policy {
     pub(crate) memory_limit: u64,
     pub(crate) table_limit: u32,
     pub(crate) timeout: Duration,
+    pub(crate) scratch_limit: u64,
+    pub(crate) open_files: u32,
+    pub(crate) hermetic: Option<u64>,
 }
 
 impl Default for Policy {
@@ -116,6 +135,9 @@ impl Policy {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             table_limit: DEFAULT_TABLE_LIMIT,
             timeout: DEFAULT_TIMEOUT,
+            scratch_limit: DEFAULT_SCRATCH_LIMIT,
+            open_files: DEFAULT_OPEN_FILES,
+            hermetic: None,
         }
     }
 
@@ -219,6 +241,44 @@ impl Policy {
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Caps what the run may keep in its scratch dir; past it, writes fail
+    /// with ENOSPC and a failing run is `ScratchLimit`.
+    pub fn scratch_limit(&mut self, bytes: u64) -> &mut Self {
+        self.scratch_limit = bytes;
+        self
+    }
+
+    /// Caps files open at once; past it, opens fail with EMFILE.
+    pub fn open_files(&mut self, n: u32) -> &mut Self {
+        self.open_files = n;
+        self
+    }
+
+    /// Hermetic run: a virtual clock (starting at 2025-01-01, advancing 1 µs
+    /// per read; sleeps pass at once) and random numbers from `seed`, so the
+    /// same inputs give the same output.
+    pub fn hermetic(&mut self, seed: u64) -> &mut Self {
+        self.hermetic = Some(seed);
+        self
+    }
+
+    /// The seed of a hermetic run, `None` when the run uses real time.
+    pub fn hermetic_seed(&self) -> Option<u64> {
+        self.hermetic
+    }
+
+    pub fn scratch_limit_bytes(&self) -> u64 {
+        self.scratch_limit
+    }
+
+    pub fn open_files_limit(&self) -> u32 {
+        self.open_files
+    }
+
+    pub fn timeout_duration(&self) -> Duration {
+        self.timeout
     }
 
     pub fn mounts(&self) -> &[Mount] {

@@ -6,9 +6,9 @@
 //! It knows nothing of wasmtime: the wrappers in `intercept.rs` hand it guest
 //! memory as a byte slice after the stock WASI call has run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use crate::log::{DeniedOp, Entry, EntryKey, Fact, InputLog, ReadOp};
+use crate::log::{DeniedOp, Entry, EntryKey, Fact, InputLog, Observation, ReadOp};
 use crate::observe::{join, logical, virtual_dev, virtual_ino, World, VIRTUAL_TIME_NS};
 use crate::policy::MountMode;
 
@@ -35,7 +35,8 @@ pub(crate) struct Recorder {
     world: World,
     scratch: Option<usize>,
     fds: HashMap<u32, FdPath>,
-    seen: HashSet<EntryKey>,
+    /// Each logged (op, path) and its index in the log.
+    seen: HashMap<EntryKey, usize>,
     log: InputLog,
 }
 
@@ -46,14 +47,16 @@ const FILESTAT_SIZE: usize = 64;
 const DIRENT_SIZE: usize = 24;
 const FILETYPE_DIRECTORY: u8 = 3;
 
-/// Rights that mean "this open may change the file" (WASI p1 `rights` bits:
-/// fd_write, fd_allocate, fd_filestat_set_size). Rust's std asks for
-/// fd_filestat_set_times even for reads, so that bit is not one of them.
-const WRITE_RIGHTS: i64 = (1 << 6) | (1 << 8) | (1 << 22);
+/// The right that makes an open a write (WASI p1 `rights` bit fd_write): the
+/// one wasmtime-wasi opens for writing on. Go asks for fd_allocate and
+/// fd_filestat_set_size on plain reads, and those opens succeed read-only on
+/// a read-only mount; taking them for writes left Go's reads unrecorded
+/// (issue 9).
+const WRITE_RIGHTS: i64 = 1 << 6;
 /// `oflags`: creat, excl, trunc.
 const MUTATING_OFLAGS: i32 = 1 | 4 | 8;
-/// `fdflags`: append.
-const FDFLAG_APPEND: i32 = 1;
+/// WASI errno `acces`.
+const ERRNO_ACCES: u16 = 2;
 /// `lookupflags`: symlink_follow.
 const SYMLINK_FOLLOW: i32 = 1;
 
@@ -63,7 +66,7 @@ impl Recorder {
             world,
             scratch,
             fds: HashMap::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             log: InputLog::default(),
         }
     }
@@ -83,7 +86,8 @@ impl Recorder {
     }
 
     fn push(&mut self, entry: Entry) {
-        if self.seen.insert(entry.key()) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.seen.entry(entry.key()) {
+            v.insert(self.log.entries.len());
             self.log.entries.push(entry);
         }
     }
@@ -108,27 +112,33 @@ impl Recorder {
         }
     }
 
-    fn observe(&mut self, op: ReadOp, mount: usize, rel: &str) {
-        // The scratch dir holds the run's own outputs: never inputs.
+    /// Observes and logs `op` on `rel`, returning the observation (the first
+    /// one made of it in this run); `None` in scratch, whose paths are the
+    /// run's own outputs, never inputs.
+    fn observe(&mut self, op: ReadOp, mount: usize, rel: &str) -> Option<Observation> {
         if Some(mount) == self.scratch {
-            return;
+            return None;
         }
         let path = logical(self.world.mount_name(mount), rel);
-        if self.seen.contains(&EntryKey::Read(op, path.clone())) {
-            return;
+        let key = EntryKey::Read(op, path.clone());
+        if let Some(&i) = self.seen.get(&key) {
+            return self.log.entries[i].observation().cloned();
         }
         let observation = self.world.observe_in(mount, op, rel);
         self.push(Entry::Read {
             op,
             path,
-            observation,
+            observation: observation.clone(),
         });
+        Some(observation)
     }
 
     /// A read of `path` relative to `fd` (stat, readlink).
     pub fn read(&mut self, op: ReadOp, denied: DeniedOp, fd: i32, path: Option<&str>) {
         match self.resolve(fd, path) {
-            Target::Path { mount, rel } => self.observe(op, mount, &rel),
+            Target::Path { mount, rel } => {
+                self.observe(op, mount, &rel);
+            }
             Target::Escape(path) => self.push(Entry::Denied { op: denied, path }),
             Target::Untracked => {}
         }
@@ -144,33 +154,32 @@ impl Recorder {
         self.read(op, DeniedOp::Stat, fd, path);
     }
 
-    /// `path_open`, after the call; `opened` is the new fd when it succeeded.
-    pub fn open(&mut self, fd: i32, call: OpenCall, path: Option<&str>, opened: Option<u32>) {
-        let writes = call.oflags & MUTATING_OFLAGS != 0
-            || call.rights & WRITE_RIGHTS != 0
-            || call.fdflags & FDFLAG_APPEND != 0;
-        let target = self.resolve(fd, path);
-        match &target {
-            Target::Escape(p) => {
+    /// `path_open`, before the call: logs what it observes (or the refusal)
+    /// and returns the errno to fail it with when the sandbox refuses it: a
+    /// special file (device, fifo, socket) is never opened, since an open
+    /// could block the host thread and a read could give anything.
+    pub fn before_open(&mut self, fd: i32, call: OpenCall, path: Option<&str>) -> Result<(), u16> {
+        let writes = call.oflags & MUTATING_OFLAGS != 0 || call.rights & WRITE_RIGHTS != 0;
+        match self.resolve(fd, path) {
+            Target::Escape(path) => {
                 let op = if writes {
                     DeniedOp::Write
                 } else {
                     DeniedOp::Open
                 };
-                self.push(Entry::Denied {
-                    op,
-                    path: p.clone(),
-                });
+                self.push(Entry::Denied { op, path });
+                Ok(())
             }
             Target::Path { mount, rel }
-                if writes && self.world.mount_mode(*mount) == MountMode::ReadOnly =>
+                if writes && self.world.mount_mode(mount) == MountMode::ReadOnly =>
             {
-                // The stock call refused it.
-                let path = logical(self.world.mount_name(*mount), rel);
+                // The stock call refuses it.
+                let path = logical(self.world.mount_name(mount), &rel);
                 self.push(Entry::Denied {
                     op: DeniedOp::Write,
                     path,
                 });
+                Ok(())
             }
             Target::Path { mount, rel } => {
                 let op = if call.lookup & SYMLINK_FOLLOW != 0 {
@@ -178,16 +187,66 @@ impl Recorder {
                 } else {
                     ReadOp::OpenNoFollow
                 };
-                self.observe(op, *mount, rel);
+                let special = match self.observe(op, mount, &rel) {
+                    Some(Observation::Meta { kind, .. }) => kind.is_special(),
+                    Some(_) => false,
+                    // Scratch: the guest cannot make special files there.
+                    None => false,
+                };
+                if special {
+                    Err(ERRNO_ACCES)
+                } else {
+                    Ok(())
+                }
             }
-            Target::Untracked => {}
+            Target::Untracked => Ok(()),
         }
+    }
+
+    /// `path_open`, after the call; `opened` is the new fd when it succeeded.
+    pub fn after_open(&mut self, fd: i32, path: Option<&str>, opened: Option<u32>) {
         if let Some(new_fd) = opened {
-            match target {
+            match self.resolve(fd, path) {
                 Target::Path { mount, rel } => self.fds.insert(new_fd, FdPath { mount, rel }),
                 Target::Untracked | Target::Escape(_) => self.fds.remove(&new_fd),
             };
         }
+    }
+
+    /// The mount `fd` (+ `path`) lies in, when it is a tracked path.
+    pub fn mount_of(&self, fd: i32, path: Option<&str>) -> Option<usize> {
+        match self.resolve(fd, path) {
+            Target::Path { mount, .. } => Some(mount),
+            _ => None,
+        }
+    }
+
+    /// Whether `mount` is the run's scratch dir.
+    pub fn is_scratch(&self, mount: usize) -> bool {
+        Some(mount) == self.scratch
+    }
+
+    /// `path_symlink` on a writable mount: a target that is absolute or
+    /// climbs above the mount from the link's directory would leave a link
+    /// to the host's files behind (one resolved to `/etc/passwd`, issue 7).
+    /// Refused with a `denied symlink` fact; `true` when refused.
+    pub fn symlink_escapes(&mut self, fd: i32, link: Option<&str>, target: Option<&str>) -> bool {
+        let Target::Path { mount, rel } = self.resolve(fd, link) else {
+            return false;
+        };
+        if self.world.mount_mode(mount) == MountMode::ReadOnly {
+            return false; // the stock call refuses it
+        }
+        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        let inside = target.is_some_and(|t| !t.starts_with('/') && lexically_inside(parent, t));
+        if !inside {
+            let path = logical(self.world.mount_name(mount), &rel);
+            self.push(Entry::Denied {
+                op: DeniedOp::Symlink,
+                path,
+            });
+        }
+        !inside
     }
 
     /// A call that would change the file system at `path` (mkdir, unlink,
@@ -233,7 +292,7 @@ impl Recorder {
     }
 
     pub fn environ(&mut self) {
-        if !self.seen.contains(&EntryKey::Environ) {
+        if !self.seen.contains_key(&EntryKey::Environ) {
             let observation = self.world.environ_observation();
             self.push(Entry::Environ(observation));
         }
@@ -241,7 +300,7 @@ impl Recorder {
 
     /// `cachet.getenv`: the value the guest gets, recording `env NAME`.
     pub fn getenv(&mut self, name: &str) -> Option<String> {
-        if !self.seen.contains(&EntryKey::Env(name.to_string())) {
+        if !self.seen.contains_key(&EntryKey::Env(name.to_string())) {
             let observation = self.world.env_observation(name);
             self.push(Entry::Env {
                 name: name.to_string(),
@@ -322,7 +381,28 @@ pub(crate) struct OpenCall {
     pub lookup: i32,
     pub oflags: i32,
     pub rights: i64,
-    pub fdflags: i32,
+}
+
+/// Whether `target`, resolved from the directory `parent` (a mount-relative
+/// path), stays inside the mount, judged by its components alone.
+fn lexically_inside(parent: &str, target: &str) -> bool {
+    let mut depth = parent
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .count() as i64;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
 }
 
 fn slice_mut(mem: &mut [u8], ptr: i32, len: usize) -> Option<&mut [u8]> {

@@ -1,27 +1,45 @@
 //! One run: build the WASI context from a `Policy`, instantiate the module's
-//! `InstancePre` in a fresh store with the policy's limits, call `_start`, and
-//! turn however it ended into a `Status`. Only this file and `engine.rs`
-//! downcast wasmtime errors.
+//! `InstancePre` in a fresh store with the policy's limits, call `_start` on
+//! a guest thread (`guest_thread.rs`), and turn however it ended into a
+//! `Status`. Only this file and `engine.rs` downcast wasmtime errors.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use crate::engine::{first_line, Module, Runtime, TICK};
+use crate::clock::{GuestClock, Interrupt, Stop};
+use crate::engine::{first_line, Module, Runtime, Shared};
 use crate::error::RunError;
+use crate::intercept::NoMemoryExport;
 use crate::observe::{first_change, reobserve, World};
 use crate::outcome::{RunOutcome, Status};
 use crate::output::{OutputOverflow, OutputSink};
 use crate::policy::{MountMode, Policy, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME};
+use crate::quota::Quota;
+use crate::random::SeededRandom;
 use crate::recorder::Recorder;
 
-/// The store's data: the stock WASI context, the recorder and the limiter.
+/// The store's data: the stock WASI context, the recorder, the limits.
 pub(crate) struct RunState {
     pub wasi: WasiP1Ctx,
     pub recorder: Recorder,
     limiter: Limiter,
+    pub quota: Quota,
+    /// Fds opened with `O_APPEND` (their writes go to the end).
+    pub appending: HashSet<u32>,
+    pub clock: GuestClock,
+    pub random: Option<SeededRandom>,
+    pub interrupt: Arc<Interrupt>,
+    /// When the run's time is up; `None` without a limit.
+    pub deadline: Option<Instant>,
+    /// Set when the host stopped the guest (deadline, Ctrl-C).
+    pub stop: Option<Stop>,
+    /// The hostcall fuel of the current call (see `intercept.rs`).
+    pub fuel: usize,
 }
 
 /// Enforces the policy's memory and table limits, and remembers a refusal so
@@ -70,95 +88,133 @@ impl ResourceLimiter for Limiter {
 /// The first file descriptor WASI gives a preopen (0-2 are stdio).
 const FIRST_PREOPEN_FD: u32 = 3;
 
+/// Trap frames shown with a trap: enough to see where, few enough to read.
+const TRAP_FRAMES: usize = 8;
+
 impl Runtime {
     /// Runs `module` under `policy`. A test failure, trap or limit is a
     /// [`Status`] in the outcome; `Err` means the run could not be set up.
+    ///
+    /// The guest runs on one of the runtime's guest threads, whose stack
+    /// holds the whole wasm stack limit; this call waits for it.
     pub fn run(&self, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
-        let scratch = match &policy.scratch_base {
-            Some(base) => Some(
-                self.scratch
-                    .take(base)
-                    .map_err(|source| RunError::Scratch {
-                        base: base.clone(),
-                        source,
-                    })?,
-            ),
-            None => None,
+        let (shared, module, policy) = (self.shared.clone(), module.clone(), policy.clone());
+        self.threads
+            .run(move || run_here(&shared, &module, &policy))
+            .unwrap_or_else(|p| Err(RunError::Internal(p.0)))
+    }
+}
+
+fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
+    let scratch = match &policy.scratch_base {
+        Some(base) => Some(
+            shared
+                .scratch
+                .take(base)
+                .map_err(|source| RunError::Scratch {
+                    base: base.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+
+    let mut mounts: Vec<(String, std::path::PathBuf, MountMode, Vec<String>)> = policy
+        .mounts
+        .iter()
+        .map(|m| (m.name.clone(), m.host.clone(), m.mode, m.guest.clone()))
+        .collect();
+    if let Some(dir) = &scratch {
+        mounts.push((
+            SCRATCH_MOUNT_NAME.into(),
+            dir.path().to_path_buf(),
+            MountMode::ReadWrite,
+            vec![SCRATCH_GUEST_PATH.into()],
+        ));
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|o| o.0 == m.0) {
+            return Err(RunError::DuplicateMount(m.0.clone()));
+        }
+    }
+
+    let sink = OutputSink::new(policy.output_limit, policy.output_tee.clone());
+    let mut wasi = WasiCtxBuilder::new();
+    let mut argv = vec![policy.program_name.clone()];
+    argv.extend(policy.args.iter().cloned());
+    wasi.args(&argv)
+        .envs(&policy.env.iter().collect::<Vec<_>>())
+        .stdout(sink.clone())
+        .stderr(sink.clone())
+        .allow_blocking_current_thread(true);
+    let mut preopens = Vec::new();
+    for (index, (name, host, mode, guests)) in mounts.iter().enumerate() {
+        let perms = match mode {
+            MountMode::ReadOnly => FsPerms::ReadOnly,
+            MountMode::ReadWrite => FsPerms::ReadWrite,
         };
-
-        let mut mounts: Vec<(String, std::path::PathBuf, MountMode, Vec<String>)> = policy
-            .mounts
-            .iter()
-            .map(|m| (m.name.clone(), m.host.clone(), m.mode, m.guest.clone()))
-            .collect();
-        if let Some(dir) = &scratch {
-            mounts.push((
-                SCRATCH_MOUNT_NAME.into(),
-                dir.path().to_path_buf(),
-                MountMode::ReadWrite,
-                vec![SCRATCH_GUEST_PATH.into()],
-            ));
+        for guest in guests {
+            wasi.preopened_dir(host, guest, perms)
+                .map_err(|e| RunError::Mount {
+                    name: name.clone(),
+                    host: host.clone(),
+                    reason: first_line(&e),
+                })?;
+            preopens.push(index);
         }
-        for (i, m) in mounts.iter().enumerate() {
-            if mounts[..i].iter().any(|o| o.0 == m.0) {
-                return Err(RunError::DuplicateMount(m.0.clone()));
+    }
+
+    let world = World::new(
+        mounts.iter().map(|(n, h, m, _)| (n.clone(), h.clone(), *m)),
+        policy.env.clone(),
+    )
+    .with_memo(policy.memo.clone());
+    let scratch_index = scratch.as_ref().map(|_| mounts.len() - 1);
+    let mut recorder = Recorder::new(world, scratch_index);
+    for (i, mount) in preopens.into_iter().enumerate() {
+        recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, mount);
+    }
+
+    let start = Instant::now();
+    let state = RunState {
+        wasi: wasi.build_p1(),
+        recorder,
+        limiter: Limiter {
+            memory: policy.memory_limit,
+            table: policy.table_limit,
+            memory_refused: false,
+        },
+        quota: Quota::new(policy.scratch_limit, policy.open_files),
+        appending: HashSet::new(),
+        clock: match policy.hermetic {
+            Some(_) => GuestClock::Virtual(0),
+            None => GuestClock::Real,
+        },
+        random: policy.hermetic.map(SeededRandom::new),
+        interrupt: shared.interrupt.clone(),
+        deadline: start.checked_add(policy.timeout),
+        stop: None,
+        fuel: 0,
+    };
+    let mut store = Store::new(&shared.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    // Every tick, the store checks its deadline and the interrupt; a guest
+    // in a host call is stopped by the call itself (`clock.rs`).
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let st = cx.data_mut();
+        match st.interrupt.check(st.deadline) {
+            Some(stop) => {
+                st.stop = Some(stop);
+                Ok(UpdateDeadline::Interrupt)
             }
+            None => Ok(UpdateDeadline::Continue(1)),
         }
+    });
 
-        let sink = OutputSink::new(policy.output_limit, policy.output_tee.clone());
-        let mut wasi = WasiCtxBuilder::new();
-        let mut argv = vec![policy.program_name.clone()];
-        argv.extend(policy.args.iter().cloned());
-        wasi.args(&argv)
-            .envs(&policy.env.iter().collect::<Vec<_>>())
-            .stdout(sink.clone())
-            .stderr(sink.clone())
-            .allow_blocking_current_thread(true);
-        let mut preopens = Vec::new();
-        for (index, (name, host, mode, guests)) in mounts.iter().enumerate() {
-            let perms = match mode {
-                MountMode::ReadOnly => FsPerms::ReadOnly,
-                MountMode::ReadWrite => FsPerms::ReadWrite,
-            };
-            for guest in guests {
-                wasi.preopened_dir(host, guest, perms)
-                    .map_err(|e| RunError::Mount {
-                        name: name.clone(),
-                        host: host.clone(),
-                        reason: first_line(&e),
-                    })?;
-                preopens.push(index);
-            }
-        }
-
-        let world = World::new(
-            mounts.iter().map(|(n, h, m, _)| (n.clone(), h.clone(), *m)),
-            policy.env.clone(),
-        )
-        .with_memo(policy.memo.clone());
-        let scratch_index = scratch.as_ref().map(|_| mounts.len() - 1);
-        let mut recorder = Recorder::new(world, scratch_index);
-        for (i, mount) in preopens.into_iter().enumerate() {
-            recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, mount);
-        }
-
-        let state = RunState {
-            wasi: wasi.build_p1(),
-            recorder,
-            limiter: Limiter {
-                memory: policy.memory_limit,
-                table: policy.table_limit,
-                memory_refused: false,
-            },
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let ticks = policy.timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
-
-        let start = Instant::now();
-        let status = match module.inner.pre.instantiate(&mut store) {
+    let status = match shared.interrupt.check(None) {
+        Some(_) => Status::Interrupted,
+        None => match module.inner.pre.instantiate(&mut store) {
             Err(e) => classify_instantiate(e, &store, policy),
             Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
                 Err(_) => Status::Invalid("the module exports no `_start` function; build it as a WASI command (a test binary), not a library".into()),
@@ -167,21 +223,42 @@ impl Runtime {
                     Err(e) => classify(e, &store, &sink, policy),
                 },
             },
-        };
-        let elapsed = start.elapsed();
-        let output = sink.take();
-        let (log, world) = store.into_data().recorder.into_log();
-        let changed_during_run = first_change(&log, &reobserve(&log, &world));
-        if let Some(dir) = scratch {
-            self.scratch.give_back(dir);
+        },
+    };
+    let status = limit_behind(status, &store, policy);
+    let elapsed = start.elapsed();
+    let output = sink.take();
+    let (log, world) = store.into_data().recorder.into_log();
+    let changed_during_run = first_change(&log, &reobserve(&log, &world));
+    let mut cleanup_error = None;
+    if let Some(dir) = scratch {
+        if let Err(e) = shared.scratch.give_back(dir) {
+            cleanup_error = Some(format!("cannot remove the run's scratch dir: {e}"));
         }
-        Ok(RunOutcome {
-            status,
-            output,
-            elapsed,
-            log,
-            changed_during_run,
-        })
+    }
+    Ok(RunOutcome {
+        status,
+        output,
+        elapsed,
+        log,
+        changed_during_run,
+        cleanup_error,
+    })
+}
+
+/// A run that failed after a limit refused it a resource failed for that
+/// limit: the refusal, not the guest's reaction to it, is the reason.
+fn limit_behind(status: Status, store: &Store<RunState>, policy: &Policy) -> Status {
+    if !matches!(status, Status::Exited(c) if c != 0) && !matches!(status, Status::Trapped { .. }) {
+        return status;
+    }
+    let st = store.data();
+    if st.quota.scratch_hit {
+        Status::ScratchLimit(policy.scratch_limit)
+    } else if st.quota.open_hit {
+        Status::OpenFilesLimit(policy.open_files)
+    } else {
+        status
     }
 }
 
@@ -205,13 +282,48 @@ fn classify(
         return Status::OutputOverflow(policy.output_limit);
     }
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-        return Status::Timeout(policy.timeout);
+        return match store.data().stop {
+            Some(Stop::Interrupted) => Status::Interrupted,
+            _ => Status::Timeout(policy.timeout),
+        };
     }
     if store.data().limiter.memory_refused {
         return Status::MemoryLimit(policy.memory_limit);
     }
+    let frames = frames(&e);
     match e.downcast_ref::<Trap>() {
-        Some(trap) => Status::Trapped(trap.to_string()),
-        None => Status::Trapped(first_line(&e)),
+        Some(Trap::StackOverflow) => Status::StackOverflow {
+            limit: crate::engine::MAX_WASM_STACK,
+            frames,
+        },
+        Some(trap) => Status::Trapped {
+            message: trap
+                .to_string()
+                .trim_start_matches("wasm trap: ")
+                .to_string(),
+            frames,
+        },
+        None if e.downcast_ref::<NoMemoryExport>().is_some() => {
+            Status::Invalid(NoMemoryExport.to_string())
+        }
+        None => Status::Trapped {
+            message: e.root_cause().to_string(),
+            frames,
+        },
     }
+}
+
+/// The innermost frames of a trap's wasm backtrace, with demangled names.
+fn frames(e: &wasmtime::Error) -> Vec<String> {
+    let Some(bt) = e.downcast_ref::<WasmBacktrace>() else {
+        return Vec::new();
+    };
+    bt.frames()
+        .iter()
+        .take(TRAP_FRAMES)
+        .map(|f| match f.func_name() {
+            Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+            None => format!("wasm function {}", f.func_index()),
+        })
+        .collect()
 }

@@ -386,7 +386,7 @@ fn inputs_prints_the_recorded_log_and_clean_forgets_results() {
     assert_eq!(
         out,
         format!(
-            "== . tests::reads_a\ncachet-input-log v1\nenv TERM unset\nuses clock\nopen pkg/testdata/a.txt {a}\nstat pkg/testdata/a.txt file size=5\n"
+            "== . tests::reads_a\ncachet-input-log v2\nenv TERM unset\nuses clock\nopen pkg/testdata/a.txt {a}\nstat pkg/testdata/a.txt file size=5\n"
         )
     );
     let all = stdout(&crate::cachet_with(&p.dir(), &["inputs", "."], &env));

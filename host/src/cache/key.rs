@@ -4,8 +4,10 @@
 //! 1. The **test key** is everything that defines a run before it starts:
 //!    [`ABI_VERSION`], module digest, framework, test case, the arguments
 //!    after `--`, the mount layout (logical names, guest paths, modes; never
-//!    host paths) and the memory and output limits. It maps to the input log
-//!    of the last passing run.
+//!    host paths), the limits that can change an outcome (memory, wasm
+//!    stack, output, scratch size, open files) and the clock and random mode
+//!    (real, or hermetic with its seed). It maps to the input log of the last
+//!    passing run.
 //! 2. Lookup re-observes that log in today's world (`reobserve`), giving an
 //!    **inputs digest**; `H(test key, inputs digest)` maps to the result.
 //!
@@ -18,7 +20,7 @@ use cachet_runtime::{InputsDigest, ModuleDigest, MountMode, Policy, Sha256Digest
 use sha2::{Digest as _, Sha256};
 
 /// Bumped when the meaning of a key or entry changes: old entries then miss.
-pub const ABI_VERSION: &str = "cachet-cache-v1";
+pub const ABI_VERSION: &str = "cachet-cache-v2";
 
 /// What defines one run before it starts.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,6 +33,11 @@ pub struct KeyParts {
     pub mounts: Vec<String>,
     pub memory: u64,
     pub output: u64,
+    pub stack: u64,
+    pub scratch: u64,
+    pub open_files: u32,
+    /// `real`, or `hermetic seed=N`.
+    pub time: String,
 }
 
 /// Digest of [`KeyParts`].
@@ -53,6 +60,7 @@ impl KeyParts {
         case: &str,
         args: &[String],
         policy: &Policy,
+        stack: usize,
     ) -> Self {
         let mounts = policy
             .mounts()
@@ -73,6 +81,13 @@ impl KeyParts {
             mounts,
             memory: policy.memory_limit_bytes(),
             output: policy.output_limit_bytes() as u64,
+            stack: stack as u64,
+            scratch: policy.scratch_limit_bytes(),
+            open_files: policy.open_files_limit(),
+            time: match policy.hermetic_seed() {
+                Some(seed) => format!("hermetic seed={seed}"),
+                None => "real".to_string(),
+            },
         }
     }
 
@@ -93,8 +108,15 @@ impl KeyParts {
             "args changed"
         } else if self.mounts != before.mounts {
             "mount layout changed"
-        } else if self.memory != before.memory || self.output != before.output {
+        } else if self.memory != before.memory
+            || self.output != before.output
+            || self.stack != before.stack
+            || self.scratch != before.scratch
+            || self.open_files != before.open_files
+        {
             "limits changed"
+        } else if self.time != before.time {
+            "clock mode changed (--hermetic, --seed)"
         } else if self.framework != before.framework {
             "framework changed"
         } else {
@@ -136,6 +158,10 @@ mod tests {
             mounts: vec!["pkg . ro".into()],
             memory: 1,
             output: 2,
+            stack: 3,
+            scratch: 4,
+            open_files: 5,
+            time: "real".into(),
         }
     }
 
@@ -157,6 +183,18 @@ mod tests {
         changed.push(p);
         let mut p = parts();
         p.memory = 3;
+        changed.push(p);
+        let mut p = parts();
+        p.stack = 9;
+        changed.push(p);
+        let mut p = parts();
+        p.scratch = 9;
+        changed.push(p);
+        let mut p = parts();
+        p.open_files = 9;
+        changed.push(p);
+        let mut p = parts();
+        p.time = "hermetic seed=0".into();
         changed.push(p);
         for c in &changed {
             assert_ne!(c.key(), base.key(), "{c:?}");

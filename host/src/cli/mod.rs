@@ -2,11 +2,13 @@
 //! a validated configuration before anything runs.
 
 mod clean;
+mod compile;
 mod inputs;
 mod sandbox;
 mod test;
 
 pub use clean::CleanArgs;
+pub use compile::CompileArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
 pub use test::{FrameworkArg, IsolateArg, TestArgs};
@@ -32,6 +34,9 @@ pub enum Command {
     Inputs(InputsArgs),
     /// Remove cached results (and compiled modules, without --results).
     Clean(CleanArgs),
+    /// Compile one module in a child process (cachet runs this itself).
+    #[command(name = "__compile", hide = true)]
+    Compile(CompileArgs),
 }
 
 #[cfg(test)]

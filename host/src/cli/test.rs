@@ -47,6 +47,15 @@ pub struct TestArgs {
     /// difference means nondeterminism or an input cachet did not record.
     #[arg(long)]
     pub verify: bool,
+    /// Never run a host tool (cargo): only prebuilt .wasm modules, for trees you do not trust.
+    #[arg(long, env = "CACHET_PREBUILT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub prebuilt: bool,
+    /// Time limit of compiling one module (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub compile_timeout: Option<String>,
+    /// Address space limit of compiling one module (default 4GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub compile_memory: Option<String>,
     /// Arguments passed to every test binary.
     #[arg(last = true)]
     pub args: Vec<String>,

@@ -189,12 +189,9 @@ impl Format for JsonFormat {
                 vec![format!("ok  \t{pkg}\t{} [no tests to run]\n", secs(d, 3))],
                 "pass",
             ),
-            PackageOutcome::NotRun => (
-                vec![format!(
-                    "FAIL\t{pkg}\t[not run: --failfast stopped at an earlier failure]\n"
-                )],
-                "fail",
-            ),
+            PackageOutcome::NotRun(why) => {
+                (vec![format!("FAIL\t{pkg}\t[not run: {why}]\n")], "fail")
+            }
         };
         for o in outputs {
             s += &line(at, "output", pkg, None, None, Some(o));

@@ -52,6 +52,7 @@ pub struct Reporter {
     progress: Progress,
     failed: bool,
     setup_error: bool,
+    interrupted: bool,
 }
 
 impl Reporter {
@@ -72,6 +73,7 @@ impl Reporter {
             progress,
             failed: false,
             setup_error: false,
+            interrupted: false,
         }
     }
 
@@ -80,6 +82,13 @@ impl Reporter {
             Event::Warning { message } => {
                 self.progress
                     .suspend(|| eprintln!("cachet: warning: {message}"));
+                return;
+            }
+            Event::Interrupted => {
+                self.interrupted = true;
+                self.progress.suspend(|| {
+                    eprintln!("cachet: interrupted: stopping the running cases (press Ctrl-C again to quit at once)")
+                });
                 return;
             }
             Event::PackageStarted { pkg, at } => {
@@ -143,10 +152,14 @@ impl Reporter {
     /// Prints the summary and returns the exit status.
     pub fn finish(mut self) -> u8 {
         self.progress.finish();
-        let summary = self.format.summary(self.failed || self.setup_error);
+        let summary = self
+            .format
+            .summary(self.failed || self.setup_error || self.interrupted);
         let _ = self.out.write_all(summary.as_bytes());
         let _ = self.out.flush();
-        if self.setup_error {
+        if self.interrupted {
+            exit::INTERRUPTED
+        } else if self.setup_error {
             exit::SETUP_ERROR
         } else if self.failed {
             exit::TESTS_FAILED

@@ -46,7 +46,8 @@ impl TextFormat {
         if self.verbose {
             let mut s = if self.streamed.remove(&r.name) {
                 // `=== RUN` and the output shown so far are out already.
-                self.switch_to(&r.name) + &indent(&r.output[r.shown..], "")
+                let rest = r.live_rest.as_deref().unwrap_or(&r.output);
+                self.switch_to(&r.name) + &indent(rest, "")
             } else {
                 format!("=== RUN   {}\n", r.name) + &indent(&r.output, "")
             };
@@ -88,6 +89,8 @@ fn stop_lines(r: &CaseResult, by: &str) -> String {
         ));
     }
     for note in r.reason.iter().chain(&r.not_saved) {
+        // Later lines of a note (a trap's frames) stay under its first.
+        let note = note.replace('\n', &format!("\n{by}"));
         s.push_str(&format!("{by}cachet: {note}\n"));
     }
     s
@@ -136,9 +139,7 @@ impl Format for TextFormat {
             PackageOutcome::NoTestsToRun => {
                 format!("ok  \t{pkg}\t{} [no tests to run]\n", secs(elapsed, 3))
             }
-            PackageOutcome::NotRun => {
-                format!("FAIL\t{pkg}\t[not run: --failfast stopped at an earlier failure]\n")
-            }
+            PackageOutcome::NotRun(why) => format!("FAIL\t{pkg}\t[not run: {why}]\n"),
         }
     }
 

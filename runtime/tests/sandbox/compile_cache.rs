@@ -14,6 +14,7 @@ fn same_module_compiles_once_per_process() {
     let cache = tempfile::tempdir().unwrap();
     let rt = Runtime::new(RuntimeConfig {
         compiled_cache: Some(cache.path().to_path_buf()),
+        ..Default::default()
     })
     .unwrap();
     let wasm = &fixture("fs_reads_testdata").wasm;
@@ -40,6 +41,7 @@ fn child_process_load() {
     };
     let rt = Runtime::new(RuntimeConfig {
         compiled_cache: Some(cache.into()),
+        ..Default::default()
     })
     .unwrap();
     rt.load_file(wasm.as_ref()).unwrap();

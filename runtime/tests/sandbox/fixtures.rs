@@ -20,6 +20,15 @@ enum Expect {
     OutputOverflow,
     /// Passes, but an input it read changed before the run ended.
     ChangedDuringRun(&'static str),
+    StackOverflow,
+    /// Stopped at the scratch quota (set to 8 MiB for it).
+    ScratchLimit,
+    /// Stopped at the open-files limit (set to 64 for it).
+    OpenFilesLimit,
+    /// Passes with a read-write mount `/data`.
+    PassWithRwMount,
+    /// Passes under `--hermetic`, in well under a second.
+    PassHermetic,
 }
 
 const EXPECTED: &[(&str, Expect)] = &[
@@ -39,11 +48,19 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("fs_reads_missing", Expect::Pass),
     ("fs_reads_testdata", Expect::Pass),
     ("fs_stat", Expect::Pass),
+    ("limit_fd_hog", Expect::OpenFilesLimit),
+    ("limit_fifo_open", Expect::Pass),
     ("limit_memory_bomb", Expect::MemoryLimit),
     ("limit_output_flood", Expect::OutputOverflow),
+    ("limit_scratch_fill", Expect::ScratchLimit),
+    ("limit_sleep_forever", Expect::Timeout),
     ("limit_spin_forever", Expect::Timeout),
+    ("limit_stack_recursion", Expect::StackOverflow),
+    ("rw_symlink_escape", Expect::PassWithRwMount),
+    ("scratch_deep_dirs", Expect::Pass),
     ("scratch_write_read", Expect::Pass),
     ("uses_clock_random", Expect::Pass),
+    ("uses_hermetic_time", Expect::PassHermetic),
     ("write_readonly_pkg", Expect::Pass),
 ];
 
@@ -77,6 +94,21 @@ fn run(name: &str, expect: Expect) -> (cachet_runtime::RunOutcome, Sandbox) {
         }
         Expect::OutputOverflow => {
             policy.output_limit(64 << 10);
+        }
+        Expect::ScratchLimit => {
+            policy.scratch_limit(8 << 20);
+        }
+        Expect::OpenFilesLimit => {
+            policy.open_files(64);
+        }
+        Expect::PassHermetic => {
+            policy.hermetic(0);
+        }
+        Expect::PassWithRwMount => {
+            let data = sb.root.path().join("data");
+            std::fs::create_dir_all(data.join("sub")).unwrap();
+            std::fs::write(data.join("in.txt"), "inside").unwrap();
+            policy.mount_read_write("data", data, &["/data"]);
         }
         Expect::ChangedDuringRun(_) => {
             let data = sb.root.path().join("data");
@@ -117,13 +149,22 @@ fn fixtures_end_as_expected_with_exact_input_logs() {
         let ok = match (expect, &outcome.status) {
             (Expect::Pass, s) => s.passed(),
             (Expect::Exit(c), Status::Exited(got)) => c == *got,
-            (Expect::Trap(msg), Status::Trapped(_)) => {
+            (Expect::Trap(msg), Status::Trapped { .. }) => {
                 out.contains(msg) && out.contains("panicked at")
             }
             (Expect::Timeout, Status::Timeout(_)) => true,
             (Expect::MemoryLimit, Status::MemoryLimit(_)) => true,
             (Expect::OutputOverflow, Status::OutputOverflow(_)) => true,
             (Expect::ChangedDuringRun(_), s) => s.passed(),
+            (Expect::StackOverflow, Status::StackOverflow { frames, .. }) => {
+                frames.iter().any(|f| f.contains("depth"))
+            }
+            (Expect::ScratchLimit, Status::ScratchLimit(_)) => out.contains("stopped after 7 MiB"),
+            (Expect::OpenFilesLimit, Status::OpenFilesLimit(_)) => {
+                out.contains("refused after 64 open files")
+            }
+            (Expect::PassWithRwMount, s) => s.passed(),
+            (Expect::PassHermetic, s) => s.passed() && outcome.elapsed < Duration::from_secs(2),
             _ => false,
         };
         if !ok {

@@ -62,7 +62,7 @@ fn panics_and_exit_codes_are_failures_with_their_message() {
     let sb = Sandbox::new("fails_panic");
     let outcome = sb.run("fails_panic", &sb.policy());
     assert!(
-        matches!(outcome.status, Status::Trapped(_)),
+        matches!(outcome.status, Status::Trapped { .. }),
         "{:?}",
         outcome.status
     );

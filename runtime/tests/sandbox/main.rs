@@ -5,6 +5,7 @@
 mod compile_cache;
 mod escape;
 mod fixtures;
+mod hostile;
 mod inputs;
 mod limits;
 mod wat;
@@ -27,6 +28,7 @@ pub fn runtime() -> &'static Runtime {
         let cache = tempfile::tempdir().unwrap();
         let rt = Runtime::new(RuntimeConfig {
             compiled_cache: Some(cache.path().to_path_buf()),
+            ..Default::default()
         })
         .unwrap();
         (rt, cache)
@@ -62,6 +64,13 @@ impl Sandbox {
         std::fs::write(root.path().join("sentinel/a.txt"), "sentinel a").unwrap();
         std::fs::write(root.path().join("sentinel/sub/b.txt"), "sentinel b").unwrap();
         std::fs::create_dir(root.path().join("scratch")).unwrap();
+        if name == "limit_fifo_open" {
+            let status = std::process::Command::new("mkfifo")
+                .arg(pkg.join("testdata/fifo"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "mkfifo failed");
+        }
         if name == "escape_symlink_out" {
             std::os::unix::fs::symlink("../../secret.txt", pkg.join("testdata/out.txt")).unwrap();
             std::os::unix::fs::symlink("../../sentinel", pkg.join("testdata/outdir")).unwrap();
