@@ -41,6 +41,17 @@ struct Ctx {
     live: bool,
 }
 
+impl Ctx {
+    /// One of the `-p` slots, in the order asked for.
+    async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open")
+    }
+}
+
 /// Runs every package, calling `on_event` on this thread for each event.
 pub fn run(
     config: Arc<TestConfig>,
@@ -248,21 +259,19 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         }));
         for job in jobs {
             let (ctx, tx, state) = (ctx.clone(), tx.clone(), state.clone());
-            let permit = ctx
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore open");
+            let permit = ctx.slot().await;
             tasks.push(tokio::spawn(async move {
                 let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
                     || ctx.interrupted.load(Ordering::SeqCst);
                 if !skip {
                     start_package(pkg, &state, &tx);
                     let (ctx2, tx2) = (ctx.clone(), tx.clone());
-                    let results = tokio::task::spawn_blocking(move || run_job(&ctx2, job, &tx2))
+                    let cases = job.cases.clone();
+                    let results = on_guest(&ctx.runtime, move || run_job(&ctx2, job, &tx2))
                         .await
-                        .expect("jobs do not panic");
+                        .unwrap_or_else(|e| {
+                            cases.iter().map(|name| failed_setup(name, &e)).collect()
+                        });
                     drop(permit);
                     for result in results {
                         let failed = result.verdict == Verdict::Fail;
@@ -356,6 +365,22 @@ async fn blocking<T: Send + 'static>(
     out
 }
 
+/// Runs `f` on one of the runtime's guest threads, where the runs it starts
+/// need no further switch of thread; `Err` if it panicked.
+async fn on_guest<T: Send + 'static>(
+    runtime: &Runtime,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    runtime
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| e.to_string())?;
+    rx.await
+        .map_err(|_| "internal error in cachet (a panic); please report it".to_string())
+}
+
 /// Pseudo case name under which a module's listing is cached.
 const LIST_CASE: &str = "--list";
 
@@ -366,14 +391,17 @@ async fn list(
     m: Arc<Artifact>,
     policy: Arc<Policy>,
 ) -> Result<Vec<String>, String> {
+    let permit = ctx.slot().await;
     let ctx2 = ctx.clone();
-    blocking(ctx.slots.clone(), move || match m.framework.list_args() {
+    let listed = on_guest(&ctx.runtime, move || match m.framework.list_args() {
         Some(args) => list_blocking(&ctx2, &tx, &package, &m, &policy, &args),
         // A plain module is its one case. It is compiled now, so a module
         // that cannot load fails its package's setup, as a listing would.
         None => m.module(&ctx2.runtime).map(|_| vec![m.file_name()]),
     })
-    .await
+    .await;
+    drop(permit);
+    listed.and_then(|l| l)
 }
 
 fn list_blocking(

@@ -29,6 +29,24 @@ fn stats(mut samples: Vec<Duration>) -> String {
     )
 }
 
+/// Times `n` runs of `module` under `policy`.
+fn per_run(
+    rt: &Runtime,
+    module: &cachet_runtime::Module,
+    policy: &Policy,
+    n: usize,
+) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let out = rt.run(module, policy).unwrap();
+            let d = t.elapsed();
+            assert_eq!(out.status, Status::Exited(0));
+            d
+        })
+        .collect()
+}
+
 fn main() {
     let work = tempfile::tempdir().unwrap();
     let pkg = work.path().join("pkg");
@@ -40,63 +58,46 @@ fn main() {
     })
     .unwrap();
 
-    // 1. Per-run overhead.
+    // 1. Per-run overhead, measured on a guest thread as the host runs cases
+    //    (Runtime::spawn), and once from another thread, which switches
+    //    threads for each run.
+    let rt = std::sync::Arc::new(rt);
     let module = rt.load(&wat::parse_str(HELLO).unwrap()).unwrap();
     let mut policy = Policy::new();
     policy
         .mount_read_only("pkg", &pkg, &["."])
         .scratch(work.path().join("scratch"))
         .env("GREETING", "hello");
-    for _ in 0..200 {
-        rt.run(&module, &policy).unwrap();
-    }
-    let samples: Vec<Duration> = (0..3000)
-        .map(|_| {
-            let t = Instant::now();
-            let out = rt.run(&module, &policy).unwrap();
-            let d = t.elapsed();
-            assert_eq!(out.status, Status::Exited(0));
-            d
-        })
-        .collect();
-    println!(
-        "per-run overhead, trivial WASI command (1 ro mount + scratch dir): {}",
-        stats(samples)
-    );
-    for (label, mount, scratch) in [
-        ("1 ro mount, no scratch dir", true, false),
-        ("scratch dir only", false, true),
-    ] {
-        let mut p = Policy::new();
-        if mount {
-            p.mount_read_only("pkg", &pkg, &["."]);
-        }
-        if scratch {
-            p.scratch(work.path().join("scratch"));
-        }
-        let samples: Vec<Duration> = (0..3000)
-            .map(|_| {
-                let t = Instant::now();
-                rt.run(&module, &p).unwrap();
-                t.elapsed()
-            })
-            .collect();
-        println!(
-            "per-run overhead, trivial WASI command ({label}): {}",
-            stats(samples)
-        );
-    }
+    let mut ro = Policy::new();
+    ro.mount_read_only("pkg", &pkg, &["."]);
+    let mut scratch_only = Policy::new();
+    scratch_only.scratch(work.path().join("scratch"));
     let mut bare = Policy::new();
     bare.env("GREETING", "hello");
-    let samples: Vec<Duration> = (0..3000)
-        .map(|_| {
-            let t = Instant::now();
-            rt.run(&module, &bare).unwrap();
-            t.elapsed()
-        })
-        .collect();
+    let cases = [
+        ("1 ro mount + scratch dir", policy.clone()),
+        ("1 ro mount, no scratch dir", ro),
+        ("scratch dir only", scratch_only),
+        ("no mounts, no scratch dir", bare),
+    ];
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (rt2, module2) = (rt.clone(), module.clone());
+    rt.spawn(move || {
+        for (label, p) in cases {
+            per_run(&rt2, &module2, &p, 200);
+            let samples = per_run(&rt2, &module2, &p, 3000);
+            println!(
+                "per-run overhead, trivial WASI command ({label}): {}",
+                stats(samples)
+            );
+        }
+        done_tx.send(()).unwrap();
+    })
+    .unwrap();
+    done_rx.recv().unwrap();
+    let samples = per_run(&rt, &module, &policy, 3000);
     println!(
-        "per-run overhead, trivial WASI command (no mounts, no scratch dir): {}",
+        "per-run overhead, 1 ro mount + scratch dir, called from a non-guest thread: {}",
         stats(samples)
     );
 

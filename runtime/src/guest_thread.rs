@@ -17,6 +17,7 @@
 //! run, not of the process.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -26,6 +27,21 @@ use std::sync::{mpsc, Arc, Mutex};
 const HOST_STACK_MARGIN: usize = 8 << 20;
 
 type Task = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Set on guest threads: a run started here needs no thread switch.
+    static ON_GUEST_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is a guest thread.
+pub(crate) fn on_guest_thread() -> bool {
+    ON_GUEST_THREAD.with(Cell::get)
+}
+
+/// Runs `f` here, turning a panic into [`Panicked`].
+pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked(message(&*p)))
+}
 
 /// Idle threads, each waiting on its own channel for the next task.
 #[derive(Clone)]
@@ -72,14 +88,20 @@ impl GuestThreads {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Panicked> {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let task: Task = Box::new(move || {
-            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked(message(&*p)));
-            let _ = done_tx.send(out);
-        });
-        self.dispatch(task)?;
+        self.spawn(move || {
+            let _ = done_tx.send(catching(f));
+        })?;
         done_rx
             .recv()
             .unwrap_or_else(|_| Err(Panicked("the guest thread exited".into())))
+    }
+
+    /// Runs `f` on a guest thread without waiting for it; a panic in it is
+    /// caught and dropped (`f` reports its own result).
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Panicked> {
+        self.dispatch(Box::new(move || {
+            let _ = catching(f);
+        }))
     }
 
     fn dispatch(&self, mut task: Task) -> Result<(), Panicked> {
@@ -106,6 +128,7 @@ impl GuestThreads {
             .name("cachet-guest".into())
             .stack_size(self.stack_size)
             .spawn(move || {
+                ON_GUEST_THREAD.with(|g| g.set(true));
                 let _entered = tokio.enter();
                 while let Ok(task) = rx.recv() {
                     task();

@@ -203,3 +203,65 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// The Rust fixtures of the hostile suite (issue 7).
+pub const HOSTILE_RUST: &[&str] = &[
+    "limit_fd_hog",
+    "limit_fifo_open",
+    "limit_memory_bomb",
+    "limit_output_flood",
+    "limit_scratch_fill",
+    "limit_sleep_forever",
+    "limit_spin_forever",
+    "limit_stack_recursion",
+    "rw_symlink_escape",
+    "scratch_deep_dirs",
+];
+
+/// A hand-written module of `fixtures/wat`, assembled.
+pub fn wat_module(name: &str) -> Vec<u8> {
+    let path = repo_root().join(format!("fixtures/wat/{name}.wat"));
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The names of the `fixtures/wat` modules.
+pub fn wat_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("fixtures/wat"))
+        .expect("fixtures/wat exists")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".wat").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Lays out the hostile suite under `root`: every hostile fixture (Rust and
+/// `fixtures/wat`) as a package of its own, then `zz_canary`, a package that
+/// passes. Returns the package names, sorted as `root/...` lists them.
+/// `rw_symlink_escape` needs a read-write mount at `/data`.
+pub fn hostile_tree(root: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for name in HOSTILE_RUST {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("testdata")).expect("package dir");
+        std::fs::copy(&fixture(name).wasm, dir.join(format!("{name}.wasm"))).expect("copy");
+        names.push(name.to_string());
+    }
+    let fifo = root.join("limit_fifo_open/testdata/fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+    for name in wat_names() {
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir).expect("package dir");
+        std::fs::write(dir.join(format!("{name}.wasm")), wat_module(&name)).expect("write");
+        names.push(name);
+    }
+    let canary = root.join("zz_canary");
+    std::fs::create_dir_all(&canary).expect("package dir");
+    std::fs::copy(&fixture("demo_calc").wasm, canary.join("calc.wasm")).expect("copy");
+    names.push("zz_canary".to_string());
+    names.sort();
+    names
+}

@@ -4,14 +4,13 @@
 
 mod bad_input;
 mod cache;
+mod hostile;
 mod json;
 mod report;
 mod select;
 
 use std::path::Path;
 use std::process::Output;
-
-use assert_cmd::Command;
 
 /// `cachet` run from the repository root (fresh results, shared compiled modules).
 pub fn cachet(args: &[&str]) -> Output {
@@ -26,6 +25,16 @@ pub fn cachet_in(dir: &Path, args: &[&str]) -> Output {
 /// `CACHET_CACHE`, each call gets fresh results (so reports show real runs)
 /// and shares compiled modules with every other call (so nothing recompiles).
 pub fn cachet_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (mut cmd, _fresh) = cachet_command(dir, env);
+    cmd.args(args).output().unwrap()
+}
+
+/// The `cachet` command as [`cachet_with`] runs it, to spawn by hand; the
+/// returned dir holds its fresh results and must outlive the process.
+pub fn cachet_command(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Command, tempfile::TempDir) {
     static COMPILED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let compiled = COMPILED.get_or_init(|| tempfile::tempdir().unwrap());
@@ -43,15 +52,13 @@ pub fn cachet_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     });
     let fresh = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(compiled.path(), fresh.path().join("compiled")).unwrap();
-    Command::cargo_bin("cachet")
-        .unwrap()
-        .current_dir(dir)
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cachet"));
+    cmd.current_dir(dir)
         .env("CACHET_CACHE", fresh.path())
         .env_remove("CI")
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .unwrap()
+        .env_remove("CACHET_PREBUILT")
+        .envs(env.iter().copied());
+    (cmd, fresh)
 }
 
 pub fn stdout(o: &Output) -> String {

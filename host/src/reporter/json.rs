@@ -88,28 +88,8 @@ impl Format for JsonFormat {
         for l in r.output.lines() {
             s += &line(at, "output", pkg, t, None, Some(format!("{l}\n")));
         }
-        if let Some(limit) = r.timed_out {
-            s += &line(
-                at,
-                "output",
-                pkg,
-                t,
-                None,
-                Some(format!(
-                    "*** Test killed: ran too long ({}).\n",
-                    cachet_runtime::duration_string(limit)
-                )),
-            );
-        }
-        for note in r.reason.iter().chain(&r.not_saved) {
-            s += &line(
-                at,
-                "output",
-                pkg,
-                t,
-                None,
-                Some(format!("    cachet: {note}\n")),
-            );
+        for l in super::text::stop_lines(r, "    ").lines() {
+            s += &line(at, "output", pkg, t, None, Some(format!("{l}\n")));
         }
         let (word, action) = match r.verdict {
             Verdict::Pass => ("PASS", "pass"),

@@ -80,7 +80,7 @@ fn indent(text: &str, by: &str) -> String {
 
 /// `*** Test killed: ran too long (10m0s).`, the sandbox's reasons, and
 /// why a passing result was not cached.
-fn stop_lines(r: &CaseResult, by: &str) -> String {
+pub(super) fn stop_lines(r: &CaseResult, by: &str) -> String {
     let mut s = String::new();
     if let Some(limit) = r.timed_out {
         s.push_str(&format!(

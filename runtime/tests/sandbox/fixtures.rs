@@ -58,6 +58,7 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("limit_stack_recursion", Expect::StackOverflow),
     ("rw_symlink_escape", Expect::PassWithRwMount),
     ("scratch_deep_dirs", Expect::Pass),
+    ("scratch_then_sleep", Expect::Timeout),
     ("scratch_write_read", Expect::Pass),
     ("uses_clock_random", Expect::Pass),
     ("uses_hermetic_time", Expect::PassHermetic),
