@@ -110,14 +110,14 @@ pub fn cache_entry(data: &[u8]) {
     let key = parts.key();
     let _ = cache.store().put("logs", &key.0, log);
     let world = policy().world();
-    if let Ok(Some(recorded)) = cache.log(&parts) {
+    if let Ok(Some(recorded)) = cache.log(&parts, "pkg") {
         let now = cachet_runtime::reobserve(&recorded, &world);
         let _ = cache
             .store()
             .put("results", &key.result(&now.inputs_digest()).0, result);
     }
-    let _ = cache.lookup(name, &parts, &world);
-    let _ = cache.cases(&parts);
+    let _ = cache.lookup(name, "pkg", &parts, &world);
+    let _ = cache.cases(&parts, "pkg");
 }
 
 /// Any file as the stat memo: loads (possibly empty) and answers.
@@ -151,8 +151,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             wat::parse_str(include_str!("../../fixtures/wat/poll_clock_and_fd.wat")).expect("wat"),
         ],
         "cache_entry" => {
-            let log = r#"{"parts":{"module":"ab","framework":"libtest","case":"t","args":[],"mounts":[],"memory":1,"output":2,"stack":3,"scratch":4,"open_files":5,"time":"real"},"log":{"entries":[{"Read":{"op":"Open","path":"pkg/testdata/a.txt","observation":"NotFound"}},{"Env":{"name":"X","observation":"Unset"}}]}}"#;
-            let result = r#"{"output":"ok","elapsed":{"secs":0,"nanos":5},"skipped":false,"cases":["a","b"]}"#;
+            let log = r#"{"parts":{"module":"ab","framework":"libtest","case":"t","program":"t.wasm","args":[],"mounts":[],"memory":1,"output":2,"stack":3,"scratch":4,"open_files":5,"time":"real"},"logs":[{"package":"pkg","log":{"entries":[{"Read":{"op":"Open","path":"pkg/testdata/a.txt","observation":"NotFound"}},{"Env":{"name":"X","observation":"Unset"}}]}}]}"#;
+            let result = r#"{"output":"ok","elapsed":{"secs":0,"nanos":5},"skipped":false,"cases":["a","b"],"output_digest":null}"#;
             vec![[log.as_bytes(), result.as_bytes()].concat()]
         }
         "stat_memo" => {

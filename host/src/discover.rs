@@ -180,18 +180,21 @@ fn package_at(dir: &Path, explicit: bool, build: Build) -> Option<Package> {
 fn build_cargo(name: String, dir: &Path) -> Package {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = dir.join("Cargo.toml");
-    let output = Command::new(cargo)
-        .args([
-            "test",
-            "--no-run",
-            "--quiet",
-            "--target",
-            TARGET,
-            "--message-format=json",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output();
+    let mut cmd = Command::new(&cargo);
+    cmd.args([
+        "test",
+        "--no-run",
+        "--quiet",
+        "--target",
+        TARGET,
+        "--message-format=json",
+        "--manifest-path",
+    ])
+    .arg(&manifest);
+    if let Some(root) = workspace_root(&cargo, &manifest) {
+        portable(&mut cmd, &root);
+    }
+    let output = cmd.output();
     let output = match output {
         Ok(o) => o,
         Err(e) => {
@@ -247,6 +250,86 @@ fn build_cargo(name: String, dir: &Path) -> Package {
     }
 }
 
+/// The root of the cargo workspace `manifest` belongs to.
+fn workspace_root(cargo: &str, manifest: &Path) -> Option<PathBuf> {
+    let out = Command::new(cargo)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let path = PathBuf::from(text.trim());
+    out.status
+        .success()
+        .then(|| path.parent().map(Path::to_path_buf))
+        .flatten()
+}
+
+/// Makes the build independent of where the checkout is, so a fresh clone
+/// or a copy builds the same module bytes and hits the same cache entries:
+/// the workspace root and the cargo home are remapped in every path the
+/// compiler writes (debug info, panic locations), and the build gets its own
+/// target dir (`target/cachet`), so that these flags do not make cargo
+/// rebuild the user's own `cargo test` artifacts each time. Rust flags the
+/// user set (`RUSTFLAGS`, `CARGO_ENCODED_RUSTFLAGS`) are kept; without them,
+/// the remaps go in as `target.wasm32-wasip1.rustflags` config, which joins
+/// that key's values from config files (but takes precedence over
+/// `build.rustflags`).
+fn portable(cmd: &mut Command, root: &Path) {
+    let mut flags = vec![format!("--remap-path-prefix={}=.", root.display())];
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(home) = cargo_home {
+        flags.insert(0, format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    let encoded = std::env::var("CARGO_ENCODED_RUSTFLAGS").ok();
+    let plain = std::env::var("RUSTFLAGS").ok();
+    match (encoded, plain) {
+        (Some(e), _) => {
+            let mut all: Vec<String> = e
+                .split('\x1f')
+                .filter(|f| !f.is_empty())
+                .map(String::from)
+                .collect();
+            all.extend(flags);
+            cmd.env("CARGO_ENCODED_RUSTFLAGS", all.join("\x1f"));
+        }
+        (None, Some(p)) => {
+            let mut all: Vec<String> = p.split_whitespace().map(String::from).collect();
+            all.extend(flags);
+            cmd.env_remove("RUSTFLAGS")
+                .env("CARGO_ENCODED_RUSTFLAGS", all.join("\x1f"));
+        }
+        (None, None) => {
+            let list: Vec<String> = flags.iter().map(|f| toml_string(f)).collect();
+            cmd.arg("--config")
+                .arg(format!("target.{TARGET}.rustflags=[{}]", list.join(",")));
+        }
+    }
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => PathBuf::from(t).join("cachet"),
+        None => root.join("target").join("cachet"),
+    };
+    cmd.arg("--target-dir").arg(target_dir);
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// `./a/b/` -> `a/b`; `.` stays `.`.
 fn display_name(p: &str) -> String {
     let mut s = p;
@@ -274,6 +357,11 @@ mod tests {
         assert_eq!(display_name("."), ".");
         assert_eq!(display_name("./"), ".");
         assert_eq!(display_name("a.wasm"), "a.wasm");
+    }
+
+    #[test]
+    fn toml_strings_are_quoted() {
+        assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct CaseResult {
     pub output: String,
     /// Streamed live: what of `output` was not shown yet (`None`: all of it).
     pub live_rest: Option<String>,
+    /// The sha256 of the case's whole output (framing removed), when it ran.
+    pub output_digest: Option<cachet_runtime::Sha256Digest>,
     /// The result came from the cache.
     pub cached: bool,
     /// `--explain`: why the case ran instead of hitting the cache.

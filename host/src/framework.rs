@@ -2,6 +2,8 @@
 //! it printed. `libtest` is Rust's harness (`cargo test --target
 //! wasm32-wasip1`); `plain` is any WASI command, one case, exit 0 passes.
 
+use sha2::Digest as _;
+
 use crate::event::Verdict;
 
 /// A module's test framework.
@@ -28,6 +30,13 @@ impl Framework {
         } else {
             Framework::Plain
         }
+    }
+
+    /// The framework of [`Framework::name`].
+    pub fn from_name(name: &str) -> Option<Framework> {
+        [Framework::Libtest, Framework::Plain]
+            .into_iter()
+            .find(|f| f.name() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -172,13 +181,18 @@ impl Framework {
 /// still be framing.
 const HOLD_LINES: usize = 5;
 
-/// Cleans a case's output while it is still being written, for live `-v`
-/// output: complete lines wait in a queue until [`HOLD_LINES`]` - 1` newer
-/// ones have arrived, so the harness's framing can still be removed from both
-/// ends. Each byte is looked at a bounded number of times, however long the
-/// output grows, and what was shown is not kept: memory stays bounded by
-/// the held lines.
-pub struct LiveOutput {
+/// A line longer than this without a newline is taken as a line of its
+/// own, so a guest writing no newlines cannot grow the held text without end.
+const MAX_PARTIAL: usize = 1 << 20;
+
+/// A case's output as it is written: the harness's framing removed, shown
+/// live (`-v`), and digested whole for `--verify` (the output kept in memory
+/// and in the cache may be only its head and tail). Complete lines wait in a
+/// queue until [`HOLD_LINES`]` - 1` newer ones have arrived, so framing can
+/// still be removed from both ends. Each byte is looked at a bounded number
+/// of times however long the output grows, and what passed is not kept:
+/// memory stays bounded by the held lines.
+pub struct CaseStream {
     framework: Framework,
     case: String,
     head: String,
@@ -186,32 +200,56 @@ pub struct LiveOutput {
     held: std::collections::VecDeque<String>,
     /// The harness's opening framing has been passed.
     started: bool,
+    /// Whether `push` returns what to show.
+    live: bool,
+    digest: sha2::Sha256,
 }
 
-impl LiveOutput {
-    pub fn new(framework: Framework, case: &str) -> Self {
-        LiveOutput {
+/// What remains when a case's stream ends.
+pub struct StreamEnd {
+    /// The part of the body not shown yet, or `None` when nothing of the
+    /// body was shown (its opening framing never passed).
+    pub rest: Option<String>,
+    /// The sha256 of the whole body.
+    pub digest: cachet_runtime::Sha256Digest,
+}
+
+impl CaseStream {
+    pub fn new(framework: Framework, case: &str, live: bool) -> Self {
+        CaseStream {
             framework,
             case: case.to_string(),
             head: format!("test {case} ... "),
             partial: Vec::new(),
             held: std::collections::VecDeque::new(),
             started: framework == Framework::Plain,
+            live,
+            digest: sha2::Sha256::new(),
         }
     }
 
-    /// Takes newly written bytes; returns the text that is now safe to show.
+    /// Takes newly written bytes; returns the text that is now safe to show
+    /// (nothing when not live).
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.partial.extend_from_slice(bytes);
         let mut out = String::new();
         let mut start = 0;
-        while let Some(n) = memchr::memchr(b'\n', &self.partial[start..]) {
-            let line = String::from_utf8_lossy(&self.partial[start..=start + n]).into_owned();
-            start += n + 1;
+        loop {
+            let end = match memchr::memchr(b'\n', &self.partial[start..]) {
+                Some(n) => start + n + 1,
+                None if self.partial.len() - start > MAX_PARTIAL => start + MAX_PARTIAL,
+                None => break,
+            };
+            let line = String::from_utf8_lossy(&self.partial[start..end]).into_owned();
+            start = end;
             self.held.push_back(line);
             while self.held.len() >= HOLD_LINES {
                 let line = self.held.pop_front().expect("held is not empty");
-                out.push_str(&self.unframe(line));
+                let shown = self.unframe(line);
+                self.digest.update(shown.as_bytes());
+                if self.live {
+                    out.push_str(&shown);
+                }
             }
         }
         self.partial.drain(..start);
@@ -232,22 +270,22 @@ impl LiveOutput {
         }
     }
 
-    /// After the case ended: the rest of its body, not shown yet (the held
-    /// lines without the closing framing), or `None` when nothing of the
-    /// body was shown (its opening framing never passed), so all of it is
-    /// still to show.
-    pub fn rest(&self) -> Option<String> {
-        if !self.started {
-            return None;
-        }
+    /// After the case ended: the held lines without the closing framing.
+    pub fn finish(&mut self) -> StreamEnd {
         // The body starts after the head; plain modules have none.
-        let mut raw = match self.framework {
-            Framework::Libtest => self.head.clone(),
-            Framework::Plain => String::new(),
+        let mut raw = match (self.framework, self.started) {
+            (Framework::Libtest, true) => self.head.clone(),
+            _ => String::new(),
         };
         raw.extend(self.held.iter().map(String::as_str));
         raw.push_str(&String::from_utf8_lossy(&self.partial));
-        Some(self.framework.case_output(&self.case, &raw).body)
+        let rest = self.framework.case_output(&self.case, &raw).body;
+        let mut digest = self.digest.clone();
+        digest.update(rest.as_bytes());
+        StreamEnd {
+            rest: self.started.then_some(rest),
+            digest: cachet_runtime::Sha256Digest(digest.finalize().into()),
+        }
     }
 }
 
@@ -310,10 +348,10 @@ mod tests {
     #[test]
     fn live_output_holds_back_the_closing_lines() {
         let stream = |raw: &str| {
-            let mut live = LiveOutput::new(Framework::Libtest, "a::b");
+            let mut live = CaseStream::new(Framework::Libtest, "a::b", true);
             let shown: String = raw.as_bytes().chunks(3).map(|c| live.push(c)).collect();
             let body = Framework::Libtest.case_output("a::b", raw).body;
-            let rest = live.rest().unwrap();
+            let rest = live.finish().rest.unwrap();
             assert_eq!(
                 format!("{shown}{rest}").trim_end(),
                 body,
@@ -345,7 +383,7 @@ mod tests {
     fn live_output_is_linear_in_the_output() {
         // 50,000 writes of one line each: a filter that re-scanned all output
         // on every write (as the first version did) would take minutes here.
-        let mut live = LiveOutput::new(Framework::Libtest, "t");
+        let mut live = CaseStream::new(Framework::Libtest, "t", true);
         let mut shown = live.push(b"\nrunning 1 test\ntest t ... ");
         for i in 0..50_000 {
             shown.push_str(&live.push(format!("line {i}\n").as_bytes()));
@@ -355,6 +393,29 @@ mod tests {
             shown.ends_with("line 49995\n"),
             "the last four lines are held"
         );
+    }
+
+    #[test]
+    fn the_body_digest_ignores_framing_and_chunking() {
+        let digest = |raw: &str, chunk: usize| {
+            let mut s = CaseStream::new(Framework::Libtest, "t", false);
+            for c in raw.as_bytes().chunks(chunk) {
+                assert_eq!(s.push(c), "", "not live: nothing to show");
+            }
+            s.finish().digest
+        };
+        let run = |secs: &str| {
+            format!("\nrunning 1 test\ntest t ... a\nb\nc\nd\ne\nok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in {secs}s\n\n")
+        };
+        assert_eq!(digest(&run("0.00"), 3), digest(&run("1.25"), 1000));
+        assert_ne!(
+            digest(&run("0.00"), 7),
+            digest(&run("0.00").replace("c\n", "C\n"), 7)
+        );
+        // A line without newlines is cut, so memory stays bounded.
+        let mut s = CaseStream::new(Framework::Plain, "t", false);
+        s.push(&vec![b'x'; 3 * MAX_PARTIAL]);
+        assert!(s.partial.len() <= MAX_PARTIAL);
     }
 
     #[test]

@@ -10,10 +10,8 @@ use crate::cache::{Cache, KeyParts};
 use crate::cli::{InputsArgs, TestArgs};
 use crate::config::TestConfig;
 use crate::framework::Framework;
+use crate::job::LIST_CASE;
 use crate::{discover, exit, plan};
-
-/// Pseudo case of a module's listing (as the scheduler caches it).
-const LIST_CASE: &str = "--list";
 
 pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     let Some(cache) = cache else {
@@ -68,7 +66,7 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         let artifacts: Vec<Arc<Artifact>> = match package
             .modules
             .iter()
-            .map(|m| Artifact::read(m.clone(), forced, dir.clone()).map(Arc::new))
+            .map(|m| Artifact::open(m.clone(), forced, dir.clone(), Some(&cache)).map(Arc::new))
             .collect()
         {
             Ok(a) => a,
@@ -81,6 +79,8 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         let embedded = artifacts.iter().any(|a| a.embeds_dir);
         let policy = plan::policy(&config, &package, &std::env::temp_dir(), embedded, None);
         for a in &artifacts {
+            let mut policy = policy.clone();
+            policy.program_name(&a.file_name());
             let cases = match a.framework.list_args() {
                 None => vec![a.file_name()],
                 Some(list_args) => {
@@ -92,8 +92,8 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
                         &policy,
                         config.stack_bytes(),
                     );
-                    match cache.log(&parts) {
-                        Ok(Some(_)) => cases_of(&cache, &parts),
+                    match cache.log(&parts, &package.name) {
+                        Ok(Some(_)) => cache.cases(&parts, &package.name).unwrap_or_default(),
                         _ => {
                             eprintln!(
                                 "cachet: {}: {}: no recorded run of this build; run `cachet test {}` first",
@@ -120,7 +120,7 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
                     config.stack_bytes(),
                 );
                 let _ = writeln!(out, "== {} {case}", package.name);
-                let _ = match cache.log(&parts) {
+                let _ = match cache.log(&parts, &package.name) {
                     Ok(Some(log)) => write!(out, "{}", log.render()),
                     Ok(None) => writeln!(out, "(no passing run recorded)"),
                     Err(e) => writeln!(out, "(unreadable: {e})"),
@@ -129,8 +129,4 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         }
     }
     code
-}
-
-fn cases_of(cache: &Cache, parts: &KeyParts) -> Vec<String> {
-    cache.cases(parts).unwrap_or_default()
 }

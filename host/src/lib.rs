@@ -19,6 +19,7 @@ pub mod event;
 pub mod exit;
 pub mod framework;
 pub mod inputs;
+pub mod job;
 pub mod plan;
 pub mod reporter;
 pub mod scheduler;
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cachet_runtime::{Runtime, RuntimeConfig};
+use cachet_runtime::RuntimeConfig;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
@@ -105,6 +106,10 @@ fn open_cache() -> Option<cache::Cache> {
     }
 }
 
+/// Compiled modules kept: a Go test binary compiles to ~50 MB of native
+/// code, a Rust one to a few MB; 4 GiB holds a large project's.
+const MAX_COMPILED_BYTES: u64 = 4 << 30;
+
 /// Trims the store when its marker is a day old (as Go's cache does).
 fn trim_daily(cache: &cache::Cache) {
     let marker = cache.store().root().join("trimmed");
@@ -117,6 +122,10 @@ fn trim_daily(cache: &cache::Cache) {
         let _ = cache
             .store()
             .trim(cache::store::MAX_AGE, cache::store::MAX_BYTES);
+        if let Some(compiled) = cache_dir().map(|d| d.join("compiled")) {
+            let _ =
+                cachet_runtime::trim_compiled(&compiled, cache::store::MAX_AGE, MAX_COMPILED_BYTES);
+        }
     }
 }
 
@@ -160,17 +169,12 @@ fn test(config: TestConfig) -> u8 {
             timeout: config.compile_timeout,
             memory: config.compile_memory,
         });
-    let runtime = match Runtime::new(RuntimeConfig {
+    // Made when a case first needs it: a fully cached run starts no engine.
+    let runtime = Arc::new(job::LazyRuntime::new(RuntimeConfig {
         compiled_cache: cache_dir().map(|d| d.join("compiled")),
         max_wasm_stack: config.stack,
         compile,
-    }) {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            eprintln!("cachet: {e}");
-            return exit::SETUP_ERROR;
-        }
-    };
+    }));
     let scratch = match workdir::Workdir::create() {
         Ok(d) => d,
         Err(e) => {

@@ -16,20 +16,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cachet_runtime::{OutputTee, Policy, RunOutcome, Runtime, Status};
+use cachet_runtime::Policy;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::artifact::Artifact;
-use crate::cache::{Cache, CachedResult, KeyParts, Lookup, Miss, NameKey};
-use crate::config::{Isolate, TestConfig};
+use crate::cache::Cache;
+use crate::config::TestConfig;
 use crate::discover::Package;
 use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
-use crate::framework::{Framework, LiveOutput};
+use crate::framework::Framework;
+use crate::job::{self, Env, LazyRuntime, Tx};
 use crate::plan::{self, Job};
 
 /// Shared by every task of one `cachet test`.
 struct Ctx {
-    runtime: Arc<Runtime>,
+    runtime: Arc<LazyRuntime>,
     config: Arc<TestConfig>,
     cache: Option<Cache>,
     slots: Arc<Semaphore>,
@@ -42,6 +43,17 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// What a job runs with.
+    fn env<'a>(&'a self, tx: &'a Tx) -> Env<'a> {
+        Env {
+            runtime: &self.runtime,
+            config: &self.config,
+            cache: self.cache.as_ref(),
+            live: self.live,
+            tx,
+        }
+    }
+
     /// One of the `-p` slots, in the order asked for.
     async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
         self.slots
@@ -56,7 +68,7 @@ impl Ctx {
 pub fn run(
     config: Arc<TestConfig>,
     packages: Vec<Package>,
-    runtime: Arc<Runtime>,
+    runtime: Arc<LazyRuntime>,
     cache: Option<Cache>,
     scratch: &Path,
     mut on_event: impl FnMut(Event),
@@ -123,10 +135,8 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
     }
 }
 
-type Tx = mpsc::UnboundedSender<Event>;
-
-/// A module's case names being listed, or why it could not be.
-type Listing = tokio::task::JoinHandle<Result<Vec<String>, String>>;
+/// A package's case names (per module) being listed, or why they could not be.
+type Listing = tokio::task::JoinHandle<Result<Vec<Vec<String>>, String>>;
 
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     // 1. Read and hash every module of every package that was set up.
@@ -139,7 +149,10 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                 .framework
                 .or(p.cargo.then_some(Framework::Libtest));
             let dir = p.cargo.then(|| plan::absolute_dir(p)).flatten();
-            let task = blocking(ctx.slots.clone(), move || Artifact::read(path, forced, dir));
+            let cache = ctx.cache.clone();
+            let task = blocking(ctx.slots.clone(), move || {
+                Artifact::open(path, forced, dir, cache.as_ref())
+            });
             reads.push((pkg, tokio::spawn(task)));
         }
     }
@@ -167,25 +180,17 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             Arc::new(plan::policy(&ctx.config, p, &ctx.scratch, embedded, memo))
         })
         .collect();
-    let mut listings: Vec<Vec<Listing>> = Vec::new();
+    let mut listings: Vec<Listing> = Vec::new();
     for (pkg, mods) in loaded.iter().enumerate() {
-        let tasks = match mods {
-            Ok(mods) => mods
-                .iter()
-                .map(|m| {
-                    let name = packages[pkg].name.clone();
-                    tokio::spawn(list(
-                        ctx.clone(),
-                        tx.clone(),
-                        name,
-                        m.clone(),
-                        policies[pkg].clone(),
-                    ))
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        listings.push(tasks);
+        let mods = mods.clone().unwrap_or_default();
+        let name = packages[pkg].name.clone();
+        listings.push(tokio::spawn(list_package(
+            ctx.clone(),
+            tx.clone(),
+            name,
+            mods,
+            policies[pkg].clone(),
+        )));
     }
     let mut plans: Vec<Option<Vec<Job>>> = Vec::new();
     for ((pkg, mods), tasks) in loaded.into_iter().enumerate().zip(listings) {
@@ -202,22 +207,14 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             plans.push(None);
             continue;
         }
-        let mut cases_per_module = Vec::new();
-        let mut error = None;
-        for task in tasks {
-            match task.await.expect("listing does not panic") {
-                Ok(cases) => cases_per_module.push(cases),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
+        let cases_per_module = match tasks.await.expect("listing does not panic") {
+            Ok(cases) => cases,
+            Err(message) => {
+                let _ = tx.send(Event::PackageError { pkg, message });
+                plans.push(None);
+                continue;
             }
-        }
-        if let Some(message) = error {
-            let _ = tx.send(Event::PackageError { pkg, message });
-            plans.push(None);
-            continue;
-        }
+        };
         if let Some(re) = &ctx.config.list {
             let names = cases_per_module
                 .iter()
@@ -246,18 +243,46 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         plans.push(Some(jobs));
     }
 
-    // 3. Run the jobs, in order, `-p` at a time.
+    // 3. Look every job up in the cache, a package at a time on the blocking
+    //    pool (no guest thread, no runtime: a fully cached run starts
+    //    neither), then run the misses, in order, `-p` at a time.
+    let lookups: Vec<_> = plans
+        .into_iter()
+        .map(|jobs| {
+            jobs.map(|jobs| {
+                let (ctx, tx) = (ctx.clone(), tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let env = ctx.env(&tx);
+                    jobs.into_iter()
+                        .map(|j| job::look_up(&env, j))
+                        .collect::<Vec<_>>()
+                })
+            })
+        })
+        .collect();
     let mut tasks = Vec::new();
-    for (pkg, jobs) in plans.into_iter().enumerate() {
-        let Some(jobs) = jobs else { continue };
+    for (pkg, looked) in lookups.into_iter().enumerate() {
+        let Some(looked) = looked else { continue };
+        let looked = looked.await.expect("lookups do not panic");
         let state = Arc::new(Mutex::new(PackageRun {
-            remaining: jobs.len(),
+            remaining: looked.len(),
             started: None,
             failed: false,
             ran: 0,
             all_cached: true,
         }));
-        for job in jobs {
+        let mut to_run = Vec::new();
+        for l in looked {
+            match l {
+                Ok(hit) => {
+                    start_package(pkg, &state, &tx);
+                    finish_case(&ctx, pkg, &state, &tx, hit);
+                    finish_job(pkg, &state, &tx, "");
+                }
+                Err(run) => to_run.push(run),
+            }
+        }
+        for run in to_run {
             let (ctx, tx, state) = (ctx.clone(), tx.clone(), state.clone());
             let permit = ctx.slot().await;
             tasks.push(tokio::spawn(async move {
@@ -266,28 +291,19 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                 if !skip {
                     start_package(pkg, &state, &tx);
                     let (ctx2, tx2) = (ctx.clone(), tx.clone());
-                    let cases = job.cases.clone();
-                    let results = on_guest(&ctx.runtime, move || run_job(&ctx2, job, &tx2))
-                        .await
-                        .unwrap_or_else(|e| {
-                            cases.iter().map(|name| failed_setup(name, &e)).collect()
-                        });
+                    let cases = run.job.cases.clone();
+                    let results =
+                        on_guest(&ctx.runtime, move || job::run_job(&ctx2.env(&tx2), run))
+                            .await
+                            .unwrap_or_else(|e| {
+                                cases
+                                    .iter()
+                                    .map(|name| job::failed_setup(name, &e))
+                                    .collect()
+                            });
                     drop(permit);
                     for result in results {
-                        let failed = result.verdict == Verdict::Fail;
-                        if failed {
-                            ctx.failed.store(true, Ordering::SeqCst);
-                        }
-                        let mut s = state.lock().expect("package state");
-                        s.failed |= failed;
-                        s.all_cached &= result.cached;
-                        s.ran += 1;
-                        drop(s);
-                        let _ = tx.send(Event::CaseFinished {
-                            pkg,
-                            result,
-                            at: SystemTime::now(),
-                        });
+                        finish_case(&ctx, pkg, &state, &tx, result);
                     }
                 } else {
                     drop(permit);
@@ -304,6 +320,24 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     for t in tasks {
         t.await.expect("job tasks do not panic");
     }
+}
+
+/// Records a case's result and sends it to the reporter.
+fn finish_case(ctx: &Ctx, pkg: usize, state: &Mutex<PackageRun>, tx: &Tx, result: CaseResult) {
+    let failed = result.verdict == Verdict::Fail;
+    if failed {
+        ctx.failed.store(true, Ordering::SeqCst);
+    }
+    let mut s = state.lock().expect("package state");
+    s.failed |= failed;
+    s.all_cached &= result.cached;
+    s.ran += 1;
+    drop(s);
+    let _ = tx.send(Event::CaseFinished {
+        pkg,
+        result,
+        at: SystemTime::now(),
+    });
 }
 
 struct PackageRun {
@@ -368,11 +402,12 @@ async fn blocking<T: Send + 'static>(
 /// Runs `f` on one of the runtime's guest threads, where the runs it starts
 /// need no further switch of thread; `Err` if it panicked.
 async fn on_guest<T: Send + 'static>(
-    runtime: &Runtime,
+    runtime: &LazyRuntime,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     runtime
+        .get()?
         .spawn(move || {
             let _ = tx.send(f());
         })
@@ -381,354 +416,61 @@ async fn on_guest<T: Send + 'static>(
         .map_err(|_| "internal error in cachet (a panic); please report it".to_string())
 }
 
-/// Pseudo case name under which a module's listing is cached.
-const LIST_CASE: &str = "--list";
-
-async fn list(
+/// Lists every module of a package: cached listings in one blocking task,
+/// the rest by running the modules on guest threads.
+async fn list_package(
     ctx: Arc<Ctx>,
     tx: Tx,
     package: String,
-    m: Arc<Artifact>,
+    mods: Vec<Arc<Artifact>>,
     policy: Arc<Policy>,
-) -> Result<Vec<String>, String> {
-    let permit = ctx.slot().await;
-    let ctx2 = ctx.clone();
-    let listed = on_guest(&ctx.runtime, move || match m.framework.list_args() {
-        Some(args) => list_blocking(&ctx2, &tx, &package, &m, &policy, &args),
-        // A plain module is its one case. It is compiled now, so a module
-        // that cannot load fails its package's setup, as a listing would.
-        None => m.module(&ctx2.runtime).map(|_| vec![m.file_name()]),
-    })
-    .await;
-    drop(permit);
-    listed.and_then(|l| l)
-}
-
-fn list_blocking(
-    ctx: &Ctx,
-    tx: &Tx,
-    package: &str,
-    m: &Artifact,
-    policy: &Policy,
-    args: &[String],
-) -> Result<Vec<String>, String> {
-    let file = m.path.display().to_string();
-    let parts = KeyParts::new(
-        m.digest,
-        m.framework.name(),
-        LIST_CASE,
-        args,
-        policy,
-        ctx.config.stack_bytes(),
-    );
-    let name = NameKey::new(package, &format!("{LIST_CASE} {}", m.file_name()));
-    if let Some(cache) = &ctx.cache {
-        match cache.lookup(name, &parts, &policy.world()) {
-            Lookup::Hit(r) => return Ok(r.cases),
-            Lookup::Miss(Miss::Corrupt(e)) => {
-                let _ = tx.send(Event::Warning { message: e });
-            }
-            Lookup::Miss(_) => {}
-        }
-    }
-    let module = m.module(&ctx.runtime)?;
-    let mut p = policy.clone();
-    p.program_name(&m.file_name()).args(args);
-    let outcome = ctx
-        .runtime
-        .run(&module, &p)
-        .map_err(|e| format!("{file}: {e}"))?;
-    if !outcome.status.passed() {
-        return Err(format!(
-            "{file}: listing its tests with `{}` failed ({}); is it a {} test binary? Pass --framework to say",
-            args.join(" "),
-            outcome.status,
-            m.framework.name()
-        ));
-    }
-    let cases = m
-        .framework
-        .parse_list(&String::from_utf8_lossy(&outcome.output));
-    if let (Some(cache), None) = (&ctx.cache, &outcome.changed_during_run) {
-        let result = CachedResult {
-            output: String::new(),
-            elapsed: outcome.elapsed,
-            skipped: false,
-            cases: cases.clone(),
-        };
-        let _ = cache.save(name, &parts, &outcome.log, &result);
-    }
-    Ok(cases)
-}
-
-fn run_job(ctx: &Ctx, job: Job, tx: &Tx) -> Vec<CaseResult> {
-    // The cache serves one case per instance; --isolate=module runs bypass it.
-    let cache = ctx
-        .cache
-        .as_ref()
-        .filter(|_| job.cases.len() == 1 && job.isolate == Isolate::Test);
-    let key = cache.map(|c| {
-        let parts = KeyParts::new(
-            job.module.digest,
-            job.framework.name(),
-            &job.cases[0],
-            &ctx.config.args,
-            &job.policy,
-            ctx.config.stack_bytes(),
+) -> Result<Vec<Vec<String>>, String> {
+    let cached = {
+        let (ctx, tx, package, mods, policy) = (
+            ctx.clone(),
+            tx.clone(),
+            package.clone(),
+            mods.clone(),
+            policy.clone(),
         );
-        (c, parts, NameKey::new(&job.package, &job.cases[0]))
-    });
-    let lookup = key
-        .as_ref()
-        .map(|(c, parts, name)| c.lookup(*name, parts, &job.policy.world()));
-    if let Some(Lookup::Miss(Miss::Corrupt(e))) = &lookup {
-        let _ = tx.send(Event::Warning { message: e.clone() });
-    }
-    let (mut explain, mut cached) = (None, None);
-    match lookup {
-        Some(Lookup::Hit(r)) if !ctx.config.verify => return vec![cached_result(&job.cases[0], r)],
-        Some(Lookup::Hit(r)) => cached = Some(r),
-        Some(Lookup::Miss(why)) => explain = Some(why),
-        None if ctx.cache.is_none() => {
-            explain = Some(Miss::Bypassed(
-                "--count was given, or the cache could not be opened",
-            ))
+        tokio::task::spawn_blocking(move || {
+            let env = ctx.env(&tx);
+            mods.iter()
+                .map(|m| {
+                    let args = m.framework.list_args()?;
+                    job::cached_listing(&env, &package, m, &policy, &args)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("lookups do not panic")
+    };
+    let mut out = Vec::new();
+    for (m, cached) in mods.into_iter().zip(cached) {
+        if let Some(cases) = cached {
+            out.push(cases);
+            continue;
         }
-        None => explain = Some(Miss::Bypassed("--isolate=module")),
-    }
-    let (mut results, outcome) = run_uncached(ctx, &job, tx);
-    if let ([result], Some(outcome)) = (results.as_mut_slice(), &outcome) {
-        result.explain = explain
-            .filter(|_| ctx.config.explain)
-            .map(|m| m.to_string());
-        match cached {
-            Some(before) => verify(result, &before),
-            None => {
-                if let Some((cache, parts, name)) = &key {
-                    save(cache, parts, *name, result, outcome);
-                }
-            }
-        }
-    }
-    results
-}
-
-fn cached_result(name: &str, r: CachedResult) -> CaseResult {
-    let verdict = if r.skipped {
-        Verdict::Skip
-    } else {
-        Verdict::Pass
-    };
-    CaseResult {
-        cached: true,
-        ..case(name, verdict, r.elapsed, r.output)
-    }
-}
-
-/// `--verify`: a cached case ran again; its result must match.
-fn verify(now: &mut CaseResult, before: &CachedResult) {
-    let same_verdict = matches!(
-        (now.verdict, before.skipped),
-        (Verdict::Pass, false) | (Verdict::Skip, true)
-    );
-    let what = if !same_verdict {
-        Some("the cached run passed, this run did not")
-    } else if now.output != before.output {
-        Some("the output differs")
-    } else {
-        None
-    };
-    if let Some(what) = what {
-        now.verdict = Verdict::Fail;
-        now.reason = Some(format!(
-            "verify: {what} from the cached result: the test is nondeterministic or read an input cachet did not record"
-        ));
-    }
-}
-
-/// Runs the job; the outcome comes back with the results when it ran.
-fn run_uncached(ctx: &Ctx, job: &Job, tx: &Tx) -> (Vec<CaseResult>, Option<RunOutcome>) {
-    let setup_failed = |e: &str| job.cases.iter().map(|name| failed_setup(name, e)).collect();
-    let module = match job.module.module(&ctx.runtime) {
-        Ok(m) => m,
-        Err(e) => return (setup_failed(&e), None),
-    };
-    let mut policy = (*job.policy).clone();
-    policy.args(&job.framework.run_args(&job.run_cases, &ctx.config.args));
-    let live = (ctx.live && job.cases.len() == 1).then(|| {
-        let name = job.cases[0].clone();
-        let _ = tx.send(Event::CaseStarted {
-            pkg: job.pkg,
-            name: name.clone(),
-        });
-        let filter = Arc::new(Mutex::new(LiveOutput::new(job.framework, &name)));
-        let (tx, pkg, f) = (tx.clone(), job.pkg, filter.clone());
-        policy.output_tee(OutputTee(Arc::new(move |bytes: &[u8]| {
-            let text = f.lock().expect("live output").push(bytes);
-            if !text.is_empty() {
-                let _ = tx.send(Event::CaseOutput {
-                    pkg,
-                    name: name.clone(),
-                    text,
-                });
-            }
-        })));
-        filter
-    });
-    let outcome = match ctx.runtime.run(&module, &policy) {
-        Ok(o) => o,
-        Err(e) => return (setup_failed(&e.to_string()), None),
-    };
-    if let Some(message) = outcome.cleanup_error.clone() {
-        let _ = tx.send(Event::Warning { message });
-    }
-    let raw = String::from_utf8_lossy(&outcome.output).into_owned();
-    let mut results = match (job.isolate, job.framework) {
-        (Isolate::Module, Framework::Libtest) => module_results(job, &outcome, &raw),
-        _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
-    };
-    if let ([result], Some(live)) = (results.as_mut_slice(), live) {
-        result.live_rest = live.lock().expect("live output").rest();
-    }
-    (results, Some(outcome))
-}
-
-/// Saves a passing case, unless an input changed while it ran.
-fn save(
-    cache: &Cache,
-    parts: &KeyParts,
-    name: NameKey,
-    result: &mut CaseResult,
-    outcome: &RunOutcome,
-) {
-    if result.verdict == Verdict::Fail {
-        return;
-    }
-    if let Some(change) = &outcome.changed_during_run {
-        result.not_saved = Some(format!("not cached: {change} during the run"));
-        return;
-    }
-    let cached = CachedResult {
-        output: trim_output(&result.output),
-        elapsed: result.elapsed,
-        skipped: result.verdict == Verdict::Skip,
-        cases: Vec::new(),
-    };
-    let _ = cache.save(name, parts, &outcome.log, &cached);
-}
-
-/// Output kept in a cache entry: its first and last [`KEPT_OUTPUT`] / 2 bytes.
-const KEPT_OUTPUT: usize = 1 << 20;
-
-/// A passing case's output as the cache keeps it (for `-v` replay): whole up
-/// to [`KEPT_OUTPUT`], else its head and tail with a notice between.
-fn trim_output(output: &str) -> String {
-    if output.len() <= KEPT_OUTPUT {
-        return output.to_string();
-    }
-    let half = KEPT_OUTPUT / 2;
-    let head_end = (0..=half)
-        .rev()
-        .find(|&i| output.is_char_boundary(i))
-        .unwrap_or(0);
-    let tail_start = (output.len() - half..output.len())
-        .find(|&i| output.is_char_boundary(i))
-        .unwrap_or(output.len());
-    let omitted = tail_start - head_end;
-    format!(
-        "{}\n[cachet: {omitted} bytes of output not kept in the cache]\n{}",
-        &output[..head_end],
-        &output[tail_start..]
-    )
-}
-
-fn failed_setup(name: &str, error: &str) -> CaseResult {
-    CaseResult {
-        reason: Some(format!("cannot set up the run: {error}")),
-        ..case(name, Verdict::Fail, Duration::ZERO, String::new())
-    }
-}
-
-/// A result with nothing but the essentials set.
-fn case(name: &str, verdict: Verdict, elapsed: Duration, output: String) -> CaseResult {
-    CaseResult {
-        name: name.to_string(),
-        verdict,
-        elapsed,
-        output,
-        live_rest: None,
-        cached: false,
-        explain: None,
-        not_saved: None,
-        timed_out: None,
-        reason: None,
-    }
-}
-
-/// The sandbox's reason for a stop the test itself did not report: one
-/// line, then the innermost wasm frames of a trap.
-fn stop_reason(status: &Status, output: &str) -> (Option<Duration>, Option<String>) {
-    match status {
-        Status::Exited(0) => (None, None),
-        Status::Timeout(limit) => (Some(*limit), None),
-        // A Rust panic already printed its message; the trap adds nothing.
-        Status::Trapped { .. } if output.contains("panicked at") => (None, None),
-        other => {
-            let mut reason = other.to_string();
-            for frame in other.frames() {
-                reason.push_str("\n    at ");
-                reason.push_str(frame);
-            }
-            (None, Some(reason))
-        }
-    }
-}
-
-fn case_result(name: &str, framework: Framework, outcome: &RunOutcome, raw: &str) -> CaseResult {
-    let out = framework.case_output(name, raw);
-    let verdict = match (outcome.status.passed(), out.skipped) {
-        (true, true) => Verdict::Skip,
-        (true, false) => Verdict::Pass,
-        (false, _) => Verdict::Fail,
-    };
-    let (timed_out, reason) = stop_reason(&outcome.status, raw);
-    CaseResult {
-        timed_out,
-        reason,
-        ..case(name, verdict, outcome.elapsed, out.body)
-    }
-}
-
-fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult> {
-    let trapped = !outcome.status.passed();
-    let split = job.framework.split_module_output(raw, trapped);
-    let (timed_out, reason) = stop_reason(&outcome.status, raw);
-    let n = split.len();
-    let mut results: Vec<CaseResult> = split
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, verdict, output))| {
-            let last = i + 1 == n && trapped;
-            // One instance ran them all; per-case times are not known.
-            let elapsed = if n == 1 {
-                outcome.elapsed
-            } else {
-                Duration::ZERO
-            };
-            CaseResult {
-                timed_out: if last { timed_out } else { None },
-                reason: if last { reason.clone() } else { None },
-                ..case(&name, verdict, elapsed, output)
+        let permit = ctx.slot().await;
+        let (ctx2, tx2, package, policy) =
+            (ctx.clone(), tx.clone(), package.clone(), policy.clone());
+        let listed = on_guest(&ctx.runtime, move || {
+            let env = ctx2.env(&tx2);
+            match m.framework.list_args() {
+                Some(args) => job::list_module(&env, &package, &m, &policy, &args),
+                // A plain module is its one case. It is compiled now, so a
+                // module that cannot load fails its package's setup, as a
+                // listing would.
+                None => env
+                    .runtime
+                    .get()
+                    .and_then(|rt| m.module(rt))
+                    .map(|_| vec![m.file_name()]),
             }
         })
-        .collect();
-    if trapped && results.is_empty() {
-        let name = job.cases.first().cloned().unwrap_or_default();
-        results.push(CaseResult {
-            timed_out,
-            reason,
-            ..case(&name, Verdict::Fail, outcome.elapsed, raw.to_string())
-        });
+        .await;
+        drop(permit);
+        out.push(listed.and_then(|l| l)?);
     }
-    results
+    Ok(out)
 }

@@ -346,6 +346,7 @@ impl Runtime {
     fn load_compiled(&self, path: &Path, key: &Sha256Digest) -> Option<wasmtime::Module> {
         let bytes = std::fs::read(path).ok()?;
         let body = compiled_body(&bytes, key)?;
+        touch(path);
         // SAFETY: the file names this module's key (module digest, engine
         // fingerprint, wasmtime version) in its header, and the trailer over
         // header and body proves both are as `store_compiled` wrote them.
@@ -473,6 +474,63 @@ impl Drop for Runtime {
     }
 }
 
+/// A used compiled file's mtime is refreshed when older than this: its last
+/// use, for [`trim_compiled`].
+const TOUCH_AFTER: Duration = Duration::from_secs(3600);
+
+fn age(m: &std::fs::Metadata) -> Duration {
+    m.modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
+}
+
+fn touch(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| age(&m) > TOUCH_AFTER) {
+        if let Ok(f) = std::fs::File::options().append(true).open(path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+}
+
+/// Trims a compiled-module cache directory: temp files an interrupted
+/// compile or write left (older than an hour), modules unused for
+/// `max_age`, and the least recently used beyond `max_bytes`. Returns how
+/// many files it removed.
+pub fn trim_compiled(dir: &Path, max_age: Duration, max_bytes: u64) -> std::io::Result<u64> {
+    let mut removed = 0;
+    let mut kept = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let compiled = entry.file_name().to_string_lossy().ends_with(".cwasm");
+        let stale = if compiled {
+            age(&meta) > max_age
+        } else {
+            age(&meta) > TOUCH_AFTER
+        };
+        if stale {
+            removed += u64::from(std::fs::remove_file(entry.path()).is_ok());
+        } else if compiled {
+            kept.push((age(&meta), meta.len(), entry.path()));
+        }
+    }
+    kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+    let mut total: u64 = kept.iter().map(|k| k.1).sum();
+    for (_, len, path) in kept {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(path).is_ok() {
+            total -= len;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// First bytes of a compiled-module file; its key follows.
 const COMPILED_HEADER: &[u8] = b"cachet-compiled v2\n";
 
@@ -555,6 +613,48 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
+/// Whether a module's data segments (what the program can read at run time)
+/// contain `needle`; custom sections such as debug info are not looked at.
+/// `false` for bytes that are not a well-formed module.
+pub fn data_contains(module: &[u8], needle: &[u8]) -> bool {
+    const DATA_SECTION: u8 = 11;
+    let mut at = 8;
+    while at < module.len() {
+        let id = module[at];
+        let Some((size, len)) = leb128_u32(&module[at + 1..]) else {
+            return false;
+        };
+        let start = at + 1 + len;
+        let Some(end) = start
+            .checked_add(size as usize)
+            .filter(|e| *e <= module.len())
+        else {
+            return false;
+        };
+        if id == DATA_SECTION && memchr_find(&module[start..end], needle) {
+            return true;
+        }
+        at = end;
+    }
+    false
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An unsigned LEB128 u32 and its length in bytes.
+fn leb128_u32(b: &[u8]) -> Option<(u32, usize)> {
+    let mut value = 0u32;
+    for (i, byte) in b.iter().take(5).enumerate() {
+        value |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 pub(crate) fn first_line(e: &wasmtime::Error) -> String {
     let text = format!("{e:#}");
     text.lines().next().unwrap_or("").to_string()
@@ -593,6 +693,64 @@ mod tests {
         assert!(
             manifest.contains(&format!("wasmtime = {{ version = \"={WASMTIME_VERSION}\"")),
             "update WASMTIME_VERSION with the pin"
+        );
+    }
+
+    #[test]
+    fn trimming_keeps_recent_modules_and_sweeps_stale_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(10 * 24 * 3600);
+        for (name, len, mtime) in [
+            ("a.cwasm", 100, None),
+            ("b.cwasm", 100, Some(old)),
+            (
+                "c.cwasm",
+                300,
+                Some(std::time::SystemTime::now() - Duration::from_secs(60)),
+            ),
+            (".tmpXYZ", 10, Some(old)),
+            ("cachet-compile-1", 10, None),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; len]).unwrap();
+            if let Some(t) = mtime {
+                std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+        }
+        let removed = trim_compiled(dir.path(), Duration::from_secs(5 * 24 * 3600), 350).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["a.cwasm", "cachet-compile-1"],
+            "b too old, .tmp stale, c least recent"
+        );
+        assert_eq!(removed, 3);
+    }
+
+    #[test]
+    fn only_data_segments_are_searched() {
+        let m = wat::parse_str(
+            r#"(module (memory 1) (data (i32.const 0) "/home/me/pkg") (@custom "debug" "/home/me/other"))"#,
+        )
+        .unwrap();
+        assert!(data_contains(&m, b"/home/me/pkg"));
+        assert!(
+            !data_contains(&m, b"/home/me/other"),
+            "custom sections are not data"
+        );
+        assert!(!data_contains(&m[..m.len() - 3], b"/home/me/other"));
+        assert!(
+            !data_contains(b"\0asm\x01\0\0\0\x0b\xff", b"x"),
+            "truncated"
         );
     }
 

@@ -34,7 +34,7 @@ use crate::clock::{self, Plan, Stop, Subscription, EVENT_SIZE, SUBSCRIPTION_SIZE
 use crate::guest_abi;
 use crate::log::{DeniedOp, Fact, ReadOp};
 use crate::quota::{RealStat, INODE_CHARGE};
-use crate::recorder::{guest_str, guest_u32, OpenCall};
+use crate::recorder::{guest_str, guest_u32, OpenCall, Precondition};
 use crate::run::RunState;
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -190,16 +190,19 @@ fn removal(
     fd: i32,
     path: i32,
     path_len: i32,
-    op: DeniedOp,
+    (op, pre): (DeniedOp, Precondition),
     call: impl FnOnce(&mut RunState, &mut [u8]) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<i32> {
     let name = guest_str(mem, path, path_len).map(str::to_owned);
-    st.recorder.mutate(op, fd, name.as_deref());
+    st.recorder.before_mutation(op, fd, name.as_deref(), pre);
     let before = match (&name, in_scratch(st, fd, name.as_deref())) {
         (Some(n), true) => path_real_stat(st, fd, n)?,
         _ => None,
     };
     let e = call(st, mem)?;
+    if e == 0 {
+        st.recorder.mutated(fd, name.as_deref());
+    }
     if let (0, Some(stat)) = (e, before) {
         st.quota.unlinked(stat);
     }
@@ -236,7 +239,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         }
         let e = stock!(async path_open(st, mem, fd, lookup, path, path_len, oflags, rights, inheriting, fdflags, fd_out));
         let opened = if e == 0 { guest_u32(mem, fd_out) } else { None };
-        st.recorder.after_open(fd, name.as_deref(), opened);
+        st.recorder.after_open(fd, call, name.as_deref(), opened);
         if let Some(new_fd) = opened {
             let stat = if scratch { fd_real_stat(st, new_fd as i32)? } else { None };
             st.quota.opened(new_fd, stat);
@@ -249,26 +252,28 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         }
         Ok(e)
     });
+    // Reads: observed before the stock call, so that a change after the
+    // observation shows at the end of the run (see `Recorder::finish`).
     define!(linker, path_filestat_get(fd: i32, lookup: i32, path: i32, path_len: i32, buf: i32), |mem, st| {
+        let name = guest_str(mem, path, path_len).map(str::to_owned);
+        st.recorder.stat(fd, lookup, name.as_deref());
         let e = stock!(async path_filestat_get(st, mem, fd, lookup, path, path_len, buf));
-        let path = guest_str(mem, path, path_len).map(str::to_owned);
-        st.recorder.stat(fd, lookup, path.as_deref());
         if e == 0 {
-            st.recorder.virtualize_filestat(mem, buf, fd, path.as_deref());
+            st.recorder.virtualize_filestat(mem, buf, fd, name.as_deref());
         }
         Ok(e)
     });
     define!(linker, fd_filestat_get(fd: i32, buf: i32), |mem, st| {
-        let e = stock!(async fd_filestat_get(st, mem, fd, buf));
         st.recorder.fd_stat(fd);
+        let e = stock!(async fd_filestat_get(st, mem, fd, buf));
         if e == 0 {
             st.recorder.virtualize_filestat(mem, buf, fd, None);
         }
         Ok(e)
     });
     define!(linker, fd_readdir(fd: i32, buf: i32, buf_len: i32, cookie: i64, used: i32), |mem, st| {
-        let e = stock!(async fd_readdir(st, mem, fd, buf, buf_len, cookie, used));
         st.recorder.fd_readdir(fd);
+        let e = stock!(async fd_readdir(st, mem, fd, buf, buf_len, cookie, used));
         if e == 0 {
             if let Some(used) = guest_u32(mem, used) {
                 st.recorder.virtualize_dirents(mem, buf, used as usize, fd);
@@ -277,9 +282,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         Ok(e)
     });
     define!(linker, path_readlink(fd: i32, path: i32, path_len: i32, buf: i32, buf_len: i32, used: i32), |mem, st| {
-        let e = stock!(async path_readlink(st, mem, fd, path, path_len, buf, buf_len, used));
         st.recorder.read(ReadOp::Readlink, DeniedOp::Readlink, fd, guest_str(mem, path, path_len));
-        Ok(e)
+        Ok(stock!(async path_readlink(st, mem, fd, path, path_len, buf, buf_len, used)))
     });
     define!(linker, fd_close(fd: i32), |mem, st| {
         let e = stock!(async fd_close(st, mem, fd));
@@ -346,12 +350,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     // Path operations that change the file system.
     define!(linker, path_create_directory(fd: i32, path: i32, path_len: i32), |mem, st| {
         let name = guest_str(mem, path, path_len).map(str::to_owned);
-        st.recorder.mutate(DeniedOp::Mkdir, fd, name.as_deref());
+        st.recorder.before_mutation(DeniedOp::Mkdir, fd, name.as_deref(), Precondition::Presence);
         let scratch = in_scratch(st, fd, name.as_deref());
         if scratch && !st.quota.fits(INODE_CHARGE) {
             return Ok(errno::NOSPC);
         }
         let e = stock!(async path_create_directory(st, mem, fd, path, path_len));
+        if e == 0 {
+            st.recorder.mutated(fd, name.as_deref());
+        }
         if let (0, true, Some(name)) = (e, scratch, &name) {
             if let Some(stat) = path_real_stat(st, fd, name)? {
                 st.quota.update(stat);
@@ -360,26 +367,26 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         Ok(e)
     });
     define!(linker, path_remove_directory(fd: i32, path: i32, path_len: i32), |mem, st| {
-        removal(mem, st, fd, path, path_len, DeniedOp::Rmdir, |st, mem| {
+        removal(mem, st, fd, path, path_len, (DeniedOp::Rmdir, Precondition::Empty), |st, mem| {
             Ok(stock!(async path_remove_directory(st, mem, fd, path, path_len)))
         })
     });
     define!(linker, path_unlink_file(fd: i32, path: i32, path_len: i32), |mem, st| {
-        removal(mem, st, fd, path, path_len, DeniedOp::Unlink, |st, mem| {
+        removal(mem, st, fd, path, path_len, (DeniedOp::Unlink, Precondition::Presence), |st, mem| {
             Ok(stock!(async path_unlink_file(st, mem, fd, path, path_len)))
         })
     });
     define!(linker, path_rename(fd: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32), |mem, st| {
         let old_name = guest_str(mem, old, old_len).map(str::to_owned);
         let new_name = guest_str(mem, new, new_len).map(str::to_owned);
-        st.recorder.mutate(DeniedOp::Rename, fd, old_name.as_deref());
-        st.recorder.mutate(DeniedOp::Rename, new_fd, new_name.as_deref());
         let (from, to) = (st.recorder.mount_of(fd, old_name.as_deref()), st.recorder.mount_of(new_fd, new_name.as_deref()));
         if from.is_some() && to.is_some() && from != to {
             // Across mounts (scratch and a :rw mount share a file system):
             // refused as across devices; programs fall back to copying.
             return Ok(errno::XDEV);
         }
+        st.recorder.before_mutation(DeniedOp::Rename, fd, old_name.as_deref(), Precondition::Content { follow: false });
+        st.recorder.before_mutation(DeniedOp::Rename, new_fd, new_name.as_deref(), Precondition::Presence);
         let replaced = match (&new_name, in_scratch(st, new_fd, new_name.as_deref())) {
             (Some(n), true) => path_real_stat(st, new_fd, n)?,
             _ => None,
@@ -389,6 +396,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
             _ => None,
         };
         let e = stock!(async path_rename(st, mem, fd, old, old_len, new_fd, new, new_len));
+        if e == 0 {
+            st.recorder.mutated(fd, old_name.as_deref());
+            st.recorder.mutated(new_fd, new_name.as_deref());
+        }
         if let (0, Some(stat)) = (e, replaced) {
             if moved.map(|m| m.inode) != Some(stat.inode) {
                 st.quota.unlinked(stat);
@@ -399,7 +410,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     define!(linker, path_symlink(old: i32, old_len: i32, fd: i32, new: i32, new_len: i32), |mem, st| {
         let link = guest_str(mem, new, new_len).map(str::to_owned);
         let target = guest_str(mem, old, old_len).map(str::to_owned);
-        st.recorder.mutate(DeniedOp::Symlink, fd, link.as_deref());
+        st.recorder.before_mutation(DeniedOp::Symlink, fd, link.as_deref(), Precondition::Presence);
         if st.recorder.symlink_escapes(fd, link.as_deref(), target.as_deref()) {
             return Ok(errno::PERM);
         }
@@ -408,6 +419,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
             return Ok(errno::NOSPC);
         }
         let e = stock!(async path_symlink(st, mem, old, old_len, fd, new, new_len));
+        if e == 0 {
+            st.recorder.mutated(fd, link.as_deref());
+        }
         if let (0, true, Some(link)) = (e, scratch, &link) {
             if let Some(stat) = path_real_stat(st, fd, link)? {
                 st.quota.update(stat);
@@ -418,17 +432,25 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     define!(linker, path_link(fd: i32, lookup: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32), |mem, st| {
         let old_name = guest_str(mem, old, old_len).map(str::to_owned);
         let new_name = guest_str(mem, new, new_len).map(str::to_owned);
-        st.recorder.mutate(DeniedOp::Link, new_fd, new_name.as_deref());
         let (from, to) = (st.recorder.mount_of(fd, old_name.as_deref()), st.recorder.mount_of(new_fd, new_name.as_deref()));
         if from.is_some() && to.is_some() && from != to {
             // A hard link from a mount into scratch would let the guest read
             // a mounted file under a name the log never sees (issue 8).
             return Ok(errno::XDEV);
         }
-        Ok(stock!(async path_link(st, mem, fd, lookup, old, old_len, new_fd, new, new_len)))
+        const FOLLOW: i32 = 1;
+        st.recorder.before_mutation(DeniedOp::Link, fd, old_name.as_deref(), Precondition::Content { follow: lookup & FOLLOW != 0 });
+        st.recorder.before_mutation(DeniedOp::Link, new_fd, new_name.as_deref(), Precondition::Presence);
+        let e = stock!(async path_link(st, mem, fd, lookup, old, old_len, new_fd, new, new_len));
+        if e == 0 {
+            // Writes through the new name change the old one too.
+            st.recorder.mutated(fd, old_name.as_deref());
+            st.recorder.mutated(new_fd, new_name.as_deref());
+        }
+        Ok(e)
     });
     define!(linker, path_filestat_set_times(fd: i32, lookup: i32, path: i32, path_len: i32, atim: i64, mtim: i64, flags: i32), |mem, st| {
-        st.recorder.mutate(DeniedOp::SetTimes, fd, guest_str(mem, path, path_len));
+        st.recorder.before_mutation(DeniedOp::SetTimes, fd, guest_str(mem, path, path_len), Precondition::Presence);
         Ok(stock!(async path_filestat_set_times(st, mem, fd, lookup, path, path_len, atim, mtim, flags)))
     });
 

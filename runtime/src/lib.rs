@@ -34,9 +34,9 @@ pub mod guest_abi;
 
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use engine::{
-    check_header, compile_child, CompileGuard, LoadStats, Module, ModuleDigest, Runtime,
-    RuntimeConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK,
-    WASMTIME_VERSION,
+    check_header, compile_child, data_contains, trim_compiled, CompileGuard, LoadStats, Module,
+    ModuleDigest, Runtime, RuntimeConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT,
+    MAX_WASM_STACK, TICK, WASMTIME_VERSION,
 };
 pub use error::{LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};

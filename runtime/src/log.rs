@@ -167,13 +167,15 @@ pub enum Observation {
     /// `stat`/`lstat`: virtualized kind and size. Directories always have size
     /// 0 (the real size differs between file systems and tells a test
     /// nothing), and `open` of a directory records just that: its listing is
-    /// `readdir`'s observation.
+    /// `readdir`'s observation. On read-write mounts, whose metadata the
+    /// guest sees as it is, the modification time too (nanoseconds).
     Meta {
         kind: FileKind,
         size: u64,
+        mtime: Option<i128>,
     },
-    /// `readlink`: the link's target.
-    Target(String),
+    /// `readlink`: the link's target, byte for byte (it need not be UTF-8).
+    Target(Vec<u8>),
     NotFound,
     /// `env` of a variable that is not set.
     Unset,
@@ -187,6 +189,7 @@ impl Observation {
     pub const DIR: Observation = Observation::Meta {
         kind: FileKind::Dir,
         size: 0,
+        mtime: None,
     };
 }
 
@@ -384,10 +387,25 @@ impl fmt::Display for Observation {
             Observation::Digest(d) => write!(f, "{d}"),
             Observation::Meta {
                 kind: FileKind::Dir,
+                mtime: None,
                 ..
             } => f.write_str("dir"),
-            Observation::Meta { kind, size } => write!(f, "{} size={size}", kind.as_str()),
-            Observation::Target(t) => write!(f, "target={}", encode(t)),
+            Observation::Meta {
+                kind: FileKind::Dir,
+                mtime: Some(t),
+                ..
+            } => write!(f, "dir mtime={t}"),
+            Observation::Meta {
+                kind,
+                size,
+                mtime: None,
+            } => write!(f, "{} size={size}", kind.as_str()),
+            Observation::Meta {
+                kind,
+                size,
+                mtime: Some(t),
+            } => write!(f, "{} size={size} mtime={t}", kind.as_str()),
+            Observation::Target(t) => write!(f, "target={}", encode_bytes(t)),
             Observation::NotFound => f.write_str("notfound"),
             Observation::Unset => f.write_str("unset"),
             Observation::Error(e) => write!(f, "error:{}", e.as_str()),
@@ -530,15 +548,29 @@ fn parse_observation(words: &[&str]) -> Result<Observation, &'static str> {
         ));
     }
     if let Some(t) = first.strip_prefix("target=") {
-        return single(Observation::Target(decode(t)?));
+        return single(Observation::Target(decode_bytes(t)?));
     }
     if let Some(e) = first.strip_prefix("error:") {
         return single(Observation::Error(
             ErrorKind::parse(e).ok_or("unknown error kind")?,
         ));
     }
+    let mtime = |w: Option<&&str>| -> Result<Option<i128>, &'static str> {
+        w.map(|w| {
+            w.strip_prefix("mtime=")
+                .and_then(|t| t.parse().ok())
+                .ok_or("bad mtime")
+        })
+        .transpose()
+    };
     match first {
-        "dir" => single(Observation::DIR),
+        "dir" if words.len() == 1 => Ok(Observation::DIR),
+        "dir" if words.len() == 2 => Ok(Observation::Meta {
+            kind: FileKind::Dir,
+            size: 0,
+            mtime: mtime(words.get(1))?,
+        }),
+        "dir" => Err("trailing fields"),
         "notfound" => single(Observation::NotFound),
         "unset" => single(Observation::Unset),
         "escapes" => single(Observation::Escapes),
@@ -549,10 +581,15 @@ fn parse_observation(words: &[&str]) -> Result<Observation, &'static str> {
                 .and_then(|w| w.strip_prefix("size="))
                 .ok_or("missing size")?;
             let size = size.parse().map_err(|_| "bad size")?;
-            if words.len() != 2 {
+            if words.len() > 3 {
                 return Err("trailing fields");
             }
-            Ok(Observation::Meta { kind, size })
+            let mtime = mtime(words.get(2))?;
+            if kind == FileKind::Dir && (size != 0 || mtime.is_none()) {
+                // `dir` and `dir mtime=` are the forms of a directory.
+                return Err("unknown observation");
+            }
+            Ok(Observation::Meta { kind, size, mtime })
         }
     }
 }
@@ -577,10 +614,24 @@ pub(crate) fn encode(s: &str) -> String {
     out
 }
 
-fn decode(s: &str) -> Result<String, &'static str> {
-    if !s.contains('%') {
-        return Ok(s.to_string());
+/// Percent-encodes bytes that need not be UTF-8: valid UTF-8 as [`encode`]
+/// does, every other byte as `%XX`.
+pub(crate) fn encode_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        out.push_str(&encode(chunk.valid()));
+        for byte in chunk.invalid() {
+            out.push_str(&format!("%{byte:02X}"));
+        }
     }
+    out
+}
+
+fn decode(s: &str) -> Result<String, &'static str> {
+    String::from_utf8(decode_bytes(s)?).map_err(|_| "bad escape")
+}
+
+fn decode_bytes(s: &str) -> Result<Vec<u8>, &'static str> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -594,7 +645,7 @@ fn decode(s: &str) -> Result<String, &'static str> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "bad escape")
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -640,6 +691,7 @@ mod tests {
                     observation: Observation::Meta {
                         kind: FileKind::File,
                         size: 1048576,
+                        mtime: None,
                     },
                 },
                 Entry::Read {
@@ -653,6 +705,7 @@ mod tests {
                     observation: Observation::Meta {
                         kind: FileKind::Symlink,
                         size: 7,
+                        mtime: None,
                     },
                 },
                 Entry::Read {
@@ -663,7 +716,30 @@ mod tests {
                 Entry::Read {
                     op: ReadOp::Readlink,
                     path: "pkg/l".into(),
-                    observation: Observation::Target("../x y\n".into()),
+                    observation: Observation::Target(b"../x y\n".to_vec()),
+                },
+                Entry::Read {
+                    op: ReadOp::Readlink,
+                    path: "pkg/bin".into(),
+                    observation: Observation::Target(b"caf\xc3\xa9\xff%".to_vec()),
+                },
+                Entry::Read {
+                    op: ReadOp::Stat,
+                    path: "data/f".into(),
+                    observation: Observation::Meta {
+                        kind: FileKind::File,
+                        size: 3,
+                        mtime: Some(1_700_000_000_123_456_789),
+                    },
+                },
+                Entry::Read {
+                    op: ReadOp::Lstat,
+                    path: "data".into(),
+                    observation: Observation::Meta {
+                        kind: FileKind::Dir,
+                        size: 0,
+                        mtime: Some(-5),
+                    },
                 },
                 Entry::Read {
                     op: ReadOp::Open,
@@ -699,6 +775,12 @@ mod tests {
         );
         assert!(text.contains("stat pkg/big.bin file size=1048576\n"));
         assert!(text.contains("lstat pkg/d dir\n"));
+        assert!(
+            text.contains("readlink pkg/bin target=café%FF%25\n"),
+            "non-UTF-8 targets are exact: {text}"
+        );
+        assert!(text.contains("stat data/f file size=3 mtime=1700000000123456789\n"));
+        assert!(text.contains("lstat data dir mtime=-5\n"));
     }
 
     #[test]
@@ -722,6 +804,9 @@ mod tests {
             "stat pkg/a file size=x",
             "uses nothing",
             "open pkg/%zz notfound",
+            "stat pkg/d dir size=0",
+            "stat pkg/f file size=1 mtime=x",
+            "stat pkg/f file size=1 mtime=1 extra",
         ] {
             let text = format!("{LOG_HEADER}\n{bad}\n");
             assert!(

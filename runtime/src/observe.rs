@@ -48,6 +48,21 @@ pub struct FileId {
     pub ctime_ns: i128,
 }
 
+impl FileId {
+    /// The identity `stat` gave as `m`.
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
 /// Remembers content digests by [`FileId`], so an unchanged file costs an
 /// `fstat` instead of a read. An implementation must never return a digest
 /// for a file that may have changed since it was recorded (the host's memo
@@ -157,21 +172,44 @@ impl World {
 
     /// Observes `op` on `rel` inside mount `index`.
     pub(crate) fn observe_in(&self, index: usize, op: ReadOp, rel: &str) -> Observation {
+        self.observe_identified(index, op, rel).0
+    }
+
+    /// Observes `op` on `rel` inside mount `index`, with the identity of
+    /// what it looked at, taken before looking: a change made after that
+    /// (and perhaps undone) shows in the identity at the end of the run.
+    pub(crate) fn observe_identified(
+        &self,
+        index: usize,
+        op: ReadOp,
+        rel: &str,
+    ) -> (Observation, Option<FileId>) {
         let Some(dir) = self.dir(index) else {
-            return Observation::NotFound;
+            return (Observation::NotFound, None);
         };
         let rel = if rel.is_empty() { "." } else { rel };
+        // Metadata is real on read-write mounts: its mtime is observable.
+        let mtime = self.mounts[index].mode == MountMode::ReadWrite;
+        let memo = self.memo.as_ref().map(|m| &*m.0);
+        let id = identify(dir, op, rel);
         let result = match op {
-            ReadOp::Open => open(dir, rel, true, self.memo.as_ref().map(|m| &*m.0)),
-            ReadOp::OpenNoFollow => open(dir, rel, false, self.memo.as_ref().map(|m| &*m.0)),
-            ReadOp::Stat => dir.metadata(rel).map(|m| meta(&m)),
-            ReadOp::Lstat => dir.symlink_metadata(rel).map(|m| meta(&m)),
+            ReadOp::Open => open(dir, rel, true, memo, mtime),
+            ReadOp::OpenNoFollow => open(dir, rel, false, memo, mtime),
+            ReadOp::Stat => dir.metadata(rel).map(|m| meta(&m, mtime)),
+            ReadOp::Lstat => dir.symlink_metadata(rel).map(|m| meta(&m, mtime)),
             ReadOp::Readdir => listing(dir, rel),
             ReadOp::Readlink => dir
                 .read_link(rel)
-                .map(|t| Observation::Target(t.to_string_lossy().into_owned())),
+                .map(|t| Observation::Target(t.into_os_string().into_encoded_bytes())),
         };
-        result.unwrap_or_else(|e| from_io_error(op, &e))
+        (result.unwrap_or_else(|e| from_io_error(op, &e)), id)
+    }
+
+    /// The identity of what `op` on `rel` looks at now (see
+    /// [`World::observe_identified`]).
+    pub(crate) fn identity(&self, index: usize, op: ReadOp, rel: &str) -> Option<FileId> {
+        let dir = self.dir(index)?;
+        identify(dir, op, if rel.is_empty() { "." } else { rel })
     }
 
     /// The observation an `environ` entry records: every variable, sorted.
@@ -247,7 +285,8 @@ impl fmt::Display for Change {
             (Digest(_), Digest(_)) if self.subject.starts_with("env") => "value changed",
             (Digest(_), Digest(_)) => "content changed",
             (Meta { kind: a, .. }, Meta { kind: b, .. }) if a != b => "type changed",
-            (Meta { .. }, Meta { .. }) => "size changed",
+            (Meta { size: a, .. }, Meta { size: b, .. }) if a != b => "size changed",
+            (Meta { .. }, Meta { .. }) => "modified",
             (Target(_), Target(_)) => "target changed",
             _ => "changed",
         };
@@ -275,11 +314,38 @@ pub fn first_change(recorded: &InputLog, now: &InputLog) -> Option<Change> {
         })
 }
 
+/// Whether `op` follows a final symlink.
+fn follows(op: ReadOp) -> bool {
+    matches!(op, ReadOp::Open | ReadOp::Stat | ReadOp::Readdir)
+}
+
+fn identify(dir: &Dir, op: ReadOp, rel: &str) -> Option<FileId> {
+    let m = if follows(op) {
+        dir.metadata(rel)
+    } else {
+        dir.symlink_metadata(rel)
+    };
+    m.ok().map(|m| id_of(&m))
+}
+
+fn id_of(m: &cap_std::fs::Metadata) -> FileId {
+    use cap_std::fs::MetadataExt;
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.len(),
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+    }
+}
+
 fn open(
     dir: &Dir,
     rel: &str,
     follow: bool,
     memo: Option<&dyn DigestMemo>,
+    mtime: bool,
 ) -> io::Result<Observation> {
     let m = if follow {
         dir.metadata(rel)?
@@ -294,7 +360,7 @@ fn open(
         // special files are never opened (the sandbox refuses them: an open
         // could block, a read could give anything), so their kind is all a
         // guest can learn.
-        return Ok(meta(&m));
+        return Ok(meta(&m, mtime));
     }
     let mut file = dir.open(rel)?.into_std();
     let id = memo.and_then(|_| file_id(&file));
@@ -323,16 +389,7 @@ fn open(
 }
 
 fn file_id(file: &std::fs::File) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = file.metadata().ok()?;
-    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-    Some(FileId {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-    })
+    file.metadata().ok().map(|m| FileId::of(&m))
 }
 
 fn kind_of(t: cap_std::fs::FileType) -> FileKind {
@@ -356,10 +413,16 @@ fn kind_of(t: cap_std::fs::FileType) -> FileKind {
     }
 }
 
-fn meta(m: &cap_std::fs::Metadata) -> Observation {
+/// Kind and size, as the guest sees them; with `mtime`, the modification
+/// time too (read-write mounts, where it is real).
+fn meta(m: &cap_std::fs::Metadata, mtime: bool) -> Observation {
     let kind = kind_of(m.file_type());
     let size = if kind == FileKind::Dir { 0 } else { m.len() };
-    Observation::Meta { kind, size }
+    Observation::Meta {
+        kind,
+        size,
+        mtime: mtime.then(|| id_of(m).mtime_ns),
+    }
 }
 
 fn listing(dir: &Dir, rel: &str) -> io::Result<Observation> {
@@ -479,7 +542,8 @@ mod tests {
             world.observe(ReadOp::Stat, "pkg/d/a.txt"),
             Observation::Meta {
                 kind: FileKind::File,
-                size: 5
+                size: 5,
+                mtime: None,
             }
         );
         assert_eq!(

@@ -5,7 +5,6 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::log::InputLog;
-use crate::observe::Change;
 
 /// How a run ended. Every limit has its own variant with a one-line reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,9 +111,10 @@ pub struct RunOutcome {
     pub output: Vec<u8>,
     pub elapsed: Duration,
     pub log: InputLog,
-    /// Set when an input observed during the run was different by its end:
-    /// the result must not be cached.
-    pub changed_during_run: Option<Change>,
+    /// Set when an input observed during the run was different by its end
+    /// (or changed and changed back, or the run changed a read-write mount
+    /// and did not put it back): the result must not be cached.
+    pub changed_during_run: Option<String>,
     /// The run's scratch dir could not be removed (a warning for the host).
     pub cleanup_error: Option<String>,
 }

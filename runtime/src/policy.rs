@@ -269,6 +269,11 @@ impl Policy {
         self.hermetic
     }
 
+    /// `argv[0]`: the name the guest sees for itself.
+    pub fn program(&self) -> &str {
+        &self.program_name
+    }
+
     pub fn scratch_limit_bytes(&self) -> u64 {
         self.scratch_limit
     }

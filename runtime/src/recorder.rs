@@ -6,10 +6,13 @@
 //! It knows nothing of wasmtime: the wrappers in `intercept.rs` hand it guest
 //! memory as a byte slice after the stock WASI call has run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::log::{DeniedOp, Entry, EntryKey, Fact, InputLog, Observation, ReadOp};
-use crate::observe::{join, logical, virtual_dev, virtual_ino, World, VIRTUAL_TIME_NS};
+use crate::log::{DeniedOp, Entry, EntryKey, Fact, FileKind, InputLog, Observation, ReadOp};
+use crate::observe::{
+    first_change, join, logical, reobserve, virtual_dev, virtual_ino, FileId, World,
+    VIRTUAL_TIME_NS,
+};
 use crate::policy::MountMode;
 
 /// What a guest fd refers to.
@@ -38,6 +41,16 @@ pub(crate) struct Recorder {
     /// Each logged (op, path) and its index in the log.
     seen: HashMap<EntryKey, usize>,
     log: InputLog,
+    /// What each logged file-system observation looked at, identified when
+    /// it looked: (entry index, mount, path, op, identity).
+    identities: Vec<(usize, usize, String, ReadOp, FileId)>,
+    /// Paths on read-write mounts this run changed (with everything below
+    /// them): what it observes there afterwards is its own output.
+    dirty: HashSet<(usize, String)>,
+    /// Directories on read-write mounts whose listing this run changed.
+    listing_dirty: HashSet<(usize, String)>,
+    /// Why the result cannot be cached, when re-observing could not tell.
+    uncacheable: Option<String>,
 }
 
 /// `filestat` layout (WASI p1): dev, ino, filetype (u8, padded), nlink, size,
@@ -68,11 +81,58 @@ impl Recorder {
             fds: HashMap::new(),
             seen: HashMap::new(),
             log: InputLog::default(),
+            identities: Vec::new(),
+            dirty: HashSet::new(),
+            listing_dirty: HashSet::new(),
+            uncacheable: None,
         }
     }
 
-    pub fn into_log(self) -> (InputLog, World) {
-        (self.log, self.world)
+    /// At the end of the run: the log, and why its result must not be
+    /// cached, if it must not: an input read during the run is different by
+    /// its end (re-observed), or was changed and changed back (its identity
+    /// differs), or the run changed a read-write mount and did not leave it
+    /// as it found it, or could not tell.
+    pub fn finish(self) -> (InputLog, Option<String>) {
+        let changed = self.uncacheable.clone().or_else(|| {
+            first_change(&self.log, &reobserve(&self.log, &self.world))
+                .map(|c| format!("{c} during the run"))
+                .or_else(|| self.identity_change())
+        });
+        (self.log, changed)
+    }
+
+    /// The first observed object (not changed by the run itself) whose
+    /// identity (dev, inode, size, mtime, ctime) differs now.
+    fn identity_change(&self) -> Option<String> {
+        self.identities
+            .iter()
+            .filter(|(_, mount, rel, _, _)| !self.is_dirty(*mount, rel))
+            .find(|(_, mount, rel, op, id)| self.world.identity(*mount, *op, rel) != Some(*id))
+            .map(|(i, ..)| {
+                format!(
+                    "{}: changed during the run and changed back",
+                    self.log.entries[*i].subject()
+                )
+            })
+    }
+
+    /// Whether `rel` or a directory above it was changed by this run.
+    fn is_dirty(&self, mount: usize, rel: &str) -> bool {
+        if self.dirty.is_empty() {
+            return false;
+        }
+        let mut end = 0;
+        loop {
+            let next = rel[end..].find('/').map(|i| end + i).unwrap_or(rel.len());
+            if self.dirty.contains(&(mount, rel[..next].to_string())) {
+                return true;
+            }
+            if next == rel.len() {
+                return false;
+            }
+            end = next + 1;
+        }
     }
 
     pub fn add_preopen(&mut self, fd: u32, mount: usize) {
@@ -113,8 +173,9 @@ impl Recorder {
     }
 
     /// Observes and logs `op` on `rel`, returning the observation (the first
-    /// one made of it in this run); `None` in scratch, whose paths are the
-    /// run's own outputs, never inputs.
+    /// one made of it in this run). `None` for the run's own outputs, which
+    /// are never inputs: anything in scratch, and what the run changed on a
+    /// read-write mount (the first change logged what it found there).
     fn observe(&mut self, op: ReadOp, mount: usize, rel: &str) -> Option<Observation> {
         if Some(mount) == self.scratch {
             return None;
@@ -124,7 +185,23 @@ impl Recorder {
         if let Some(&i) = self.seen.get(&key) {
             return self.log.entries[i].observation().cloned();
         }
-        let observation = self.world.observe_in(mount, op, rel);
+        if self.is_dirty(mount, rel) {
+            return None;
+        }
+        if op == ReadOp::Readdir && self.listing_dirty.contains(&(mount, rel.to_string())) {
+            // The listing mixes what was there with what the run made; the
+            // part that was there is not known any more.
+            self.uncacheable.get_or_insert_with(|| {
+                format!("readdir {path}: listed after the run had changed it")
+            });
+            return None;
+        }
+        let (observation, id) = self.world.observe_identified(mount, op, rel);
+        if let Some(id) = id {
+            let index = self.log.entries.len();
+            self.identities
+                .push((index, mount, rel.to_string(), op, id));
+        }
         self.push(Entry::Read {
             op,
             path,
@@ -204,7 +281,13 @@ impl Recorder {
     }
 
     /// `path_open`, after the call; `opened` is the new fd when it succeeded.
-    pub fn after_open(&mut self, fd: i32, path: Option<&str>, opened: Option<u32>) {
+    /// A path opened to write is the run's own from then on.
+    pub fn after_open(&mut self, fd: i32, call: OpenCall, path: Option<&str>, opened: Option<u32>) {
+        if opened.is_some()
+            && (call.oflags & MUTATING_OFLAGS != 0 || call.rights & WRITE_RIGHTS != 0)
+        {
+            self.mutated(fd, path);
+        }
         if let Some(new_fd) = opened {
             match self.resolve(fd, path) {
                 Target::Path { mount, rel } => self.fds.insert(new_fd, FdPath { mount, rel }),
@@ -250,16 +333,72 @@ impl Recorder {
     }
 
     /// A call that would change the file system at `path` (mkdir, unlink,
-    /// rename, ...): a `denied` fact on read-only mounts and escapes.
-    pub fn mutate(&mut self, op: DeniedOp, fd: i32, path: Option<&str>) {
-        let path = match self.resolve(fd, path) {
-            Target::Escape(p) => p,
+    /// rename, ...), before it acts: a `denied` fact on read-only mounts and
+    /// escapes; on read-write mounts, what its outcome depends on there
+    /// (`pre`), as an observation of the world before the run changed it.
+    pub fn before_mutation(
+        &mut self,
+        op: DeniedOp,
+        fd: i32,
+        path: Option<&str>,
+        pre: Precondition,
+    ) {
+        let (mount, rel) = match self.resolve(fd, path) {
+            Target::Escape(path) => return self.push(Entry::Denied { op, path }),
             Target::Path { mount, rel } if self.world.mount_mode(mount) == MountMode::ReadOnly => {
-                logical(self.world.mount_name(mount), &rel)
+                let path = logical(self.world.mount_name(mount), &rel);
+                return self.push(Entry::Denied { op, path });
             }
+            Target::Path { mount, rel } if !self.is_scratch(mount) => (mount, rel),
             _ => return,
         };
-        self.push(Entry::Denied { op, path });
+        let kind = match self.observe(ReadOp::Lstat, mount, &rel) {
+            Some(Observation::Meta { kind, .. }) => Some(kind),
+            _ => None,
+        };
+        match (pre, kind) {
+            (Precondition::Presence, Some(FileKind::Dir)) if op == DeniedOp::Rename => {
+                // Replaced only when empty.
+                self.observe(ReadOp::Readdir, mount, &rel);
+            }
+            (Precondition::Presence, _) => {}
+            (Precondition::Empty, _) => {
+                self.observe(ReadOp::Readdir, mount, &rel);
+            }
+            (Precondition::Content { .. }, Some(FileKind::Dir)) => {
+                let path = logical(self.world.mount_name(mount), &rel);
+                self.uncacheable.get_or_insert_with(|| {
+                    format!(
+                        "{} {path}: moved a directory, whose contents are not observed",
+                        op.as_str()
+                    )
+                });
+            }
+            (Precondition::Content { .. }, Some(FileKind::Symlink)) => {
+                self.observe(ReadOp::Readlink, mount, &rel);
+            }
+            (Precondition::Content { follow }, _) => {
+                let op = if follow {
+                    ReadOp::Open
+                } else {
+                    ReadOp::OpenNoFollow
+                };
+                self.observe(op, mount, &rel);
+            }
+        }
+    }
+
+    /// A mutating call on `path` succeeded: on a read-write mount, the path
+    /// (and what is below it) is the run's own from now on, and so is its
+    /// directory's listing.
+    pub fn mutated(&mut self, fd: i32, path: Option<&str>) {
+        if let Target::Path { mount, rel } = self.resolve(fd, path) {
+            if self.world.mount_mode(mount) == MountMode::ReadWrite && !self.is_scratch(mount) {
+                let parent = rel.rsplit_once('/').map_or("", |(p, _)| p).to_string();
+                self.listing_dirty.insert((mount, parent));
+                self.dirty.insert((mount, rel));
+            }
+        }
     }
 
     fn fd_path(&self, fd: i32) -> Option<(usize, String)> {
@@ -373,6 +512,20 @@ impl Recorder {
             at = name_at + namlen;
         }
     }
+}
+
+/// What a mutating call's outcome depends on at a path (see
+/// [`Recorder::before_mutation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Precondition {
+    /// Whether it exists, and as what (mkdir, symlink, unlink, set_times,
+    /// the new name of a link or rename).
+    Presence,
+    /// That it is an empty directory (rmdir).
+    Empty,
+    /// Its content, which a link or rename makes readable under another
+    /// name; `follow`: through a final symlink.
+    Content { follow: bool },
 }
 
 /// The arguments of `path_open` that decide whether it reads or writes.

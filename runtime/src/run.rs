@@ -15,7 +15,7 @@ use crate::clock::{GuestClock, Interrupt, Stop};
 use crate::engine::{first_line, Module, Runtime, Shared};
 use crate::error::RunError;
 use crate::intercept::NoMemoryExport;
-use crate::observe::{first_change, reobserve, World};
+use crate::observe::World;
 use crate::outcome::{RunOutcome, Status};
 use crate::output::{OutputOverflow, OutputSink};
 use crate::policy::{MountMode, Policy, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME};
@@ -240,8 +240,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
     let status = limit_behind(status, &store, policy);
     let elapsed = start.elapsed();
     let output = sink.take();
-    let (log, world) = store.into_data().recorder.into_log();
-    let changed_during_run = first_change(&log, &reobserve(&log, &world));
+    let (log, changed_during_run) = store.into_data().recorder.finish();
     let mut cleanup_error = None;
     if let Some(dir) = scratch {
         if let Err(e) = shared.scratch.give_back(dir) {

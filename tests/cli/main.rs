@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cache;
+mod exactness;
 mod hostile;
 mod json;
 mod report;

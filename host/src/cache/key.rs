@@ -2,12 +2,14 @@
 //! Go's `tryCacheWithID`):
 //!
 //! 1. The **test key** is everything that defines a run before it starts:
-//!    [`ABI_VERSION`], module digest, framework, test case, the arguments
+//!    [`ABI_VERSION`], module digest, framework, test case, the module's
+//!    file name (`argv[0]`, which the guest can read), the arguments
 //!    after `--`, the mount layout (logical names, guest paths, modes; never
 //!    host paths), the limits that can change an outcome (memory, wasm
 //!    stack, output, scratch size, open files) and the clock and random mode
-//!    (real, or hermetic with its seed). It maps to the input log of the last
-//!    passing run.
+//!    (real, or hermetic with its seed). It maps to the input logs of the
+//!    last passing runs, one per package holding the module (two packages
+//!    with the same module read different files).
 //! 2. Lookup re-observes that log in today's world (`reobserve`), giving an
 //!    **inputs digest**; `H(test key, inputs digest)` maps to the result.
 //!
@@ -29,6 +31,8 @@ pub struct KeyParts {
     pub framework: String,
     /// The test case, or `--list` for a module's listing.
     pub case: String,
+    /// `argv[0]`: the module's file name.
+    pub program: String,
     pub args: Vec<String>,
     pub mounts: Vec<String>,
     pub memory: u64,
@@ -77,6 +81,7 @@ impl KeyParts {
             module: module.0.hex(),
             framework: framework.to_string(),
             case: case.to_string(),
+            program: policy.program().to_string(),
             args: args.to_vec(),
             mounts,
             memory: policy.memory_limit_bytes(),
@@ -106,6 +111,8 @@ impl KeyParts {
             "module changed"
         } else if self.args != before.args {
             "args changed"
+        } else if self.program != before.program {
+            "module file name changed (argv[0])"
         } else if self.mounts != before.mounts {
             "mount layout changed"
         } else if self.memory != before.memory
@@ -154,6 +161,7 @@ mod tests {
             module: "ab".into(),
             framework: "libtest".into(),
             case: "t".into(),
+            program: "t.wasm".into(),
             args: vec![],
             mounts: vec!["pkg . ro".into()],
             memory: 1,
@@ -179,6 +187,9 @@ mod tests {
         p.args = vec!["--x".into()];
         changed.push(p);
         let mut p = parts();
+        p.program = "renamed.wasm".into();
+        changed.push(p);
+        let mut p = parts();
         p.mounts = vec!["pkg . rw".into()];
         changed.push(p);
         let mut p = parts();
@@ -200,6 +211,10 @@ mod tests {
             assert_ne!(c.key(), base.key(), "{c:?}");
         }
         assert_eq!(changed[0].difference(&base), "module changed");
-        assert_eq!(changed[3].difference(&base), "mount layout changed");
+        assert_eq!(
+            changed[3].difference(&base),
+            "module file name changed (argv[0])"
+        );
+        assert_eq!(changed[4].difference(&base), "mount layout changed");
     }
 }

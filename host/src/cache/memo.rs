@@ -74,8 +74,11 @@ impl StatMemo {
         }
         let trailer: [u8; 32] = Sha256::digest(&bytes).into();
         bytes.extend_from_slice(&trailer);
-        let dir = self.path.parent().expect("memo has a parent");
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        // In the store's tmp/, which trimming sweeps: a save cut short
+        // leaves nothing elsewhere (issue 8).
+        let dir = self.path.parent().expect("memo has a parent").join("tmp");
+        std::fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
         tmp.write_all(&bytes)?;
         tmp.persist(&self.path).map_err(|e| e.error)?;
         Ok(())

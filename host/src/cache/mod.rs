@@ -7,6 +7,11 @@
 //!
 //! Only passing runs are saved, and only when no input changed while the
 //! test ran. The cache never prints; warnings come back as values.
+//!
+//! A test key keeps one log per package that holds its module (the same
+//! `.wasm` copied into two packages reads different files there): a lookup
+//! tries the package's own log first, then the others, so neither package's
+//! runs push the other's log out.
 
 pub mod key;
 pub mod memo;
@@ -16,18 +21,35 @@ use std::path::Path;
 use std::time::Duration;
 
 use cachet_runtime::{first_change, reobserve, InputLog, World};
+
+/// `package`'s own log first, then the others, most recent first.
+fn ordered<'a>(logs: &'a [PackageLog], package: &'a str) -> impl Iterator<Item = &'a PackageLog> {
+    logs.iter()
+        .filter(move |l| l.package == package)
+        .chain(logs.iter().filter(move |l| l.package != package))
+}
 use serde::{Deserialize, Serialize};
 
 pub use key::{KeyParts, NameKey, TestKey};
 pub use store::Store;
 
-/// Level 1: a test key's last passing input log, with the key's parts (for
-/// `cachet inputs` and `--explain`).
+/// Level 1: a test key's last passing input logs, most recent first, each
+/// with the package it ran in, and the key's parts (for `cachet inputs` and
+/// `--explain`).
 #[derive(Serialize, Deserialize)]
 struct LogEntry {
     parts: KeyParts,
+    logs: Vec<PackageLog>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct PackageLog {
+    package: String,
     log: InputLog,
 }
+
+/// Logs kept per test key: packages holding the same module.
+const MAX_LOGS: usize = 8;
 
 /// Level 2: the result of a passing run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,6 +61,9 @@ pub struct CachedResult {
     pub skipped: bool,
     /// For a listing: the case names.
     pub cases: Vec<String>,
+    /// The sha256 of the case's whole output (framing removed), of which
+    /// `output` may keep only the head and tail: what `--verify` compares.
+    pub output_digest: Option<cachet_runtime::Sha256Digest>,
 }
 
 /// Why a case ran instead of hitting the cache.
@@ -74,6 +99,39 @@ pub enum Lookup {
 const LOGS: &str = "logs";
 const RESULTS: &str = "results";
 const NAMES: &str = "names";
+const FACTS: &str = "facts";
+
+/// What was learnt from a module's bytes, so an unchanged module need not be
+/// read again: kept by module digest (and package dir, which the embedded
+/// path is searched for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleFacts {
+    framework: String,
+    pub embeds_dir: bool,
+}
+
+impl ModuleFacts {
+    pub fn new(framework: crate::framework::Framework, embeds_dir: bool) -> Self {
+        ModuleFacts {
+            framework: framework.name().to_string(),
+            embeds_dir,
+        }
+    }
+
+    /// The framework detected from the bytes.
+    pub fn framework(&self) -> crate::framework::Framework {
+        crate::framework::Framework::from_name(&self.framework).expect("checked when read")
+    }
+}
+
+fn facts_key(
+    digest: &cachet_runtime::ModuleDigest,
+    dir: Option<&str>,
+) -> cachet_runtime::Sha256Digest {
+    let mut bytes = digest.0 .0.to_vec();
+    bytes.extend_from_slice(dir.unwrap_or("").as_bytes());
+    cachet_runtime::Sha256Digest::of(&bytes)
+}
 
 #[derive(Clone)]
 pub struct Cache {
@@ -102,24 +160,53 @@ impl Cache {
         &self.store
     }
 
-    /// Finds the result of `parts` in `world`, or says why not.
-    pub fn lookup(&self, name: NameKey, parts: &KeyParts, world: &World) -> Lookup {
+    /// What was learnt from a module's bytes before, if anything.
+    pub fn module_facts(
+        &self,
+        digest: &cachet_runtime::ModuleDigest,
+        dir: Option<&str>,
+    ) -> Option<ModuleFacts> {
+        let facts: ModuleFacts = self.read(FACTS, &facts_key(digest, dir)).ok()??;
+        crate::framework::Framework::from_name(&facts.framework).map(|_| facts)
+    }
+
+    /// Remembers what was learnt from a module's bytes.
+    pub fn save_module_facts(
+        &self,
+        digest: &cachet_runtime::ModuleDigest,
+        dir: Option<&str>,
+        facts: &ModuleFacts,
+    ) -> std::io::Result<()> {
+        self.store
+            .put(FACTS, &facts_key(digest, dir), &serde_json::to_vec(facts)?)
+    }
+
+    /// Finds the result of `parts` in `world` for `package`, or says why not.
+    pub fn lookup(&self, name: NameKey, package: &str, parts: &KeyParts, world: &World) -> Lookup {
         let key = parts.key();
         let entry: LogEntry = match self.read(LOGS, &key.0) {
             Ok(Some(e)) => e,
             Ok(None) => return Lookup::Miss(Miss::NoEntry(self.explain_no_entry(name, parts))),
             Err(e) => return Lookup::Miss(Miss::Corrupt(e)),
         };
-        let now = reobserve(&entry.log, world);
-        let result_key = key.result(&now.inputs_digest());
-        match self.read::<CachedResult>(RESULTS, &result_key.0) {
-            Ok(Some(r)) => Lookup::Hit(r),
-            Ok(None) => Lookup::Miss(match first_change(&entry.log, &now) {
-                Some(change) => Miss::Changed(change.to_string()),
-                None => Miss::NoEntry("no result for these inputs"),
-            }),
-            Err(e) => Lookup::Miss(Miss::Corrupt(e)),
+        let mut first_change_seen = None;
+        for recorded in ordered(&entry.logs, package) {
+            let now = reobserve(&recorded.log, world);
+            let result_key = key.result(&now.inputs_digest());
+            match self.read::<CachedResult>(RESULTS, &result_key.0) {
+                Ok(Some(r)) => return Lookup::Hit(r),
+                Ok(None) => {
+                    if first_change_seen.is_none() {
+                        first_change_seen = Some(first_change(&recorded.log, &now));
+                    }
+                }
+                Err(e) => return Lookup::Miss(Miss::Corrupt(e)),
+            }
         }
+        Lookup::Miss(match first_change_seen.flatten() {
+            Some(change) => Miss::Changed(change.to_string()),
+            None => Miss::NoEntry("no result for these inputs"),
+        })
     }
 
     fn explain_no_entry(&self, name: NameKey, parts: &KeyParts) -> &'static str {
@@ -131,38 +218,54 @@ impl Cache {
 
     /// The case names of a cached listing whose log is recorded (whatever
     /// today's world says), for `cachet inputs`.
-    pub fn cases(&self, parts: &KeyParts) -> Option<Vec<String>> {
-        let entry: LogEntry = self.read(LOGS, &parts.key().0).ok()??;
+    pub fn cases(&self, parts: &KeyParts, package: &str) -> Option<Vec<String>> {
+        let log = self.log(parts, package).ok()??;
         let result: CachedResult = self
-            .read(RESULTS, &parts.key().result(&entry.log.inputs_digest()).0)
+            .read(RESULTS, &parts.key().result(&log.inputs_digest()).0)
             .ok()??;
         Some(result.cases)
     }
 
-    /// The last passing log of `parts`, for `cachet inputs`.
-    pub fn log(&self, parts: &KeyParts) -> Result<Option<InputLog>, String> {
-        Ok(self.read::<LogEntry>(LOGS, &parts.key().0)?.map(|e| e.log))
+    /// The last passing log of `parts` (the one of `package`, if it has
+    /// one), for `cachet inputs`.
+    pub fn log(&self, parts: &KeyParts, package: &str) -> Result<Option<InputLog>, String> {
+        let entry = self.read::<LogEntry>(LOGS, &parts.key().0)?;
+        Ok(entry.and_then(|e| ordered(&e.logs, package).next().map(|l| l.log.clone())))
     }
 
     /// Saves a passing run's log and result. Errors only cost a future rerun.
     pub fn save(
         &self,
         name: NameKey,
+        package: &str,
         parts: &KeyParts,
         log: &InputLog,
         result: &CachedResult,
     ) -> std::io::Result<()> {
         let key = parts.key();
-        let entry = LogEntry {
-            parts: parts.clone(),
-            log: log.clone(),
-        };
         // Result first: a log entry is only ever visible with its result saved.
         self.store.put(
             RESULTS,
             &key.result(&log.inputs_digest()).0,
             &serde_json::to_vec(result)?,
         )?;
+        let mut logs = match self.read::<LogEntry>(LOGS, &key.0) {
+            Ok(Some(e)) => e.logs,
+            _ => Vec::new(),
+        };
+        logs.retain(|l| l.package != package && l.log != *log);
+        logs.insert(
+            0,
+            PackageLog {
+                package: package.to_string(),
+                log: log.clone(),
+            },
+        );
+        logs.truncate(MAX_LOGS);
+        let entry = LogEntry {
+            parts: parts.clone(),
+            logs,
+        };
         self.store.put(LOGS, &key.0, &serde_json::to_vec(&entry)?)?;
         self.store.put(NAMES, &name.0, &serde_json::to_vec(parts)?)
     }

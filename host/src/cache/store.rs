@@ -128,6 +128,20 @@ impl Store {
         let mut entries = Vec::new();
         for kind in fs::read_dir(&self.root)?.flatten() {
             let is_tmp = kind.file_name() == "tmp";
+            if kind.file_type().is_ok_and(|t| t.is_file()) {
+                // Temp files an earlier version left beside the kinds.
+                let stale = kind.file_name().to_string_lossy().starts_with(".tmp")
+                    && kind
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .is_some_and(|age| age > TOUCH_AFTER);
+                if stale && fs::remove_file(kind.path()).is_ok() {
+                    report.removed += 1;
+                }
+                continue;
+            }
             let Ok(shards) = fs::read_dir(kind.path()) else {
                 continue;
             };

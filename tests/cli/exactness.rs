@@ -1,0 +1,388 @@
+//! The cache's exactness, round two (issue 8), through the binary. Each test
+//! is a case that was served stale (or reran needlessly, or cried wolf)
+//! before: run, run again, change the world the way the issue found, and
+//! check what runs and what it reports.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use cachet_testkit::fixture;
+
+use crate::{cachet_with, stderr, stdout};
+
+/// A package holding the `suite_exactness` module, its testdata, a
+/// read-write `data` dir beside it, and a cache of its own.
+struct World {
+    root: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let pkg = root.path().join("pkg");
+        std::fs::create_dir_all(pkg.join("testdata")).unwrap();
+        std::fs::create_dir_all(root.path().join("data")).unwrap();
+        std::fs::copy(&fixture("suite_exactness").wasm, pkg.join("exactness.wasm")).unwrap();
+        std::fs::write(pkg.join("testdata/value.txt"), "A").unwrap();
+        std::fs::write(root.path().join("data/input.txt"), "input").unwrap();
+        World {
+            root,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn cachet(&self, args: &[&str]) -> Output {
+        let mount = format!("{}:/data:rw", self.path("data").display());
+        let mut all = vec!["test", "-p", "1", "--explain", "--mount", &mount];
+        all.extend(args);
+        all.push("pkg");
+        cachet_with(
+            self.root.path(),
+            &all,
+            &[("CACHET_CACHE", self.cache.path().to_str().unwrap())],
+        )
+    }
+
+    /// Runs the cases matching `run`: which ran and why, and the whole output.
+    fn ran(&self, run: &str) -> (BTreeMap<String, String>, Output) {
+        let o = self.cachet(&["--run", run]);
+        let ran = stdout(&o)
+            .lines()
+            .filter_map(|l| l.strip_prefix("cachet: explain: pkg: "))
+            .filter_map(|l| l.split_once(" ran: "))
+            .map(|(case, why)| (case.to_string(), why.to_string()))
+            .collect();
+        (ran, o)
+    }
+}
+
+fn case(name: &str) -> String {
+    format!("tests::{name}")
+}
+
+#[test]
+fn issue_8_rw_mount_operations_that_restore_the_world_are_cached_and_depend_on_it() {
+    let w = World::new();
+    for name in [
+        "rw_creates_exclusively_and_cleans_up",
+        "rw_makes_and_removes_a_dir",
+    ] {
+        let (ran, o) = w.ran(&format!("^tests::{name}$"));
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        assert_eq!(ran.len(), 1, "{name}: {}", stdout(&o));
+        let (ran, o) = w.ran(&format!("^tests::{name}$"));
+        assert!(
+            ran.is_empty(),
+            "{name}: the world is as it was: cached\n{}",
+            stdout(&o)
+        );
+    }
+    // What they depended on changes: the lock is taken, the dir exists.
+    std::fs::write(w.path("data/lock"), "someone else's").unwrap();
+    std::fs::create_dir(w.path("data/work")).unwrap();
+    for (name, why) in [
+        (
+            "rw_creates_exclusively_and_cleans_up",
+            "open data/lock: now exists",
+        ),
+        ("rw_makes_and_removes_a_dir", "lstat data/work: now exists"),
+    ] {
+        let (ran, o) = w.ran(&format!("^tests::{name}$"));
+        assert!(ran[&case(name)].starts_with(why), "{name}: {ran:?}");
+        assert_eq!(o.status.code(), Some(1), "a real run fails: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn issue_8_a_run_that_changes_a_rw_mount_is_not_cached() {
+    let w = World::new();
+    let (_, o) = w.ran("^tests::rw_leaves_a_file_behind$");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("cachet: tests::rw_leaves_a_file_behind: not cached: open data/out.txt: now exists (was notfound, now sha256:"),
+        "{}",
+        stdout(&o)
+    );
+    let (ran, _) = w.ran("^tests::rw_leaves_a_file_behind$");
+    assert_eq!(ran.len(), 1, "still not cached");
+}
+
+#[test]
+fn issue_8_hard_links_between_a_mount_and_scratch_are_refused() {
+    let w = World::new();
+    let (_, o) = w.ran("^tests::rw_hard_links_across_mounts_fail$");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(!w.path("data/mine").exists());
+}
+
+#[test]
+fn issue_8_an_input_changed_and_changed_back_during_the_run_is_not_cached() {
+    let w = World::new();
+    let value = w.path("pkg/testdata/value.txt");
+    let mount = format!("{}:/data:rw", w.path("data").display());
+    let (mut cmd, _results) = crate::cachet_command(w.root.path(), &[]);
+    let mut child = cmd
+        .args([
+            "test",
+            "-v",
+            "-p",
+            "1",
+            "--mount",
+            &mount,
+            "--run",
+            "reads_then_waits",
+            "pkg",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the case has read the file: change it, then put it back.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "{seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("read A") {
+            break;
+        }
+    }
+    std::fs::write(&value, "B").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::fs::write(&value, "A").unwrap();
+    std::io::Read::read_to_string(&mut out, &mut seen).unwrap();
+    assert!(child.wait().unwrap().success(), "{seen}");
+    assert!(
+        seen.contains("cachet: not cached: open pkg/testdata/value.txt: changed during the run and changed back"),
+        "{seen}"
+    );
+}
+
+#[test]
+fn issue_8_symlink_targets_are_logged_byte_for_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = World::new();
+    let link = w.path("pkg/testdata/link");
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"\xff"), &link).unwrap();
+    let (ran, _) = w.ran("reads_a_link");
+    assert_eq!(ran.len(), 1);
+    assert!(w.ran("reads_a_link").0.is_empty(), "cached");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("\u{FFFD}", &link).unwrap();
+    let (ran, _) = w.ran("reads_a_link");
+    assert!(
+        ran[&case("reads_a_link")].starts_with(
+            "readlink pkg/testdata/link: target changed (was target=%FF, now target=\u{FFFD})"
+        ),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn issue_8_a_special_file_swapped_for_another_kind_reruns() {
+    let w = World::new();
+    let special = w.path("pkg/testdata/special");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&special)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (ran, o) = w.ran("opens_a_special_file");
+    assert_eq!((ran.len(), o.status.code()), (1, Some(0)), "{}", stdout(&o));
+    assert!(w.ran("opens_a_special_file").0.is_empty(), "cached");
+    std::fs::remove_file(&special).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(&special).unwrap();
+    let (ran, o) = w.ran("opens_a_special_file");
+    assert!(
+        ran[&case("opens_a_special_file")].starts_with(
+            "open pkg/testdata/special: type changed (was fifo size=0, now socket size=0)"
+        ),
+        "{ran:?}"
+    );
+    assert_eq!(o.status.code(), Some(0), "a socket is refused too");
+    std::fs::remove_file(&special).unwrap();
+    std::fs::write(&special, "a plain file opens").unwrap();
+    let (ran, o) = w.ran("opens_a_special_file");
+    assert_eq!(ran.len(), 1);
+    assert_eq!(o.status.code(), Some(1), "it opens now, so the case fails");
+}
+
+#[test]
+fn issue_8_the_module_file_name_is_in_the_key() {
+    let w = World::new();
+    let (ran, _) = w.ran("knows_its_name");
+    assert_eq!(ran.len(), 1);
+    assert!(w.ran("knows_its_name").0.is_empty(), "cached");
+    std::fs::rename(w.path("pkg/exactness.wasm"), w.path("pkg/renamed.wasm")).unwrap();
+    let (ran, o) = w.ran("knows_its_name");
+    assert_eq!(
+        ran[&case("knows_its_name")],
+        "module file name changed (argv[0])",
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn issue_8_two_packages_with_the_same_module_keep_their_own_logs() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    for (pkg, text) in [("one", "alpha"), ("two", "a different alpha")] {
+        let dir = root.path().join(pkg);
+        std::fs::create_dir_all(dir.join("testdata")).unwrap();
+        std::fs::copy(&fixture("suite_cachecases").wasm, dir.join("cases.wasm")).unwrap();
+        std::fs::write(dir.join("testdata/a.txt"), text).unwrap();
+    }
+    let run = |pkg: &str| {
+        let o = cachet_with(
+            root.path(),
+            &["test", "--explain", "--run", "reads_a", pkg],
+            &[("CACHET_CACHE", cache.path().to_str().unwrap())],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+        stdout(&o)
+    };
+    run("one");
+    run("two");
+    assert_eq!(
+        run("one"),
+        "ok  \tone\t(cached)\n",
+        "two's run kept one's log"
+    );
+    assert_eq!(run("two"), "ok  \ttwo\t(cached)\n");
+    std::fs::write(root.path().join("one/testdata/a.txt"), "changed").unwrap();
+    assert!(
+        run("one").contains("ran: open pkg/testdata/a.txt: content changed"),
+        "explained by its own log"
+    );
+    assert_eq!(run("two"), "ok  \ttwo\t(cached)\n");
+}
+
+#[test]
+fn issue_8_verify_compares_whole_outputs_longer_than_the_cache_keeps() {
+    let w = World::new();
+    let (_, o) = w.ran("prints_megabytes");
+    assert_eq!(o.status.code(), Some(0));
+    let o = w.cachet(&["--verify", "--run", "prints_megabytes$"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "deterministic: verified\n{}",
+        &stdout(&o)[..2000.min(stdout(&o).len())]
+    );
+    // The difference is in the middle, which the cache does not keep.
+    let o = w.cachet(&["--verify", "--run", "random_middle"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("cachet: verify: the output differs from the cached result"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn issue_8_interrupted_saves_and_runs_leave_nothing_behind() {
+    let w = World::new();
+    let tmp = w.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let o = cachet_with(
+        w.root.path(),
+        &["test", "--run", "knows_its_name", "pkg"],
+        &[
+            ("CACHET_CACHE", w.cache.path().to_str().unwrap()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "no empty run dir left"
+    );
+    // What a killed save or compile leaves, an hour old; trimming is due.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    let results = w.cache.path().join("results");
+    let compiled = w.cache.path().join("compiled");
+    std::fs::create_dir_all(&compiled).unwrap();
+    let strays = [
+        results.join(".tmpAbCdEf"),
+        results.join("tmp/.tmpGhIjKl"),
+        compiled.join(".tmpMnOpQr"),
+        compiled.join("cachet-compile-XyZ"),
+    ];
+    for stray in strays.iter().chain([&results.join("trimmed")]) {
+        std::fs::write(stray, "partial").unwrap();
+        set_mtime(stray, old - std::time::Duration::from_secs(24 * 3600));
+    }
+    let o = cachet_with(
+        w.root.path(),
+        &["test", "--run", "knows_its_name", "pkg"],
+        &[("CACHET_CACHE", w.cache.path().to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    for stray in &strays {
+        assert!(!stray.exists(), "{} was left", stray.display());
+    }
+}
+
+fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// A cargo package with two tests reading testdata by relative path.
+fn cargo_package(dir: &Path, embed: bool) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("testdata")).unwrap();
+    std::fs::write(dir.join("testdata/input.txt"), "input").unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"portable\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    )
+    .unwrap();
+    let source = if embed {
+        "#[test]\nfn reads_input() { let d = env!(\"CARGO_MANIFEST_DIR\"); assert_eq!(std::fs::read_to_string(format!(\"{d}/testdata/input.txt\")).unwrap(), \"input\"); }\n"
+    } else {
+        "#[test]\nfn reads_input() { assert_eq!(std::fs::read_to_string(\"testdata/input.txt\").unwrap(), \"input\"); }\n#[test]\nfn panics_never() { let r = std::panic::catch_unwind(|| 1); assert!(r.is_ok()); }\n"
+    };
+    std::fs::write(dir.join("src/lib.rs"), source).unwrap();
+}
+
+#[test]
+fn issue_8_a_fresh_clone_of_a_cargo_package_hits_the_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+    cargo_package(&root.path().join("first/clone"), false);
+    cargo_package(&root.path().join("first/embeds"), true);
+    let o = cachet_with(&root.path().join("first"), &["test", "./..."], &env);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // Another checkout, elsewhere, built from scratch.
+    cargo_package(&root.path().join("elsewhere/deeper/clone"), false);
+    cargo_package(&root.path().join("elsewhere/deeper/embeds"), true);
+    let o = cachet_with(
+        &root.path().join("elsewhere/deeper"),
+        &["test", "--explain", "./..."],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("ok  \tclone\t(cached)\n"), "{out}");
+    assert!(
+        out.contains("cachet: explain: embeds: reads_input ran: module changed (the module embeds its package's absolute path, from env!(\"CARGO_MANIFEST_DIR\"), so its results are valid only in this checkout"),
+        "{out}"
+    );
+}
