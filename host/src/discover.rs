@@ -5,8 +5,11 @@
 //! - `dir`: a cargo package if it has a `Cargo.toml` with `[package]` (its
 //!   test binaries, built with `cargo test --no-run`), else the `.wasm`
 //!   files directly in it.
+//! - `dir` with `.go` files: a Go package, its test binary built with
+//!   `go test -c` for wasip1 (`go/build.rs`) and reported by import path.
 //! - `dir/...`: every such package at or below `dir` (skipping `target`,
-//!   hidden directories and `node_modules`).
+//!   `testdata`, `vendor`, `node_modules` and directories starting with `.`
+//!   or `_`).
 //!
 //! A package that cannot be set up carries its error; the others still run.
 //!
@@ -15,7 +18,6 @@
 //! nothing is built and a cargo package is an error that says so.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A package to test.
 #[derive(Clone, Debug)]
@@ -27,23 +29,56 @@ pub struct Package {
     pub modules: Vec<PathBuf>,
     /// Built by cargo (the framework is then libtest).
     pub cargo: bool,
+    /// A Go package (the framework is then go).
+    pub go: Option<GoMeta>,
     /// Why it cannot run, as one line.
     pub error: Option<String>,
+    /// The error is a failed build (`FAIL pkg [build failed]`).
+    pub build_failed: bool,
+}
+
+/// Where a Go package sits, for its mounts: its module (or GOROOT) is
+/// mounted read-only, and its directory is the guest's working directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoMeta {
+    pub module_root: PathBuf,
+    /// The module path (`std` for the standard library).
+    pub module_path: String,
+    /// The package dir below the module root (`strings`, `pkg/sub`, ``).
+    pub rel: String,
+    pub standard: bool,
+    pub goroot: PathBuf,
 }
 
 impl Package {
-    fn failed(name: String, dir: PathBuf, error: String) -> Self {
+    pub(crate) fn failed(name: String, dir: PathBuf, error: String) -> Self {
         Package {
             name,
             dir,
             modules: Vec::new(),
             cargo: false,
+            go: None,
             error: Some(error),
+            build_failed: false,
+        }
+    }
+
+    /// A plain package: `.wasm` files in `dir`.
+    pub fn wasm(name: String, dir: PathBuf, modules: Vec<PathBuf>) -> Self {
+        Package {
+            name,
+            dir,
+            modules,
+            cargo: false,
+            go: None,
+            error: None,
+            build_failed: false,
         }
     }
 }
 
-const TARGET: &str = "wasm32-wasip1";
+/// The Rust target of cargo packages' test binaries.
+pub const TARGET: &str = "wasm32-wasip1";
 
 /// Whether discovery may run host tools (cargo) to build packages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +89,8 @@ pub enum Build {
 }
 
 /// Expands every pattern, in order; a pattern that matches nothing yields one
-/// failed package naming it.
-pub fn discover(patterns: &[String], build: Build) -> Vec<Package> {
+/// failed package naming it. Go packages are built into `go_cache`.
+pub fn discover(patterns: &[String], build: Build, go_cache: Option<&Path>) -> Vec<Package> {
     let mut out: Vec<Package> = Vec::new();
     for pattern in patterns {
         let found = expand(pattern, build);
@@ -68,6 +103,7 @@ pub fn discover(patterns: &[String], build: Build) -> Vec<Package> {
             }
         }
     }
+    crate::go::build::resolve(&mut out, go_cache);
     out
 }
 
@@ -92,7 +128,7 @@ fn expand(pattern: &str, build: Build) -> Vec<Package> {
             .filter_map(|d| package_at(&d, false, build))
             .collect();
         if found.is_empty() {
-            return vec![Package::failed(display_name(pattern), base.to_path_buf(), format!("{pattern} matched no packages (no Cargo.toml with [package] and no .wasm files)"))];
+            return vec![Package::failed(display_name(pattern), base.to_path_buf(), format!("{pattern} matched no packages (no Cargo.toml with [package], no Go files and no .wasm files)"))];
         }
         return found;
     }
@@ -103,13 +139,11 @@ fn expand(pattern: &str, build: Build) -> Vec<Package> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        return vec![Package {
-            name: display_name(pattern),
+        return vec![Package::wasm(
+            display_name(pattern),
             dir,
-            modules: vec![path.to_path_buf()],
-            cargo: false,
-            error: None,
-        }];
+            vec![path.to_path_buf()],
+        )];
     }
     if path.is_dir() {
         return vec![package_at(path, true, build).expect("explicit dirs always yield a package")];
@@ -132,7 +166,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         .filter(|e| {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            !(n.starts_with('.') || n == "target" || n == "node_modules")
+            !(n.starts_with('.')
+                || n.starts_with('_')
+                || n == "target"
+                || n == "testdata"
+                || n == "vendor"
+                || n == "node_modules")
         })
         .map(|e| e.path())
         .collect();
@@ -156,178 +195,52 @@ fn package_at(dir: &Path, explicit: bool, build: Build) -> Option<Package> {
                 format!("is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/{TARGET}/debug/deps/*.wasm)"),
             ));
         }
-        return Some(build_cargo(name, dir));
+        return Some(crate::cargo::build(name, dir));
     }
-    let mut modules: Vec<PathBuf> = std::fs::read_dir(dir)
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .filter(|p| p.is_file())
+        .collect();
+    if files
+        .iter()
+        .any(|p| p.extension().is_some_and(|x| x == "go"))
+    {
+        if build == Build::Never {
+            return Some(Package::failed(
+                name,
+                dir.to_path_buf(),
+                "is a Go package, and --prebuilt never runs the Go toolchain; build its test binary yourself (GOOS=wasip1 GOARCH=wasm go test -c) and pass the .wasm file".into(),
+            ));
+        }
+        // Built, and named by import path, in `go::build::resolve`.
+        let mut p = Package::wasm(name, dir.to_path_buf(), Vec::new());
+        p.go = Some(GoMeta::pending());
+        return Some(p);
+    }
+    let mut modules: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
         .collect();
     modules.sort();
     if modules.is_empty() && !explicit {
         return None;
     }
-    Some(Package {
-        name,
-        dir: dir.to_path_buf(),
-        modules,
-        cargo: false,
-        error: None,
-    })
+    Some(Package::wasm(name, dir.to_path_buf(), modules))
 }
 
-fn build_cargo(name: String, dir: &Path) -> Package {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = dir.join("Cargo.toml");
-    let mut cmd = Command::new(&cargo);
-    cmd.args([
-        "test",
-        "--no-run",
-        "--quiet",
-        "--target",
-        TARGET,
-        "--message-format=json",
-        "--manifest-path",
-    ])
-    .arg(&manifest);
-    if let Some(root) = workspace_root(&cargo, &manifest) {
-        portable(&mut cmd, &root);
-    }
-    let output = cmd.output();
-    let output = match output {
-        Ok(o) => o,
-        Err(e) => {
-            return Package::failed(
-                name,
-                dir.to_path_buf(),
-                format!(
-                    "cannot run cargo to build {}: {e}; install Rust with rustup",
-                    dir.display()
-                ),
-            )
-        }
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        let error = if stderr.contains("target may not be installed")
-            || stderr.contains("can't find crate for `core`")
-        {
-            format!("the {TARGET} target is not installed; run `rustup target add {TARGET}`")
-        } else {
-            eprint!("{stderr}");
-            format!(
-                "cargo could not build the tests of {} for {TARGET} (errors above)",
-                dir.display()
-            )
-        };
-        return Package::failed(name, dir.to_path_buf(), error);
-    }
-    let want = std::fs::canonicalize(&manifest).unwrap_or(manifest.clone());
-    let mut modules = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
-            continue;
-        }
-        let (Some(exe), Some(m)) = (msg["executable"].as_str(), msg["manifest_path"].as_str())
-        else {
-            continue;
-        };
-        if std::fs::canonicalize(m).unwrap_or_else(|_| m.into()) == want {
-            modules.push(PathBuf::from(exe));
+impl GoMeta {
+    /// A Go package not described yet.
+    fn pending() -> Self {
+        GoMeta {
+            module_root: PathBuf::new(),
+            module_path: String::new(),
+            rel: String::new(),
+            standard: false,
+            goroot: PathBuf::new(),
         }
     }
-    modules.sort();
-    Package {
-        name,
-        dir: dir.to_path_buf(),
-        modules,
-        cargo: true,
-        error: None,
-    }
-}
-
-/// The root of the cargo workspace `manifest` belongs to.
-fn workspace_root(cargo: &str, manifest: &Path) -> Option<PathBuf> {
-    let out = Command::new(cargo)
-        .args(["locate-project", "--workspace", "--message-format", "plain"])
-        .arg("--manifest-path")
-        .arg(manifest)
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    let path = PathBuf::from(text.trim());
-    out.status
-        .success()
-        .then(|| path.parent().map(Path::to_path_buf))
-        .flatten()
-}
-
-/// Makes the build independent of where the checkout is, so a fresh clone
-/// or a copy builds the same module bytes and hits the same cache entries:
-/// the workspace root and the cargo home are remapped in every path the
-/// compiler writes (debug info, panic locations), and the build gets its own
-/// target dir (`target/cachet`), so that these flags do not make cargo
-/// rebuild the user's own `cargo test` artifacts each time. Rust flags the
-/// user set (`RUSTFLAGS`, `CARGO_ENCODED_RUSTFLAGS`) are kept; without them,
-/// the remaps go in as `target.wasm32-wasip1.rustflags` config, which joins
-/// that key's values from config files (but takes precedence over
-/// `build.rustflags`).
-fn portable(cmd: &mut Command, root: &Path) {
-    let mut flags = vec![format!("--remap-path-prefix={}=.", root.display())];
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    if let Some(home) = cargo_home {
-        flags.insert(0, format!("--remap-path-prefix={}=/cargo", home.display()));
-    }
-    let encoded = std::env::var("CARGO_ENCODED_RUSTFLAGS").ok();
-    let plain = std::env::var("RUSTFLAGS").ok();
-    match (encoded, plain) {
-        (Some(e), _) => {
-            let mut all: Vec<String> = e
-                .split('\x1f')
-                .filter(|f| !f.is_empty())
-                .map(String::from)
-                .collect();
-            all.extend(flags);
-            cmd.env("CARGO_ENCODED_RUSTFLAGS", all.join("\x1f"));
-        }
-        (None, Some(p)) => {
-            let mut all: Vec<String> = p.split_whitespace().map(String::from).collect();
-            all.extend(flags);
-            cmd.env_remove("RUSTFLAGS")
-                .env("CARGO_ENCODED_RUSTFLAGS", all.join("\x1f"));
-        }
-        (None, None) => {
-            let list: Vec<String> = flags.iter().map(|f| toml_string(f)).collect();
-            cmd.arg("--config")
-                .arg(format!("target.{TARGET}.rustflags=[{}]", list.join(",")));
-        }
-    }
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t).join("cachet"),
-        None => root.join("target").join("cachet"),
-    };
-    cmd.arg("--target-dir").arg(target_dir);
-}
-
-/// `s` as a TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// `./a/b/` -> `a/b`; `.` stays `.`.
@@ -360,20 +273,19 @@ mod tests {
     }
 
     #[test]
-    fn toml_strings_are_quoted() {
-        assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
-    }
-
-    #[test]
     fn missing_paths_and_empty_patterns_are_package_errors() {
-        let got = discover(&["/nonexistent/cachet/x.wasm".to_string()], Build::Allowed);
+        let got = discover(
+            &["/nonexistent/cachet/x.wasm".to_string()],
+            Build::Allowed,
+            None,
+        );
         assert_eq!(
             got[0].error.as_deref(),
             Some("/nonexistent/cachet/x.wasm: no such file or directory")
         );
         let dir = tempfile::tempdir().unwrap();
         let pattern = format!("{}/...", dir.path().display());
-        assert!(discover(&[pattern], Build::Allowed)[0]
+        assert!(discover(&[pattern], Build::Allowed, None)[0]
             .error
             .as_deref()
             .unwrap()
@@ -387,12 +299,17 @@ mod tests {
         std::fs::write(dir.path().join("a/x.wasm"), b"").unwrap();
         std::fs::write(dir.path().join("a/target/y.wasm"), b"").unwrap();
         std::fs::create_dir_all(dir.path().join("b")).unwrap();
-        let got = discover(&[format!("{}/...", dir.path().display())], Build::Allowed);
+        let got = discover(
+            &[format!("{}/...", dir.path().display())],
+            Build::Allowed,
+            None,
+        );
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].modules, [dir.path().join("a/x.wasm")]);
         let empty = discover(
             &[dir.path().join("b").display().to_string()],
             Build::Allowed,
+            None,
         );
         assert!(empty[0].modules.is_empty() && empty[0].error.is_none());
     }

@@ -1,6 +1,7 @@
 //! Test frameworks: how to list a module's cases, run one case, and read what
 //! it printed. `libtest` is Rust's harness (`cargo test --target
-//! wasm32-wasip1`); `plain` is any WASI command, one case, exit 0 passes.
+//! wasm32-wasip1`); `go` is Go's `testing` (`GOOS=wasip1 go test -c`, see
+//! `go/harness.rs`); `plain` is any WASI command, one case, exit 0 passes.
 
 use sha2::Digest as _;
 
@@ -10,7 +11,29 @@ use crate::event::Verdict;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Framework {
     Libtest,
+    Go,
     Plain,
+}
+
+/// How the user asked to see output. Go's harness prints differently in
+/// each (so it is part of a Go case's cache key); libtest does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputMode {
+    Quiet,
+    /// `-v`
+    Verbose,
+    /// `--json`
+    Json,
+}
+
+/// What a run asks of the harness beyond which cases to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFlags {
+    pub mode: OutputMode,
+    /// `--short`: Go's `-test.short`.
+    pub short: bool,
+    /// `--parallel N`: Go's `-test.parallel`, for `t.Parallel` subtests.
+    pub parallel: Option<usize>,
 }
 
 /// What one case's output says beyond its exit status.
@@ -23,10 +46,13 @@ pub struct CaseOutput {
 }
 
 impl Framework {
-    /// Guesses from the module's bytes: libtest binaries carry its option names.
+    /// Guesses from the module's bytes: libtest binaries carry its option
+    /// names, Go test binaries the `testing` package's flags and runner.
     pub fn detect(module: &[u8]) -> Framework {
         if contains(module, b"RUST_TEST_THREADS") && contains(module, b"--format") {
             Framework::Libtest
+        } else if contains(module, b"test.paniconexit0") && contains(module, b"testing.tRunner") {
+            Framework::Go
         } else {
             Framework::Plain
         }
@@ -34,7 +60,7 @@ impl Framework {
 
     /// The framework of [`Framework::name`].
     pub fn from_name(name: &str) -> Option<Framework> {
-        [Framework::Libtest, Framework::Plain]
+        [Framework::Libtest, Framework::Go, Framework::Plain]
             .into_iter()
             .find(|f| f.name() == name)
     }
@@ -42,6 +68,7 @@ impl Framework {
     pub fn name(self) -> &'static str {
         match self {
             Framework::Libtest => "libtest",
+            Framework::Go => "go",
             Framework::Plain => "plain",
         }
     }
@@ -50,42 +77,75 @@ impl Framework {
     pub fn list_args(self) -> Option<Vec<String>> {
         match self {
             Framework::Libtest => Some(args(&["--list", "--format", "terse"])),
+            Framework::Go => Some(args(&["-test.list", "."])),
             Framework::Plain => None,
         }
     }
 
-    /// Case names from the list output (`NAME: test` lines; benches skipped).
+    /// Case names from the list output (libtest: `NAME: test` lines; Go:
+    /// tests, examples and fuzz targets; benchmarks skipped).
     pub fn parse_list(self, output: &str) -> Vec<String> {
-        output
-            .lines()
-            .filter_map(|l| l.strip_suffix(": test"))
-            .map(str::to_string)
-            .collect()
+        match self {
+            Framework::Go => crate::go::harness::parse_list(output),
+            _ => output
+                .lines()
+                .filter_map(|l| l.strip_suffix(": test"))
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    /// Whether the harness prints its own per-case result lines (Go's
+    /// `--- FAIL: Name (0.00s)`), so its output is shown as it is.
+    pub fn frames_itself(self) -> bool {
+        self == Framework::Go
+    }
+
+    /// The flags of `run` that change what a case does or prints, beyond
+    /// which cases run: part of its cache key (with the user's arguments).
+    pub fn key_args(self, flags: &RunFlags, user: &[String]) -> Vec<String> {
+        let mut a = match self {
+            Framework::Go => go_flags(flags),
+            _ => Vec::new(),
+        };
+        a.extend(user.iter().cloned());
+        a
     }
 
     /// Arguments that run exactly these cases in one instance. `--nocapture`:
     /// a panic aborts the instance on wasm32-wasip1, and a captured panic
     /// message would die with it; `--test-threads=1`: WASI p1 has no threads.
-    pub fn run_args(self, cases: &[String], user: &[String]) -> Vec<String> {
+    pub fn run_args(self, cases: &[String], flags: &RunFlags, user: &[String]) -> Vec<String> {
         let mut a = match self {
             Framework::Libtest => {
                 let mut a = args(&["--exact", "--nocapture", "--test-threads=1"]);
                 a.extend(cases.iter().cloned());
                 a
             }
+            Framework::Go => crate::go::harness::run_args(cases, flags.mode, &go_flags(flags)),
             Framework::Plain => Vec::new(),
         };
         a.extend(user.iter().cloned());
         a
     }
 
-    /// Strips libtest's framing from one case's output.
+    /// Strips libtest's framing from one case's output (Go's: only its
+    /// final `PASS`/`FAIL` line; it prints its own result lines).
     pub fn case_output(self, case: &str, raw: &str) -> CaseOutput {
-        if self == Framework::Plain {
-            return CaseOutput {
-                body: raw.to_string(),
-                skipped: false,
-            };
+        match self {
+            Framework::Plain => {
+                return CaseOutput {
+                    body: raw.to_string(),
+                    skipped: false,
+                }
+            }
+            Framework::Go => {
+                return CaseOutput {
+                    body: crate::go::harness::body(raw),
+                    skipped: crate::go::harness::result_of(raw, case) == Some(Verdict::Skip),
+                }
+            }
+            Framework::Libtest => {}
         }
         let skipped = raw.contains("test result: ok. 0 passed; 0 failed; 1 ignored");
         let head = format!("test {case} ... ");
@@ -222,7 +282,8 @@ impl CaseStream {
             head: format!("test {case} ... "),
             partial: Vec::new(),
             held: std::collections::VecDeque::new(),
-            started: framework == Framework::Plain,
+            // Only libtest's body starts after a head of its own.
+            started: framework != Framework::Libtest,
             live,
             digest: sha2::Sha256::new(),
         }
@@ -272,7 +333,7 @@ impl CaseStream {
 
     /// After the case ended: the held lines without the closing framing.
     pub fn finish(&mut self) -> StreamEnd {
-        // The body starts after the head; plain modules have none.
+        // The body starts after the head; other harnesses have none.
         let mut raw = match (self.framework, self.started) {
             (Framework::Libtest, true) => self.head.clone(),
             _ => String::new(),
@@ -287,6 +348,20 @@ impl CaseStream {
             digest: cachet_runtime::Sha256Digest(digest.finalize().into()),
         }
     }
+}
+
+/// Go's flags for `--short` and `--parallel`, and the output mode's.
+fn go_flags(flags: &RunFlags) -> Vec<String> {
+    let mut a: Vec<String> = crate::go::harness::mode_flag(flags.mode)
+        .into_iter()
+        .collect();
+    if flags.short {
+        a.push("-test.short".into());
+    }
+    if let Some(n) = flags.parallel {
+        a.push(format!("-test.parallel={n}"));
+    }
+    a
 }
 
 fn args(a: &[&str]) -> Vec<String> {

@@ -11,7 +11,7 @@ use crate::cli::{InputsArgs, TestArgs};
 use crate::config::TestConfig;
 use crate::framework::Framework;
 use crate::job::LIST_CASE;
-use crate::{discover, exit, plan};
+use crate::{cache_dir, discover, exit, plan};
 
 pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     let Some(cache) = cache else {
@@ -22,7 +22,7 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         run: None,
         list: None,
         failfast: false,
-        timeout: "10m".into(),
+        timeout: None,
         count: None,
         sandbox: args.sandbox,
         verbose: false,
@@ -33,10 +33,19 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         explain: false,
         verify: false,
         prebuilt: args.prebuilt,
+        short: false,
+        go_parallel: None,
         compile_timeout: None,
         compile_memory: None,
         packages: vec![args.package],
         args: args.args,
+        remote_cache: None,
+        remote_cache_read_only: false,
+        partition: None,
+        junit: None,
+        retries: None,
+        fail_flaky: false,
+        profile: None,
     };
     let config = match TestConfig::from_args(test_args) {
         Ok(c) => c,
@@ -52,7 +61,11 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     } else {
         discover::Build::Allowed
     };
-    for package in discover::discover(&config.packages, build) {
+    for package in discover::discover(
+        &config.packages,
+        build,
+        cache_dir().map(|d| d.join("go-test")).as_deref(),
+    ) {
         if let Some(e) = &package.error {
             eprintln!("cachet: {}: {e}", package.name);
             code = exit::SETUP_ERROR;
@@ -111,11 +124,12 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
                 .iter()
                 .filter(|c| args.case.as_ref().is_none_or(|want| want == *c))
             {
+                let key_args = a.framework.key_args(&config.run_flags(), &config.args);
                 let parts = KeyParts::new(
                     a.digest,
                     a.framework.name(),
                     case,
-                    &config.args,
+                    &key_args,
                     &policy,
                     config.stack_bytes(),
                 );

@@ -11,7 +11,7 @@ use cachet_runtime::{OutputTee, Policy, RunOutcome, Runtime, RuntimeConfig, Stat
 use tokio::sync::mpsc;
 
 use crate::artifact::Artifact;
-use crate::cache::{Cache, CachedResult, KeyParts, Lookup, Miss, NameKey};
+use crate::cache::{Cache, CachedCase, CachedResult, KeyParts, Lookup, Miss, NameKey};
 use crate::config::{Isolate, TestConfig};
 use crate::event::{CaseResult, Event, Verdict};
 use crate::framework::{CaseStream, Framework};
@@ -41,6 +41,11 @@ impl LazyRuntime {
             .get_or_init(|| Runtime::new(self.config.clone()).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// Whether Ctrl-C stopped the runs.
+    pub fn interrupted(&self) -> bool {
+        matches!(self.runtime.get(), Some(Ok(rt)) if rt.interrupted())
     }
 
     /// Stops what runs (Ctrl-C); nothing to do if nothing ever ran.
@@ -86,6 +91,15 @@ fn listing_key(
     (parts, name, p)
 }
 
+/// A module's cases, and what one instance of it costs before any case runs
+/// (the listing run: package init, for Go), which decides how Go cases are
+/// cut into instances (see `plan::jobs`).
+#[derive(Clone, Debug)]
+pub struct Listing {
+    pub cases: Vec<String>,
+    pub init: Duration,
+}
+
 /// A module's cases from the cache, if its listing is cached.
 pub fn cached_listing(
     env: &Env,
@@ -93,11 +107,14 @@ pub fn cached_listing(
     m: &Artifact,
     policy: &Policy,
     args: &[String],
-) -> Option<Vec<String>> {
+) -> Option<Listing> {
     let cache = env.cache?;
     let (parts, name, p) = listing_key(env, package, m, policy, args);
     match cache.lookup(name, package, &parts, &p.world()) {
-        Lookup::Hit(r) => Some(r.cases),
+        Lookup::Hit(r) => Some(Listing {
+            cases: r.cases,
+            init: r.elapsed,
+        }),
         Lookup::Miss(Miss::Corrupt(e)) => {
             let _ = env.tx.send(Event::Warning { message: e });
             None
@@ -114,7 +131,7 @@ pub fn list_module(
     m: &Artifact,
     policy: &Policy,
     args: &[String],
-) -> Result<Vec<String>, String> {
+) -> Result<Listing, String> {
     let file = m.path.display().to_string();
     let (parts, name, mut p) = listing_key(env, package, m, policy, args);
     let runtime = env.runtime.get()?;
@@ -141,10 +158,15 @@ pub fn list_module(
             skipped: false,
             cases: cases.clone(),
             output_digest: None,
+            module_cases: Vec::new(),
         };
-        let _ = cache.save(name, package, &parts, &outcome.log, &result);
+        let share = !m.embeds_dir && env.config.shares_results();
+        let _ = cache.save(name, package, &parts, &outcome.log, &result, share);
     }
-    Ok(cases)
+    Ok(Listing {
+        cases,
+        init: outcome.elapsed,
+    })
 }
 
 /// A job the cache could not answer: run it.
@@ -158,23 +180,33 @@ pub struct ToRun {
     cached: Option<CachedResult>,
 }
 
-/// Looks a job up in the cache: its result when cached (and not being
+/// The case part of a job's cache key: its case, or for cases run in one
+/// instance all of them (their results are cached together).
+fn case_key(job: &Job) -> String {
+    match (job.isolate, job.cases.as_slice()) {
+        (Isolate::Test, [one]) => one.clone(),
+        (_, cases) => format!("--module {}", cases.join(" ")),
+    }
+}
+
+/// Looks a job up in the cache: its results when cached (and not being
 /// verified), else what to run. Needs no runtime and runs no wasm.
-pub fn look_up(env: &Env, job: Job) -> Result<CaseResult, Box<ToRun>> {
-    // The cache serves one case per instance; --isolate=module runs bypass it.
-    let cache = env
-        .cache
-        .filter(|_| job.cases.len() == 1 && job.isolate == Isolate::Test);
+pub fn look_up(env: &Env, job: Job) -> Result<Vec<CaseResult>, Box<ToRun>> {
+    let cache = env.cache;
     let key = cache.map(|_| {
+        let args = job
+            .framework
+            .key_args(&env.config.run_flags(), &env.config.args);
+        let case = case_key(&job);
         let parts = KeyParts::new(
             job.module.digest,
             job.framework.name(),
-            &job.cases[0],
-            &env.config.args,
+            &case,
+            &args,
             &job.policy,
             env.config.stack_bytes(),
         );
-        (parts, NameKey::new(&job.package, &job.cases[0]))
+        (parts, NameKey::new(&job.package, &case))
     });
     let lookup = cache
         .zip(key.as_ref())
@@ -183,16 +215,15 @@ pub fn look_up(env: &Env, job: Job) -> Result<CaseResult, Box<ToRun>> {
         let _ = env.tx.send(Event::Warning { message: e.clone() });
     }
     let (explain, cached) = match lookup {
-        Some(Lookup::Hit(r)) if !env.config.verify => return Ok(cached_result(&job.cases[0], r)),
+        Some(Lookup::Hit(r)) if !env.config.verify => return Ok(cached_results(&job, r)),
         Some(Lookup::Hit(r)) => (None, Some(r)),
         Some(Lookup::Miss(why)) => (Some(why), None),
-        None if env.cache.is_none() => (
+        None => (
             Some(Miss::Bypassed(
                 "--count was given, or the cache could not be opened",
             )),
             None,
         ),
-        None => (Some(Miss::Bypassed("--isolate=module")), None),
     };
     Err(Box::new(ToRun {
         job,
@@ -211,21 +242,73 @@ pub fn run_job(env: &Env, run: Box<ToRun>) -> Vec<CaseResult> {
         explain,
         cached,
     } = *run;
-    let (mut results, outcome) = run_uncached(env, &job);
-    if let ([result], Some(outcome)) = (results.as_mut_slice(), &outcome) {
-        result.explain = explain
-            .filter(|_| env.config.explain)
-            .map(|m| explained(&m, &job));
-        match cached {
-            Some(before) => verify(result, &before),
-            None => {
-                if let (Some(cache), Some((parts, name))) = (env.cache, &key) {
-                    save(cache, &job.package, parts, *name, result, outcome);
-                }
+    let (mut results, mut outcome) = run_uncached(env, &job);
+    // `--retries`: a failing job runs again; a case that fails and then
+    // passes is flaky, reported so and never cached.
+    let retries = env.config.retries_for(&job.package);
+    let mut earlier: Vec<Vec<CaseResult>> = Vec::new();
+    while earlier.len() < retries as usize
+        && results.iter().any(|r| r.verdict == Verdict::Fail)
+        && !env.runtime.interrupted()
+    {
+        earlier.push(results);
+        (results, outcome) = run_uncached(env, &job);
+    }
+    if !earlier.is_empty() {
+        mark_flaky(&mut results, &earlier);
+    }
+    let Some(outcome) = outcome else {
+        return results;
+    };
+    let why = explain
+        .filter(|_| env.config.explain)
+        .map(|m| explained(&m, &job));
+    for r in &mut results {
+        r.explain = why.clone();
+    }
+    match cached {
+        Some(before) => verify(&mut results, &before),
+        None => {
+            if let (Some(cache), Some((parts, name))) = (env.cache, &key) {
+                let share = !job.module.embeds_dir && env.config.shares_results();
+                save(
+                    cache,
+                    &job.package,
+                    parts,
+                    *name,
+                    &mut results,
+                    &outcome,
+                    share,
+                );
             }
         }
     }
     results
+}
+
+/// Marks the cases that passed now but failed in an `earlier` attempt.
+fn mark_flaky(results: &mut [CaseResult], earlier: &[Vec<CaseResult>]) {
+    let attempts = earlier.len() as u32 + 1;
+    for r in results.iter_mut().filter(|r| r.verdict != Verdict::Fail) {
+        let failures: Vec<&CaseResult> = earlier
+            .iter()
+            .filter_map(|a| {
+                a.iter()
+                    .find(|e| e.name == r.name && e.verdict == Verdict::Fail)
+            })
+            .collect();
+        if let Some(first) = failures.first() {
+            let mut output = first.output.clone();
+            for note in first.reason.iter() {
+                output.push_str(&format!("\ncachet: {note}"));
+            }
+            r.flaky = Some(crate::event::Flaky {
+                failed: failures.len() as u32,
+                attempts,
+                first_failure: output,
+            });
+        }
+    }
 }
 
 /// Why a case ran, in words; a module that embeds its checkout's absolute
@@ -235,28 +318,75 @@ fn explained(miss: &Miss, job: &Job) -> String {
         miss,
         Miss::NoEntry("module changed" | "mount layout changed" | "no cache entry")
     );
+    let mut why = miss.to_string();
     if job.module.embeds_dir && portable {
-        format!("{miss} (the module embeds its package's absolute path, from env!(\"CARGO_MANIFEST_DIR\"), so its results are valid only in this checkout; read testdata by relative paths to share them)")
-    } else {
-        miss.to_string()
+        why.push_str(" (the module embeds its package's absolute path, from env!(\"CARGO_MANIFEST_DIR\"), so its results are valid only in this checkout; read testdata by relative paths to share them)");
     }
+    if job.isolate == Isolate::Module && job.cases.len() > 1 {
+        let because = job
+            .shared_because
+            .as_ref()
+            .map(|b| format!(": {b}"))
+            .unwrap_or_default();
+        why.push_str(&format!(
+            " (with {} in one instance{because})",
+            job.cases[1..].join(", ")
+        ));
+    }
+    why
 }
 
-fn cached_result(name: &str, r: CachedResult) -> CaseResult {
-    let verdict = if r.skipped {
-        Verdict::Skip
-    } else {
-        Verdict::Pass
+/// A job's results as the cache holds them.
+fn cached_results(job: &Job, r: CachedResult) -> Vec<CaseResult> {
+    let verdict = |skipped| {
+        if skipped {
+            Verdict::Skip
+        } else {
+            Verdict::Pass
+        }
     };
-    CaseResult {
-        cached: true,
-        ..case(name, verdict, r.elapsed, r.output)
+    let framed = job.framework.frames_itself();
+    if r.module_cases.is_empty() {
+        return vec![CaseResult {
+            cached: true,
+            framed,
+            ..case(&job.cases[0], verdict(r.skipped), r.elapsed, r.output)
+        }];
+    }
+    r.module_cases
+        .into_iter()
+        .map(|c| CaseResult {
+            cached: true,
+            framed,
+            in_module_output: c.in_module_output,
+            ..case(&c.name, verdict(c.skipped), c.elapsed, c.output)
+        })
+        .collect()
+}
+
+/// `--verify`: cached cases ran again; each result must match.
+fn verify(now: &mut [CaseResult], before: &CachedResult) {
+    if let [one] = now {
+        if before.module_cases.is_empty() {
+            return verify_case(one, before);
+        }
+    }
+    for (r, b) in now.iter_mut().zip(&before.module_cases) {
+        let b = CachedResult {
+            output: b.output.clone(),
+            elapsed: b.elapsed,
+            skipped: b.skipped,
+            cases: Vec::new(),
+            output_digest: None,
+            module_cases: Vec::new(),
+        };
+        verify_case(r, &b);
     }
 }
 
-/// `--verify`: a cached case ran again; its result must match, and its
-/// whole output too (by digest: the cache may keep only its head and tail).
-fn verify(now: &mut CaseResult, before: &CachedResult) {
+/// One case of `--verify`: its verdict must match, and its whole output too
+/// (by digest: the cache may keep only its head and tail).
+fn verify_case(now: &mut CaseResult, before: &CachedResult) {
     let same_verdict = matches!(
         (now.verdict, before.skipped),
         (Verdict::Pass, false) | (Verdict::Skip, true)
@@ -292,16 +422,27 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         Err(e) => return (setup_failed(&e), None),
     };
     let mut policy = (*job.policy).clone();
-    policy.args(&job.framework.run_args(&job.run_cases, &env.config.args));
+    let flags = env.config.run_flags();
+    policy.args(
+        &job.framework
+            .run_args(&job.run_cases, &flags, &env.config.args),
+    );
+    if job.framework == Framework::Go {
+        policy.collect_scratch_file(crate::go::harness::TESTLOG);
+    }
     // One case's output is streamed through its framing filter: digested
     // whole for --verify, and shown live with -v.
     let stream = (job.cases.len() == 1).then(|| {
         let name = job.cases[0].clone();
-        let live = env.live;
+        // A harness that frames its own output (Go) cannot have cachet's
+        // `=== CONT` markers woven in: with cases running at once, each
+        // case's output is shown whole when it ends.
+        let live = env.live && !(job.framework.frames_itself() && env.config.parallel > 1);
         if live {
             let _ = env.tx.send(Event::CaseStarted {
                 pkg: job.pkg,
                 name: name.clone(),
+                framed: job.framework.frames_itself(),
             });
         }
         let stream = Arc::new(Mutex::new(CaseStream::new(job.framework, &name, live)));
@@ -318,16 +459,24 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         })));
         (stream, live)
     });
-    let outcome = match runtime.run(&module, &policy) {
+    let mut outcome = match runtime.run(&module, &policy) {
         Ok(o) => o,
         Err(e) => return (setup_failed(&e.to_string()), None),
     };
+    if job.framework == Framework::Go {
+        crate::go::testlog::refine(
+            &mut outcome.log,
+            outcome.collected.as_deref(),
+            &policy.world(),
+        );
+    }
     if let Some(message) = outcome.cleanup_error.clone() {
         let _ = env.tx.send(Event::Warning { message });
     }
     let raw = String::from_utf8_lossy(&outcome.output).into_owned();
     let mut results = match (job.isolate, job.framework) {
         (Isolate::Module, Framework::Libtest) => module_results(job, &outcome, &raw),
+        (Isolate::Module, Framework::Go) => go_module_results(job, &outcome, &raw, flags.mode),
         _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
     };
     if let ([result], Some((stream, live))) = (results.as_mut_slice(), stream) {
@@ -340,30 +489,52 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
     (results, Some(outcome))
 }
 
-/// Saves a passing case, unless an input changed while it ran.
+/// Saves a job's results when every case passed (or was skipped), unless an
+/// input changed while it ran.
 fn save(
     cache: &Cache,
     package: &str,
     parts: &KeyParts,
     name: NameKey,
-    result: &mut CaseResult,
+    results: &mut [CaseResult],
     outcome: &RunOutcome,
+    share: bool,
 ) {
-    if result.verdict == Verdict::Fail {
+    if results.is_empty() || results.iter().any(|r| r.verdict == Verdict::Fail) {
+        return;
+    }
+    if results.iter().any(|r| r.flaky.is_some()) {
+        results[0].not_saved = Some("not cached: flaky (failed before it passed)".into());
         return;
     }
     if let Some(change) = &outcome.changed_during_run {
-        result.not_saved = Some(format!("not cached: {change}"));
+        results[0].not_saved = Some(format!("not cached: {change}"));
         return;
     }
-    let cached = CachedResult {
-        output: trim_output(&result.output),
-        elapsed: result.elapsed,
-        skipped: result.verdict == Verdict::Skip,
-        cases: Vec::new(),
-        output_digest: result.output_digest,
+    let module_cases = if parts.case.starts_with("--module ") {
+        results
+            .iter()
+            .map(|r| CachedCase {
+                name: r.name.clone(),
+                skipped: r.verdict == Verdict::Skip,
+                elapsed: r.elapsed,
+                output: trim_output(&r.output),
+                in_module_output: r.in_module_output,
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
-    let _ = cache.save(name, package, parts, &outcome.log, &cached);
+    let first = &results[0];
+    let cached = CachedResult {
+        output: trim_output(&first.output),
+        elapsed: first.elapsed,
+        skipped: first.verdict == Verdict::Skip,
+        cases: Vec::new(),
+        output_digest: first.output_digest,
+        module_cases,
+    };
+    let _ = cache.save(name, package, parts, &outcome.log, &cached, share);
 }
 
 /// Output kept in a cache entry: its first and last [`KEPT_OUTPUT`] / 2 bytes.
@@ -407,9 +578,12 @@ fn case(name: &str, verdict: Verdict, elapsed: Duration, output: String) -> Case
         output,
         live_rest: None,
         output_digest: None,
+        framed: false,
+        in_module_output: false,
         cached: false,
         explain: None,
         not_saved: None,
+        flaky: None,
         timed_out: None,
         reason: None,
     }
@@ -436,17 +610,86 @@ fn stop_reason(status: &Status, output: &str) -> (Option<Duration>, Option<Strin
 
 fn case_result(name: &str, framework: Framework, outcome: &RunOutcome, raw: &str) -> CaseResult {
     let out = framework.case_output(name, raw);
-    let verdict = match (outcome.status.passed(), out.skipped) {
-        (true, true) => Verdict::Skip,
-        (true, false) => Verdict::Pass,
-        (false, _) => Verdict::Fail,
+    let (verdict, harness_reason) = match (framework, &outcome.status) {
+        (Framework::Go, Status::Exited(code)) => {
+            crate::go::harness::verdict(name, Some(*code), raw)
+        }
+        _ => match (outcome.status.passed(), out.skipped) {
+            (true, true) => (Verdict::Skip, None),
+            (true, false) => (Verdict::Pass, None),
+            (false, _) => (Verdict::Fail, None),
+        },
     };
-    let (timed_out, reason) = stop_reason(&outcome.status, raw);
+    let (timed_out, mut reason) = stop_reason(&outcome.status, raw);
+    if framework == Framework::Go
+        && matches!(outcome.status, Status::Exited(1 | 2))
+        && (crate::go::harness::result_of(raw, name).is_some() || raw.contains("\npanic: "))
+    {
+        // Go's own `--- FAIL` lines (or its panic) say it all.
+        reason = None;
+    }
     CaseResult {
         timed_out,
-        reason,
+        reason: reason.or(harness_reason),
+        framed: framework.frames_itself(),
         ..case(name, verdict, outcome.elapsed, out.body)
     }
+}
+
+/// The cases of a Go module run in one instance. Go printed the run as one
+/// output, which is shown whole with the first case that failed (or the
+/// first case, when all output is shown); each case's verdict comes from
+/// its result line. Cases with none did not finish when the instance
+/// crashed or was stopped, unless Go ended normally (quiet mode prints no
+/// line for a passing case).
+fn go_module_results(
+    job: &Job,
+    outcome: &RunOutcome,
+    raw: &str,
+    mode: crate::framework::OutputMode,
+) -> Vec<CaseResult> {
+    let exit = match outcome.status {
+        Status::Exited(c) => Some(c),
+        _ => None,
+    };
+    let ended = matches!(exit, Some(0 | 1));
+    let (timed_out, reason) = stop_reason(&outcome.status, raw);
+    let mut results: Vec<CaseResult> = job
+        .cases
+        .iter()
+        .map(|name| {
+            let own = crate::go::harness::result_of(raw, name);
+            let verdict = match (own, ended) {
+                (Some(v), _) => v,
+                (None, true) => Verdict::Pass,
+                (None, false) => Verdict::Fail,
+            };
+            let mut r = case(name, verdict, Duration::ZERO, String::new());
+            r.framed = true;
+            r.in_module_output = true;
+            if own.is_none() && !ended {
+                r.timed_out = timed_out;
+                r.reason = Some(match &reason {
+                    Some(why) => format!("did not finish: {why}"),
+                    None => "did not finish: the instance stopped in another case".into(),
+                });
+            }
+            r
+        })
+        .collect();
+    let carrier = match mode {
+        crate::framework::OutputMode::Quiet => results
+            .iter()
+            .position(|r| r.verdict == Verdict::Fail)
+            .unwrap_or(0),
+        _ => 0,
+    };
+    if let Some(r) = results.get_mut(carrier) {
+        r.output = crate::go::harness::body(raw);
+        r.in_module_output = false;
+        r.elapsed = outcome.elapsed;
+    }
+    results
 }
 
 fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult> {

@@ -12,15 +12,19 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod cargo;
 pub mod cli;
 pub mod config;
 pub mod discover;
 pub mod event;
+pub mod exec;
 pub mod exit;
 pub mod framework;
+pub mod go;
 pub mod inputs;
 pub mod job;
 pub mod plan;
+pub mod project;
 pub mod reporter;
 pub mod scheduler;
 pub mod workdir;
@@ -39,6 +43,14 @@ use crate::reporter::{JsonFormat, Progress, Reporter, TextFormat};
 
 /// Parses `args`, runs the command, and returns its exit status.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    // Installed as Go's wasip1 runner, it is `cachet exec`.
+    if args
+        .first()
+        .is_some_and(|a| exec::is_go_runner_name(std::path::Path::new(a)))
+    {
+        args.insert(1, "exec".into());
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -57,6 +69,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     let code = match cli.command {
+        Command::Exec(args) => exec::run(args),
         Command::Inputs(args) => inputs::run(args, open_cache()),
         Command::Clean(args) => clean(args.results),
         Command::Compile(a) => {
@@ -68,7 +81,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
             }
         }
-        Command::Test(args) => match TestConfig::from_args(args) {
+        Command::Test(args) => match test_config(args) {
             Ok(config) => test(config),
             Err(e) => {
                 eprintln!("cachet: {e}");
@@ -77,6 +90,30 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         },
     };
     ExitCode::from(code)
+}
+
+/// The configuration of `cachet test`: the flags, then what they leave
+/// unset from `cachet.toml`'s profile.
+fn test_config(mut args: cli::TestArgs) -> Result<TestConfig, String> {
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
+    let project = project::load(&cwd, args.profile.as_deref())?;
+    project.apply(&mut args);
+    let mut config = TestConfig::from_args(args).map_err(|e| e.to_string())?;
+    config.overrides = project
+        .overrides()
+        .iter()
+        .map(|o| {
+            config::PackageOverride::parse(o, &project).map_err(|e| {
+                format!(
+                    "{}: the override for {:?}: {e}",
+                    project::FILE_NAME,
+                    o.packages
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(config)
 }
 
 /// Where cachet keeps its caches: `$CACHET_CACHE`, else the XDG cache dir.
@@ -92,7 +129,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// The result cache under [`cache_dir`], trimmed at most once a day; `None`
 /// (with a warning) when it cannot be opened: tests then run uncached.
-fn open_cache() -> Option<cache::Cache> {
+pub(crate) fn open_cache() -> Option<cache::Cache> {
     let dir = cache_dir()?.join("results");
     match cache::Cache::open(&dir) {
         Ok(c) => {
@@ -153,14 +190,10 @@ fn clean(results_only: bool) -> u8 {
     }
 }
 
-fn test(config: TestConfig) -> u8 {
-    let build = if config.prebuilt {
-        discover::Build::Never
-    } else {
-        discover::Build::Allowed
-    };
-    let packages = discover::discover(&config.packages, build);
-    // Compiles run in a child process (this binary) under the compile limits.
+/// The runtime of a run, made when a case first needs it (a fully cached
+/// run starts no engine); compiles run in a child process (this binary)
+/// under the compile limits.
+pub(crate) fn runtime_for(config: &TestConfig) -> job::LazyRuntime {
     let compile = std::env::current_exe()
         .ok()
         .map(|program| cachet_runtime::CompileGuard {
@@ -169,12 +202,25 @@ fn test(config: TestConfig) -> u8 {
             timeout: config.compile_timeout,
             memory: config.compile_memory,
         });
-    // Made when a case first needs it: a fully cached run starts no engine.
-    let runtime = Arc::new(job::LazyRuntime::new(RuntimeConfig {
+    job::LazyRuntime::new(RuntimeConfig {
         compiled_cache: cache_dir().map(|d| d.join("compiled")),
         max_wasm_stack: config.stack,
         compile,
-    }));
+    })
+}
+
+fn test(config: TestConfig) -> u8 {
+    let build = if config.prebuilt {
+        discover::Build::Never
+    } else {
+        discover::Build::Allowed
+    };
+    let packages = discover::discover(
+        &config.packages,
+        build,
+        cache_dir().map(|d| d.join("go-test")).as_deref(),
+    );
+    let runtime = Arc::new(runtime_for(&config));
     let scratch = match workdir::Workdir::create() {
         Ok(d) => d,
         Err(e) => {
@@ -187,24 +233,49 @@ fn test(config: TestConfig) -> u8 {
     } else {
         Box::new(TextFormat::new(config.verbose))
     };
-    let cache = open_cache();
-    let names = packages.iter().map(|p| p.name.clone()).collect();
+    let remote = config.remote.clone().map(cache::remote::Remote::new);
+    let cache = match (open_cache(), &remote) {
+        (Some(c), Some(r)) => Some(c.with_remote(r.clone())),
+        (c, _) => c,
+    };
+    let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+    let mut junit = config
+        .junit
+        .clone()
+        .map(|path| (path, reporter::junit::Junit::new(names.clone())));
     let mut reporter = Reporter::new(
         format,
         names,
         Box::new(std::io::stdout()),
         Progress::new(!config.json),
-    );
+    )
+    .fail_on_flaky(config.fail_flaky);
     scheduler::run(
         Arc::new(config),
         packages,
         runtime,
         cache.clone(),
         scratch.path(),
-        |e| reporter.event(e),
+        |e| {
+            if let Some((_, j)) = &mut junit {
+                j.event(&e);
+            }
+            reporter.event(e)
+        },
     );
     if let Some(c) = &cache {
         c.save_memo();
     }
-    reporter.finish()
+    let mut code = reporter.finish();
+    if let Some((path, j)) = junit {
+        if let Err(e) = j.write(&path) {
+            eprintln!("cachet: {e}");
+            code = code.max(exit::SETUP_ERROR);
+        }
+    }
+    // Uploads finish after the report, so they never hold it up.
+    if let Some(warning) = remote.and_then(|r| r.finish()) {
+        eprintln!("cachet: warning: {warning}");
+    }
+    code
 }

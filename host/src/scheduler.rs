@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::artifact::Artifact;
 use crate::cache::Cache;
-use crate::config::TestConfig;
+use crate::config::{Partition, TestConfig};
 use crate::discover::Package;
 use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
 use crate::framework::Framework;
@@ -75,7 +75,7 @@ pub fn run(
 ) {
     let workers = config.parallel.max(1);
     // As go test: -v output streams with one package or -p 1.
-    let live = config.verbose && !config.json && (workers == 1 || packages.len() == 1);
+    let live = config.live_output(packages.len());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(workers + 2)
@@ -135,8 +135,8 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
     }
 }
 
-/// A package's case names (per module) being listed, or why they could not be.
-type Listing = tokio::task::JoinHandle<Result<Vec<Vec<String>>, String>>;
+/// A package's listings (per module) being made, or why they could not be.
+type Listing = tokio::task::JoinHandle<Result<Vec<job::Listing>, String>>;
 
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     // 1. Read and hash every module of every package that was set up.
@@ -147,7 +147,8 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             let forced = ctx
                 .config
                 .framework
-                .or(p.cargo.then_some(Framework::Libtest));
+                .or(p.cargo.then_some(Framework::Libtest))
+                .or(p.go.is_some().then_some(Framework::Go));
             let dir = p.cargo.then(|| plan::absolute_dir(p)).flatten();
             let cache = ctx.cache.clone();
             let task = blocking(ctx.slots.clone(), move || {
@@ -193,11 +194,17 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         )));
     }
     let mut plans: Vec<Option<Vec<Job>>> = Vec::new();
+    let mut listed = vec![0; packages.len()];
     for ((pkg, mods), tasks) in loaded.into_iter().enumerate().zip(listings) {
         let mods = match mods {
             Ok(m) => m,
             Err(message) => {
-                let _ = tx.send(Event::PackageError { pkg, message });
+                let build = packages[pkg].build_failed;
+                let _ = tx.send(Event::PackageError {
+                    pkg,
+                    message,
+                    build,
+                });
                 plans.push(None);
                 continue;
             }
@@ -210,7 +217,11 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         let cases_per_module = match tasks.await.expect("listing does not panic") {
             Ok(cases) => cases,
             Err(message) => {
-                let _ = tx.send(Event::PackageError { pkg, message });
+                let _ = tx.send(Event::PackageError {
+                    pkg,
+                    message,
+                    build: false,
+                });
                 plans.push(None);
                 continue;
             }
@@ -218,7 +229,7 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         if let Some(re) = &ctx.config.list {
             let names = cases_per_module
                 .iter()
-                .flatten()
+                .flat_map(|l| &l.cases)
                 .filter(|c| re.is_match(c))
                 .cloned()
                 .collect();
@@ -227,6 +238,7 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             plans.push(None);
             continue;
         }
+        let modules_listed = cases_per_module.iter().map(|l| l.cases.len()).sum();
         let modules = mods.into_iter().zip(cases_per_module).collect();
         let jobs = plan::jobs(
             pkg,
@@ -240,7 +252,20 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             plans.push(None);
             continue;
         }
+        listed[pkg] = modules_listed;
         plans.push(Some(jobs));
+    }
+    if let Some(part) = &ctx.config.partition {
+        partition(part, &packages, &mut plans, &tx);
+    }
+    for (pkg, jobs) in plans.iter().enumerate() {
+        if let Some(jobs) = jobs {
+            let _ = tx.send(Event::Planned {
+                pkg,
+                cases: jobs.iter().flat_map(|j| j.cases.iter().cloned()).collect(),
+                listed: listed[pkg],
+            });
+        }
     }
 
     // 3. Look every job up in the cache, a package at a time on the blocking
@@ -274,9 +299,11 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         let mut to_run = Vec::new();
         for l in looked {
             match l {
-                Ok(hit) => {
+                Ok(hits) => {
                     start_package(pkg, &state, &tx);
-                    finish_case(&ctx, pkg, &state, &tx, hit);
+                    for hit in hits {
+                        finish_case(&ctx, pkg, &state, &tx, hit);
+                    }
                     finish_job(pkg, &state, &tx, "");
                 }
                 Err(run) => to_run.push(run),
@@ -319,6 +346,41 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     }
     for t in tasks {
         t.await.expect("job tasks do not panic");
+    }
+}
+
+/// Keeps only the shard's cases (`--partition`), numbering cases in the
+/// order of the whole run; a package left with none is `[no tests to run]`.
+fn partition(part: &Partition, packages: &[Package], plans: &mut [Option<Vec<Job>>], tx: &Tx) {
+    let mut index = 0;
+    let mut numbers: std::collections::HashMap<(usize, String), usize> = Default::default();
+    for (pkg, plan) in plans.iter_mut().enumerate() {
+        let Some(jobs) = plan else { continue };
+        for job in jobs.iter_mut() {
+            let keep: Vec<bool> = job
+                .cases
+                .iter()
+                .map(|c| {
+                    let i = *numbers.entry((pkg, c.clone())).or_insert_with(|| {
+                        index += 1;
+                        index - 1
+                    });
+                    part.selects(i, &packages[pkg].name, c)
+                })
+                .collect();
+            let mut k = keep.iter();
+            job.cases.retain(|_| *k.next().expect("one flag per case"));
+            if !job.run_cases.is_empty() {
+                let mut k = keep.iter();
+                job.run_cases
+                    .retain(|_| *k.next().expect("one flag per case"));
+            }
+        }
+        jobs.retain(|j| !j.cases.is_empty());
+        if jobs.is_empty() {
+            let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
+            *plan = None;
+        }
     }
 }
 
@@ -424,7 +486,7 @@ async fn list_package(
     package: String,
     mods: Vec<Arc<Artifact>>,
     policy: Arc<Policy>,
-) -> Result<Vec<Vec<String>>, String> {
+) -> Result<Vec<job::Listing>, String> {
     let cached = {
         let (ctx, tx, package, mods, policy) = (
             ctx.clone(),
@@ -447,8 +509,8 @@ async fn list_package(
     };
     let mut out = Vec::new();
     for (m, cached) in mods.into_iter().zip(cached) {
-        if let Some(cases) = cached {
-            out.push(cases);
+        if let Some(listing) = cached {
+            out.push(listing);
             continue;
         }
         let permit = ctx.slot().await;
@@ -465,7 +527,10 @@ async fn list_package(
                     .runtime
                     .get()
                     .and_then(|rt| m.module(rt))
-                    .map(|_| vec![m.file_name()]),
+                    .map(|_| job::Listing {
+                        cases: vec![m.file_name()],
+                        init: Duration::ZERO,
+                    }),
             }
         })
         .await;

@@ -247,6 +247,13 @@ impl Runtime {
     }
 
     /// Whether [`Runtime::interrupt`] was called.
+    /// What [`Runtime::interrupt`] does, callable from any thread (a
+    /// signal watcher) without holding the runtime.
+    pub fn interrupter(&self) -> impl Fn() + Send + 'static {
+        let interrupt = self.shared.interrupt.clone();
+        move || interrupt.trigger()
+    }
+
     pub fn interrupted(&self) -> bool {
         self.shared.interrupt.is_set()
     }

@@ -117,4 +117,7 @@ pub struct RunOutcome {
     pub changed_during_run: Option<String>,
     /// The run's scratch dir could not be removed (a warning for the host).
     pub cleanup_error: Option<String>,
+    /// The scratch file the policy asked to collect, if the guest wrote it
+    /// (at most 16 MiB of it).
+    pub collected: Option<Vec<u8>>,
 }

@@ -112,6 +112,8 @@ pub struct Policy {
     pub(crate) scratch_limit: u64,
     pub(crate) open_files: u32,
     pub(crate) hermetic: Option<u64>,
+    pub(crate) collect: Option<String>,
+    pub(crate) inherit_stdio: bool,
 }
 
 impl Default for Policy {
@@ -138,6 +140,8 @@ impl Policy {
             scratch_limit: DEFAULT_SCRATCH_LIMIT,
             open_files: DEFAULT_OPEN_FILES,
             hermetic: None,
+            collect: None,
+            inherit_stdio: false,
         }
     }
 
@@ -184,6 +188,21 @@ impl Policy {
         self.scratch_base = Some(base.into());
         self.env
             .insert("TMPDIR".to_string(), SCRATCH_GUEST_PATH.to_string());
+        self
+    }
+
+    /// Removes an environment variable (`scratch` sets `TMPDIR`).
+    pub fn unset_env(&mut self, name: &str) -> &mut Self {
+        self.env.remove(name);
+        self
+    }
+
+    /// Gives the guest the host's stdin, stdout and stderr, as running it
+    /// directly would (`cachet exec`): output is written through as it
+    /// comes, stdout and stderr apart, not kept (the outcome's `output` is
+    /// empty and the output limit does not apply).
+    pub fn inherit_stdio(&mut self) -> &mut Self {
+        self.inherit_stdio = true;
         self
     }
 
@@ -261,6 +280,14 @@ impl Policy {
     /// same inputs give the same output.
     pub fn hermetic(&mut self, seed: u64) -> &mut Self {
         self.hermetic = Some(seed);
+        self
+    }
+
+    /// After the run, hands back the file the guest wrote at `name` in its
+    /// scratch dir (`/tmp/name`), as [`crate::RunOutcome::collected`]: a
+    /// harness's report, such as Go's `-test.testlogfile`.
+    pub fn collect_scratch_file(&mut self, name: &str) -> &mut Self {
+        self.collect = Some(name.to_string());
         self
     }
 

@@ -156,9 +156,12 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
     argv.extend(policy.args.iter().cloned());
     wasi.args(&argv)
         .envs(&policy.env.iter().collect::<Vec<_>>())
-        .stdout(sink.clone())
-        .stderr(sink.clone())
         .allow_blocking_current_thread(true);
+    if policy.inherit_stdio {
+        wasi.inherit_stdin().inherit_stdout().inherit_stderr();
+    } else {
+        wasi.stdout(sink.clone()).stderr(sink.clone());
+    }
     let mut preopens = Vec::new();
     for (index, (name, host, mode, guests)) in mounts.iter().enumerate() {
         let perms = match mode {
@@ -241,6 +244,10 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
     let elapsed = start.elapsed();
     let output = sink.take();
     let (log, changed_during_run) = store.into_data().recorder.finish();
+    let collected = match (&policy.collect, &scratch) {
+        (Some(name), Some(dir)) => read_collected(dir.path(), name),
+        _ => None,
+    };
     let mut cleanup_error = None;
     if let Some(dir) = scratch {
         if let Err(e) = shared.scratch.give_back(dir) {
@@ -254,7 +261,28 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         log,
         changed_during_run,
         cleanup_error,
+        collected,
     })
+}
+
+/// Collected files are reports, not data: more than this is cut.
+const COLLECT_LIMIT: u64 = 16 << 20;
+
+/// The regular file `name` in the scratch dir, read without following links
+/// out of it.
+fn read_collected(dir: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let dir = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).ok()?;
+    if !dir.symlink_metadata(name).ok()?.is_file() {
+        return None;
+    }
+    let mut out = Vec::new();
+    dir.open(name)
+        .ok()?
+        .take(COLLECT_LIMIT)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
 }
 
 /// A run that failed after a limit refused it a resource failed for that

@@ -265,3 +265,49 @@ pub fn hostile_tree(root: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The Go toolchain's `bin` directory: the one `scripts/tools.sh` installs
+/// under `.tools/` (which `scripts/test` runs first), else `go` on PATH.
+pub fn go_bin_dir() -> Option<PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let venv = repo_root().join(".tools/go-venv/lib");
+        let installed = std::fs::read_dir(&venv).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path().join("site-packages/go/bin"))
+                .find(|p| p.join("go").is_file())
+        });
+        if installed.is_some() {
+            return installed;
+        }
+        Command::new("go")
+            .args(["env", "GOROOT"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("bin"))
+    })
+    .clone()
+}
+
+/// `PATH` with the Go toolchain first, when there is one.
+pub fn path_with_go() -> String {
+    let old = std::env::var("PATH").unwrap_or_default();
+    match go_bin_dir() {
+        Some(dir) => format!("{}:{old}", dir.display()),
+        None => old,
+    }
+}
+
+/// A `go` command (the native toolchain, for comparisons); panics with
+/// what to do when there is none: Go tests need a real Go.
+pub fn go_command() -> Command {
+    let dir = go_bin_dir().unwrap_or_else(|| {
+        panic!("no Go toolchain: run scripts/test (it installs Go into .tools/) or put Go 1.21+ on PATH")
+    });
+    let mut c = Command::new(dir.join("go"));
+    c.env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local");
+    c
+}

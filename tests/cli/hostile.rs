@@ -59,6 +59,14 @@ fn one_run_over_every_hostile_fixture_reports_each_and_the_canary_passes() {
     );
     std::fs::create_dir_all(data.join("sub")).unwrap();
     std::fs::create_dir(&tmp).unwrap();
+    // 16,000 nested directories and 200,000 host calls are honest work,
+    // not a hang: on a loaded machine they take longer than the others' 4 s
+    // (cachet.toml overrides, as a project would give its slow packages).
+    std::fs::write(
+        work.path().join("cachet.toml"),
+        "[[profile.default.overrides]]\npackages = \"suite/scratch_deep_dirs\"\ntimeout = \"60s\"\n\n[[profile.default.overrides]]\npackages = \"suite/fuel_many_paths\"\ntimeout = \"60s\"\n",
+    )
+    .unwrap();
     std::fs::write(data.join("in.txt"), "inside").unwrap();
     let names = hostile_tree(&root);
     let mut listed: Vec<&str> = RUST.iter().chain(WAT).map(|(n, _)| *n).collect();
@@ -187,10 +195,13 @@ fn wait_for_scratch_file(tmp: &Path) {
     loop {
         let found = std::process::Command::new("find")
             .arg(tmp)
-            .args(["-name", "big.bin", "-size", "8M"])
+            .args(["-name", "big.bin", "-size", "8388608c"])
             .output()
             .unwrap();
         if !found.stdout.is_empty() {
+            // Written whole; its next step (printing `written`) is a moment
+            // later, more on a loaded machine.
+            std::thread::sleep(Duration::from_millis(500));
             return;
         }
         assert!(
@@ -365,6 +376,7 @@ fn a_compile_bomb_fails_its_package_setup_within_the_compile_limits() {
         std::fs::create_dir(work.path().join(name)).unwrap();
         std::fs::write(work.path().join(name).join(format!("{name}.wasm")), bytes).unwrap();
     }
+    crate::cachet_bin(); // built before the clock starts
     let start = Instant::now();
     let o = cachet_with(
         work.path(),

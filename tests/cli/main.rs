@@ -4,7 +4,11 @@
 
 mod bad_input;
 mod cache;
+mod ci;
 mod exactness;
+mod exec;
+mod go;
+mod go_stdlib;
 mod hostile;
 mod json;
 mod report;
@@ -37,8 +41,23 @@ pub fn cachet_command(
     env: &[(&str, &str)],
 ) -> (std::process::Command, tempfile::TempDir) {
     static COMPILED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let compiled = COMPILED.get_or_init(|| tempfile::tempdir().unwrap());
+    let fresh = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(compiled.path(), fresh.path().join("compiled")).unwrap();
+    let mut cmd = std::process::Command::new(cachet_bin());
+    cmd.current_dir(dir)
+        .env("CACHET_CACHE", fresh.path())
+        .env("PATH", cachet_testkit::path_with_go())
+        .env_remove("CI")
+        .env_remove("CACHET_PREBUILT")
+        .envs(env.iter().copied());
+    (cmd, fresh)
+}
+
+/// The `cachet` binary under test, built and current, with the wasm target
+/// installed for the fixtures.
+pub fn cachet_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     cachet_testkit::ensure_target().unwrap();
     // `cargo test -p cachet-tests` does not rebuild another package's binary;
     // make sure the one under test is current (a no-op when it is).
@@ -51,15 +70,7 @@ pub fn cachet_command(
             .unwrap();
         assert!(status.success(), "building the cachet binary failed");
     });
-    let fresh = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(compiled.path(), fresh.path().join("compiled")).unwrap();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cachet"));
-    cmd.current_dir(dir)
-        .env("CACHET_CACHE", fresh.path())
-        .env_remove("CI")
-        .env_remove("CACHET_PREBUILT")
-        .envs(env.iter().copied());
-    (cmd, fresh)
+    assert_cmd::cargo::cargo_bin("cachet")
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -22,7 +22,7 @@ use cachet_runtime::{InputsDigest, ModuleDigest, MountMode, Policy, Sha256Digest
 use sha2::{Digest as _, Sha256};
 
 /// Bumped when the meaning of a key or entry changes: old entries then miss.
-pub const ABI_VERSION: &str = "cachet-cache-v2";
+pub const ABI_VERSION: &str = "cachet-cache-v3";
 
 /// What defines one run before it starts.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -15,6 +15,7 @@
 
 pub mod key;
 pub mod memo;
+pub mod remote;
 pub mod store;
 
 use std::path::Path;
@@ -63,7 +64,23 @@ pub struct CachedResult {
     pub cases: Vec<String>,
     /// The sha256 of the case's whole output (framing removed), of which
     /// `output` may keep only the head and tail: what `--verify` compares.
+    #[serde(default)]
     pub output_digest: Option<cachet_runtime::Sha256Digest>,
+    /// For a module's cases run in one instance: each case's result.
+    #[serde(default)]
+    pub module_cases: Vec<CachedCase>,
+}
+
+/// One case of a module run in one instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CachedCase {
+    pub name: String,
+    pub skipped: bool,
+    pub elapsed: Duration,
+    pub output: String,
+    /// Its output is part of another case's (Go prints a module's run as
+    /// one output).
+    pub in_module_output: bool,
 }
 
 /// Why a case ran instead of hitting the cache.
@@ -137,13 +154,28 @@ fn facts_key(
 pub struct Cache {
     store: Store,
     memo: std::sync::Arc<memo::StatMemo>,
+    remote: Option<std::sync::Arc<remote::Remote>>,
 }
 
 impl Cache {
     pub fn open(dir: &Path) -> std::io::Result<Cache> {
         let store = Store::open(dir)?;
         let memo = std::sync::Arc::new(memo::StatMemo::load(&dir.join("memo")));
-        Ok(Cache { store, memo })
+        Ok(Cache {
+            store,
+            memo,
+            remote: None,
+        })
+    }
+
+    /// Looks up misses in `remote` too, and uploads what passes to it.
+    pub fn with_remote(mut self, remote: std::sync::Arc<remote::Remote>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn remote(&self) -> Option<&std::sync::Arc<remote::Remote>> {
+        self.remote.as_ref()
     }
 
     /// The stat memo, for the runs' policies.
@@ -183,6 +215,58 @@ impl Cache {
 
     /// Finds the result of `parts` in `world` for `package`, or says why not.
     pub fn lookup(&self, name: NameKey, package: &str, parts: &KeyParts, world: &World) -> Lookup {
+        match self.lookup_local(name, package, parts, world) {
+            Lookup::Miss(miss) => match self.lookup_remote(name, package, parts, world) {
+                Some(hit) => hit,
+                None => Lookup::Miss(miss),
+            },
+            hit => hit,
+        }
+    }
+
+    /// The remote's entry for `parts`, when one of its logs re-observes the
+    /// same here; copied into the local cache.
+    fn lookup_remote(
+        &self,
+        name: NameKey,
+        package: &str,
+        parts: &KeyParts,
+        world: &World,
+    ) -> Option<Lookup> {
+        let remote = self.remote.as_ref()?;
+        let key = parts.key();
+        let bundle = remote.fetch(&key)?;
+        // An entry filed under our key must be for our key.
+        if bundle.parts != *parts {
+            return None;
+        }
+        let own = remote::package_id(package);
+        let ordered = bundle
+            .entries
+            .iter()
+            .filter(|e| e.package == own)
+            .chain(bundle.entries.iter().filter(|e| e.package != own));
+        for entry in ordered {
+            let now = reobserve(&entry.log, world);
+            if now.inputs_digest() == entry.log.inputs_digest() {
+                remote
+                    .stats
+                    .hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = self.save_local(name, package, parts, &entry.log, &entry.result);
+                return Some(Lookup::Hit(entry.result.clone()));
+            }
+        }
+        None
+    }
+
+    fn lookup_local(
+        &self,
+        name: NameKey,
+        package: &str,
+        parts: &KeyParts,
+        world: &World,
+    ) -> Lookup {
         let key = parts.key();
         let entry: LogEntry = match self.read(LOGS, &key.0) {
             Ok(Some(e)) => e,
@@ -233,7 +317,9 @@ impl Cache {
         Ok(entry.and_then(|e| ordered(&e.logs, package).next().map(|l| l.log.clone())))
     }
 
-    /// Saves a passing run's log and result. Errors only cost a future rerun.
+    /// Saves a passing run's log and result, and (when `share`, the
+    /// result being valid in any checkout) uploads the key's entry to the
+    /// remote. Errors only cost a future rerun.
     pub fn save(
         &self,
         name: NameKey,
@@ -241,7 +327,42 @@ impl Cache {
         parts: &KeyParts,
         log: &InputLog,
         result: &CachedResult,
+        share: bool,
     ) -> std::io::Result<()> {
+        let logs = self.save_local(name, package, parts, log, result)?;
+        if let Some(remote) = self.remote.as_ref().filter(|r| share && !r.read_only()) {
+            let key = parts.key();
+            let entries = logs
+                .into_iter()
+                .filter_map(|l| {
+                    let result = self
+                        .read::<CachedResult>(RESULTS, &key.result(&l.log.inputs_digest()).0)
+                        .ok()??;
+                    Some(remote::BundleEntry {
+                        package: remote::package_id(&l.package),
+                        log: l.log,
+                        result,
+                    })
+                })
+                .collect();
+            let bundle = remote::Bundle {
+                parts: parts.clone(),
+                entries,
+            };
+            remote.upload(key, &bundle);
+        }
+        Ok(())
+    }
+
+    /// Saves into the local store; returns the key's logs as now kept.
+    fn save_local(
+        &self,
+        name: NameKey,
+        package: &str,
+        parts: &KeyParts,
+        log: &InputLog,
+        result: &CachedResult,
+    ) -> std::io::Result<Vec<PackageLog>> {
         let key = parts.key();
         // Result first: a log entry is only ever visible with its result saved.
         self.store.put(
@@ -267,7 +388,9 @@ impl Cache {
             logs,
         };
         self.store.put(LOGS, &key.0, &serde_json::to_vec(&entry)?)?;
-        self.store.put(NAMES, &name.0, &serde_json::to_vec(parts)?)
+        self.store
+            .put(NAMES, &name.0, &serde_json::to_vec(parts)?)?;
+        Ok(entry.logs)
     }
 
     fn read<T: for<'de> Deserialize<'de>>(

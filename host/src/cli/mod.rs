@@ -3,12 +3,14 @@
 
 mod clean;
 mod compile;
+mod exec;
 mod inputs;
 mod sandbox;
 mod test;
 
 pub use clean::CleanArgs;
 pub use compile::CompileArgs;
+pub use exec::ExecArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
 pub use test::{FrameworkArg, IsolateArg, TestArgs};
@@ -26,10 +28,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Test packages: .wasm files, directories, DIR/... and cargo packages.
     Test(TestArgs),
+    /// Run one module as if directly, sandboxed; test binaries' cases are
+    /// served from and saved to the cache (as `go test -exec` or cargo's runner).
+    Exec(ExecArgs),
     /// Print the input log recorded by each case's last passing run.
     Inputs(InputsArgs),
     /// Remove cached results (and compiled modules, without --results).

@@ -15,9 +15,9 @@ pub struct TestArgs {
     /// Start no new case after the first failure.
     #[arg(long)]
     pub failfast: bool,
-    /// Per-case time limit, in Go duration syntax (10m, 1m30s, 500ms); 0 means none.
-    #[arg(long, value_name = "DURATION", default_value = "10m")]
-    pub timeout: String,
+    /// Per-case time limit, in Go duration syntax (10m, 1m30s, 500ms); 0 means none (default 10m).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// Run each case N times.
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,
@@ -47,7 +47,13 @@ pub struct TestArgs {
     /// difference means nondeterminism or an input cachet did not record.
     #[arg(long)]
     pub verify: bool,
-    /// Never run a host tool (cargo): only prebuilt .wasm modules, for trees you do not trust.
+    /// Go tests: run with -test.short.
+    #[arg(long)]
+    pub short: bool,
+    /// Go tests: how many t.Parallel tests run at once inside a case (-test.parallel).
+    #[arg(long = "parallel", value_name = "N")]
+    pub go_parallel: Option<usize>,
+    /// Never run a host tool (cargo, go): only prebuilt .wasm modules, for trees you do not trust.
     #[arg(long, env = "CACHET_PREBUILT", value_parser = clap::builder::FalseyValueParser::new())]
     pub prebuilt: bool,
     /// Time limit of compiling one module (default 5m).
@@ -56,6 +62,27 @@ pub struct TestArgs {
     /// Address space limit of compiling one module (default 4GiB).
     #[arg(long, value_name = "SIZE")]
     pub compile_memory: Option<String>,
+    /// Share results through a remote cache speaking Bazel's HTTP cache protocol (nginx WebDAV, bazel-remote, ...).
+    #[arg(long, value_name = "URL", env = "CACHET_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
+    /// Read results from the remote cache but never upload (for untrusted branches).
+    #[arg(long, env = "CACHET_REMOTE_CACHE_READ_ONLY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub remote_cache_read_only: bool,
+    /// Run only shard K of N: count:K/N (every Nth case in order) or hash:K/N (by case name).
+    #[arg(long, value_name = "count:K/N|hash:K/N")]
+    pub partition: Option<String>,
+    /// Also write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// Run a failing case up to N more times; one that then passes is FLAKY.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Exit with status 1 when a case was flaky (default: flaky cases pass).
+    #[arg(long)]
+    pub fail_flaky: bool,
+    /// The cachet.toml profile to use (default: `default`; also CACHET_PROFILE).
+    #[arg(long, value_name = "NAME", env = "CACHET_PROFILE")]
+    pub profile: Option<String>,
     /// Arguments passed to every test binary.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -64,6 +91,7 @@ pub struct TestArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FrameworkArg {
     Libtest,
+    Go,
     Plain,
 }
 

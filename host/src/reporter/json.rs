@@ -23,6 +23,8 @@ struct Ev<'a> {
     elapsed: Option<f64>,
     #[serde(rename = "Output", skip_serializing_if = "Option::is_none")]
     output: Option<String>,
+    #[serde(rename = "OutputType", skip_serializing_if = "Option::is_none")]
+    output_type: Option<&'a str>,
 }
 
 #[derive(Default)]
@@ -46,6 +48,7 @@ fn line(
         test,
         elapsed,
         output,
+        output_type: None,
     };
     let mut s = serde_json::to_string(&ev).expect("events serialize");
     s.push('\n');
@@ -58,6 +61,52 @@ fn elapsed(d: Duration) -> f64 {
 }
 
 impl JsonFormat {
+    /// A case whose harness printed test2json output itself (Go, run with
+    /// `-test.v=test2json`): its events as `go test -json` gives them, with
+    /// cachet's reasons after, and a `fail` of cachet's where the harness
+    /// never reported the case (one the sandbox stopped).
+    fn framed(&mut self, pkg: &str, r: &CaseResult, at: SystemTime) -> String {
+        let begun = at.checked_sub(r.elapsed).unwrap_or(at);
+        let mut s = self.start(pkg, begun);
+        if r.in_module_output && r.reason.is_none() {
+            return s; // its events are in another case's output
+        }
+        let events = crate::go::test2json::convert(&r.output, false);
+        let reported = events.iter().any(|e| {
+            e.test.as_deref() == Some(r.name.as_str())
+                && matches!(e.action, "pass" | "fail" | "skip")
+        });
+        if events.is_empty() {
+            s += &line(begun, "run", pkg, Some(&r.name), None, None);
+        }
+        for e in &events {
+            let ev = Ev {
+                time: rfc3339(at),
+                action: e.action,
+                package: pkg,
+                test: e.test.as_deref(),
+                elapsed: e.elapsed,
+                output: e.output.clone(),
+                output_type: e.output_type,
+            };
+            s += &serde_json::to_string(&ev).expect("events serialize");
+            s.push('\n');
+        }
+        let t = Some(r.name.as_str());
+        for l in super::text::stop_lines(r, "    ").lines() {
+            s += &line(at, "output", pkg, t, None, Some(format!("{l}\n")));
+        }
+        if !reported {
+            let word = if r.verdict == Verdict::Fail {
+                "fail"
+            } else {
+                "pass"
+            };
+            s += &line(at, word, pkg, t, Some(elapsed(r.elapsed)), None);
+        }
+        s
+    }
+
     fn start(&mut self, pkg: &str, at: SystemTime) -> String {
         if self.started.insert(pkg.to_string()) {
             line(at, "start", pkg, None, None, None)
@@ -73,6 +122,22 @@ impl Format for JsonFormat {
     }
 
     fn case(&mut self, pkg: &str, r: &CaseResult, at: SystemTime) -> String {
+        let flaky: String = super::text::flaky_lines(r)
+            .lines()
+            .map(|l| {
+                line(
+                    at,
+                    "output",
+                    pkg,
+                    Some(&r.name),
+                    None,
+                    Some(format!("{l}\n")),
+                )
+            })
+            .collect();
+        if r.framed {
+            return flaky + &self.framed(pkg, r, at);
+        }
         let t = Some(r.name.as_str());
         let begun = at.checked_sub(r.elapsed).unwrap_or(at);
         let mut s = self.start(pkg, begun);
@@ -91,6 +156,7 @@ impl Format for JsonFormat {
         for l in super::text::stop_lines(r, "    ").lines() {
             s += &line(at, "output", pkg, t, None, Some(format!("{l}\n")));
         }
+        s += &flaky;
         let (word, action) = match r.verdict {
             Verdict::Pass => ("PASS", "pass"),
             Verdict::Fail => ("FAIL", "fail"),
@@ -117,7 +183,7 @@ impl Format for JsonFormat {
         s
     }
 
-    fn package_error(&mut self, pkg: &str, message: &str) -> String {
+    fn package_error(&mut self, pkg: &str, message: &str, build: bool) -> String {
         let at = SystemTime::now();
         let mut s = self.start(pkg, at);
         s += &line(
@@ -134,7 +200,10 @@ impl Format for JsonFormat {
             pkg,
             None,
             None,
-            Some(format!("FAIL\t{pkg} [setup failed]\n")),
+            Some(format!(
+                "FAIL\t{pkg} [{} failed]\n",
+                if build { "build" } else { "setup" }
+            )),
         );
         s += &line(at, "fail", pkg, None, Some(0.0), None);
         s

@@ -4,6 +4,7 @@
 //! buffer until every package before them is done.
 
 mod json;
+pub mod junit;
 mod progress;
 mod text;
 
@@ -23,7 +24,7 @@ pub trait Format {
         String::new()
     }
     /// Live streaming only: a case starts, a case wrote output.
-    fn case_started(&mut self, _pkg: &str, _name: &str) -> String {
+    fn case_started(&mut self, _pkg: &str, _name: &str, _framed: bool) -> String {
         String::new()
     }
     fn case_output(&mut self, _pkg: &str, _name: &str, _text: &str) -> String {
@@ -31,7 +32,8 @@ pub trait Format {
     }
     fn case(&mut self, pkg: &str, result: &CaseResult, at: SystemTime) -> String;
     fn listed(&mut self, pkg: &str, names: &[String]) -> String;
-    fn package_error(&mut self, pkg: &str, message: &str) -> String;
+    /// A package that could not be set up; `build`: its build failed.
+    fn package_error(&mut self, pkg: &str, message: &str, build: bool) -> String;
     fn package_finished(
         &mut self,
         pkg: &str,
@@ -53,9 +55,18 @@ pub struct Reporter {
     failed: bool,
     setup_error: bool,
     interrupted: bool,
+    /// Flaky cases, as `package: case`.
+    flaky: Vec<String>,
+    fail_flaky: bool,
 }
 
 impl Reporter {
+    /// With `--fail-flaky`, a flaky case makes the exit status 1.
+    pub fn fail_on_flaky(mut self, yes: bool) -> Self {
+        self.fail_flaky = yes;
+        self
+    }
+
     pub fn new(
         format: Box<dyn Format>,
         names: Vec<String>,
@@ -74,6 +85,8 @@ impl Reporter {
             failed: false,
             setup_error: false,
             interrupted: false,
+            flaky: Vec::new(),
+            fail_flaky: false,
         }
     }
 
@@ -94,26 +107,36 @@ impl Reporter {
             Event::PackageStarted { pkg, at } => {
                 (pkg, self.format.package_started(&self.names[pkg], at))
             }
-            Event::PackageError { pkg, message } => {
+            Event::PackageError {
+                pkg,
+                message,
+                build,
+            } => {
                 self.setup_error = true;
                 self.progress
                     .suspend(|| eprintln!("cachet: {}: {message}", self.names[pkg]));
-                let text = self.format.package_error(&self.names[pkg], &message);
+                let text = self.format.package_error(&self.names[pkg], &message, build);
                 self.done[pkg] = true;
                 (pkg, text)
             }
-            Event::CaseStarted { pkg, name } => {
-                (pkg, self.format.case_started(&self.names[pkg], &name))
-            }
+            Event::CaseStarted { pkg, name, framed } => (
+                pkg,
+                self.format.case_started(&self.names[pkg], &name, framed),
+            ),
             Event::CaseOutput { pkg, name, text } => {
                 (pkg, self.format.case_output(&self.names[pkg], &name, &text))
             }
             Event::CaseFinished { pkg, result, at } => {
                 self.failed |= result.verdict == Verdict::Fail;
+                if result.flaky.is_some() {
+                    self.flaky
+                        .push(format!("{}: {}", self.names[pkg], result.name));
+                }
                 self.progress.case_done(result.verdict == Verdict::Fail);
                 (pkg, self.format.case(&self.names[pkg], &result, at))
             }
             Event::Listed { pkg, names } => (pkg, self.format.listed(&self.names[pkg], &names)),
+            Event::Planned { .. } => return,
             Event::PackageFinished {
                 pkg,
                 elapsed,
@@ -152,16 +175,24 @@ impl Reporter {
     /// Prints the summary and returns the exit status.
     pub fn finish(mut self) -> u8 {
         self.progress.finish();
+        if !self.flaky.is_empty() {
+            eprintln!(
+                "cachet: {} flaky (failed, then passed on a retry): {}",
+                self.flaky.len(),
+                self.flaky.join(", ")
+            );
+        }
+        let flaky_fails = self.fail_flaky && !self.flaky.is_empty();
         let summary = self
             .format
-            .summary(self.failed || self.setup_error || self.interrupted);
+            .summary(self.failed || self.setup_error || self.interrupted || flaky_fails);
         let _ = self.out.write_all(summary.as_bytes());
         let _ = self.out.flush();
         if self.interrupted {
             exit::INTERRUPTED
         } else if self.setup_error {
             exit::SETUP_ERROR
-        } else if self.failed {
+        } else if self.failed || flaky_fails {
             exit::TESTS_FAILED
         } else {
             exit::PASSED

@@ -36,7 +36,43 @@ impl TextFormat {
         s
     }
 
+    /// A case whose harness printed its own result lines (Go): its output
+    /// as it is, with cachet's reasons after it, and a `--- FAIL` line of
+    /// cachet's only where the harness never printed one (a case the
+    /// sandbox stopped).
+    fn framed_lines(&mut self, r: &CaseResult) -> String {
+        if r.in_module_output {
+            // Its lines are in another case's output; only cachet's notes.
+            return stop_lines(r, "    ");
+        }
+        let own_line = crate::go::harness::result_of(&r.output, &r.name).is_some();
+        let missing = if !own_line && r.verdict == Verdict::Fail {
+            format!("--- FAIL: {} ({})\n", r.name, secs(r.elapsed, 2))
+        } else {
+            String::new()
+        };
+        if self.verbose {
+            let shown = if self.streamed.remove(&r.name) {
+                let rest = r.live_rest.as_deref().unwrap_or(&r.output);
+                self.switch_to(&r.name) + rest
+            } else {
+                r.output.clone()
+            };
+            shown + &stop_lines(r, "    ") + &missing
+        } else if r.verdict == Verdict::Fail {
+            missing + &r.output + &stop_lines(r, "    ")
+        } else {
+            r.not_saved
+                .as_ref()
+                .map(|n| format!("cachet: {}: {n}\n", r.name))
+                .unwrap_or_default()
+        }
+    }
+
     fn case_lines(&mut self, r: &CaseResult) -> String {
+        if r.framed {
+            return self.framed_lines(r);
+        }
         let word = match r.verdict {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
@@ -78,6 +114,21 @@ fn indent(text: &str, by: &str) -> String {
         .collect()
 }
 
+/// `--- FLAKY: name (failed 1 of 2 attempts)` and the first failure's
+/// output, for a case that passed only on a retry.
+pub(super) fn flaky_lines(r: &CaseResult) -> String {
+    let Some(f) = &r.flaky else {
+        return String::new();
+    };
+    format!(
+        "--- FLAKY: {} (failed {} of {} attempts; the first failure:)\n{}",
+        r.name,
+        f.failed,
+        f.attempts,
+        indent(&f.first_failure, "    ")
+    )
+}
+
 /// `*** Test killed: ran too long (10m0s).`, the sandbox's reasons, and
 /// why a passing result was not cached.
 pub(super) fn stop_lines(r: &CaseResult, by: &str) -> String {
@@ -97,10 +148,15 @@ pub(super) fn stop_lines(r: &CaseResult, by: &str) -> String {
 }
 
 impl Format for TextFormat {
-    fn case_started(&mut self, _pkg: &str, name: &str) -> String {
+    fn case_started(&mut self, _pkg: &str, name: &str, framed: bool) -> String {
         self.streamed.insert(name.to_string());
         self.last = Some(name.to_string());
-        format!("=== RUN   {name}\n")
+        // A harness that frames its own output prints its own `=== RUN`.
+        if framed {
+            String::new()
+        } else {
+            format!("=== RUN   {name}\n")
+        }
     }
 
     fn case_output(&mut self, _pkg: &str, name: &str, text: &str) -> String {
@@ -112,15 +168,16 @@ impl Format for TextFormat {
             .explain
             .as_ref()
             .map(|why| format!("cachet: explain: {pkg}: {} ran: {why}\n", r.name));
-        explain.unwrap_or_default() + &self.case_lines(r)
+        explain.unwrap_or_default() + &self.case_lines(r) + &flaky_lines(r)
     }
 
     fn listed(&mut self, _pkg: &str, names: &[String]) -> String {
         names.iter().map(|n| format!("{n}\n")).collect()
     }
 
-    fn package_error(&mut self, pkg: &str, _message: &str) -> String {
-        format!("FAIL\t{pkg} [setup failed]\n")
+    fn package_error(&mut self, pkg: &str, _message: &str, build: bool) -> String {
+        let what = if build { "build" } else { "setup" };
+        format!("FAIL\t{pkg} [{what} failed]\n")
     }
 
     fn package_finished(

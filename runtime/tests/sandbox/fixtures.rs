@@ -37,6 +37,7 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("escape_absolute", Expect::Pass),
     ("escape_dotdot", Expect::Pass),
     ("escape_symlink_out", Expect::Pass),
+    ("exec_probe", Expect::Pass),
     ("fails_exit_nonzero", Expect::Exit(3)),
     ("fails_panic", Expect::Trap("the answer is wrong")),
     (

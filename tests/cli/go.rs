@@ -1,0 +1,250 @@
+//! Go test binaries as first-class guests (issue 9): Go packages built by
+//! cachet with the Go toolchain, verdicts equal to native `go test`, output
+//! as `go test` prints it, and the cache at Go's test granularity.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cachet_testkit::{copy_tree, go_command, repo_root};
+
+use crate::{cachet_with, normalize, stderr, stdout};
+
+/// The fixture module, copied (so tests may change it) with a cache.
+struct GoModule {
+    root: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl GoModule {
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        copy_tree(&repo_root().join("fixtures/go"), &root.path().join("m")).unwrap();
+        GoModule {
+            root,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join("m")
+    }
+
+    fn cachet(&self, args: &[&str]) -> std::process::Output {
+        cachet_with(
+            &self.dir(),
+            args,
+            &[("CACHET_CACHE", self.cache.path().to_str().unwrap())],
+        )
+    }
+
+    /// Cases that ran (from --explain) in `pkg`, with why.
+    fn ran(&self, extra: &[&str], pkg: &str) -> BTreeMap<String, String> {
+        let mut args = vec!["test", "--explain"];
+        args.extend(extra);
+        args.push(pkg);
+        let o = self.cachet(&args);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+            .lines()
+            .filter_map(|l| l.strip_prefix("cachet: explain: "))
+            .filter_map(|l| l.split_once(" ran: "))
+            .map(|(who, why)| {
+                (
+                    who.rsplit(": ").next().unwrap().to_string(),
+                    why.to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every (sub)test's final action in a `go test -json` stream.
+fn verdicts(json: &str) -> BTreeMap<String, String> {
+    json.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| matches!(e["Action"].as_str(), Some("pass" | "fail" | "skip")))
+        .filter_map(|e| {
+            Some((
+                e["Test"].as_str()?.to_string(),
+                e["Action"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn go_verdicts_equal_native_go_test_one_test_at_a_time() {
+    let m = GoModule::new();
+    let o = m.cachet(&[
+        "test",
+        "--json",
+        "--env",
+        "CACHET_GREETING=hello",
+        "./mixed",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let cachet = verdicts(&stdout(&o));
+    // Natively, one `go test -run '^Name$'` per test: a panic in one test
+    // ends go test's process, where cachet runs each test on its own.
+    let listed = go_command()
+        .current_dir(m.dir().join("mixed"))
+        .args(["test", "-list", "."])
+        .output()
+        .unwrap();
+    let mut native = BTreeMap::new();
+    for name in String::from_utf8_lossy(&listed.stdout).lines() {
+        if name.starts_with("ok") || name.starts_with("Benchmark") {
+            continue;
+        }
+        let out = go_command()
+            .current_dir(m.dir().join("mixed"))
+            .env("CACHET_GREETING", "hello")
+            .args([
+                "test",
+                "-json",
+                "-count=1",
+                "-run",
+                &format!("^{name}$"),
+                ".",
+            ])
+            .output()
+            .unwrap();
+        native.extend(verdicts(&String::from_utf8_lossy(&out.stdout)));
+    }
+    assert_eq!(cachet, native);
+    for (test, want) in [
+        ("TestPasses", "pass"),
+        ("TestFails", "fail"),
+        ("TestPanics", "fail"),
+        ("TestSkips", "skip"),
+        ("TestSubtests/bad", "fail"),
+        ("TestParallel/z", "pass"),
+        ("TestExitsZero", "fail"),
+        ("ExampleAdd", "pass"),
+        ("ExampleAdd_wrong", "fail"),
+        ("FuzzAdd", "pass"),
+    ] {
+        assert_eq!(cachet.get(test).map(String::as_str), Some(want), "{test}");
+    }
+    assert!(
+        !cachet.contains_key("BenchmarkAdd"),
+        "benchmarks do not run"
+    );
+}
+
+#[test]
+fn go_output_reads_as_go_test_prints_it() {
+    let m = GoModule::new();
+    let run = "^(TestFails|TestSubtests|TestPasses)$";
+    let o = m.cachet(&["test", "-p", "1", "--run", run, "./mixed"]);
+    let native = go_command()
+        .current_dir(m.dir())
+        .args(["test", "-count=1", "-run", run, "./mixed"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        normalize(&stdout(&o)),
+        normalize(&String::from_utf8_lossy(&native.stdout))
+    );
+    // -v, one test at a time: the same lines as go test -v.
+    let o = m.cachet(&["test", "-v", "-p", "1", "--run", run, "./mixed"]);
+    let native = go_command()
+        .current_dir(m.dir())
+        .args(["test", "-v", "-count=1", "-run", run, "./mixed"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        normalize(&stdout(&o)),
+        normalize(&String::from_utf8_lossy(&native.stdout))
+    );
+}
+
+#[test]
+fn go_packages_without_tests_and_broken_builds_read_as_go_test_says() {
+    let m = GoModule::new();
+    let o = m.cachet(&["test", "./notests"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        stdout(&o),
+        "?   \texample.com/cachetfix/notests\t[no test files]\n"
+    );
+    let broken = repo_root().join("fixtures/go-broken");
+    let o = cachet_with(&broken, &["test", "./..."], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stdout(&o),
+        "FAIL\texample.com/broken/bad [build failed]\nFAIL\n"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("undefined: undefinedFunction"), "{err}");
+    assert!(
+        err.ends_with("cachet: example.com/broken/bad: build failed (errors above)\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn go_without_a_toolchain_says_how_to_get_one() {
+    let m = GoModule::new();
+    let o = cachet_with(&m.dir(), &["test", "./clean"], &[("PATH", "/usr/bin:/bin")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        "cachet: clean: a Go package, but no Go toolchain is on PATH; install Go 1.21 or newer (GOOS=wasip1) and put `go` on PATH\n"
+    );
+}
+
+#[test]
+fn go_cache_reruns_exactly_the_tests_whose_inputs_changed() {
+    let m = GoModule::new();
+    let all = m.ran(&[], "./clean");
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(m.ran(&[], "./clean").is_empty(), "run again: cached");
+    // A testdata change reruns the test that read it.
+    std::fs::write(m.dir().join("clean/testdata/one.txt"), "one").unwrap();
+    std::fs::write(m.dir().join("clean/testdata/two.txt"), "TWO").unwrap();
+    let o = m.cachet(&["test", "--explain", "./clean"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the real run fails: {}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("cachet: explain: example.com/cachetfix/clean: TestReadsTwo ran: open mod/clean/testdata/two.txt: content changed"), "{}", stdout(&o));
+    std::fs::write(m.dir().join("clean/testdata/two.txt"), "two").unwrap();
+    assert!(
+        m.ran(&[], "./clean").is_empty(),
+        "changed back: cached again"
+    );
+    // A variable no test reads reruns nothing; one a test reads reruns it.
+    assert!(m.ran(&["--env", "UNREAD=1"], "./clean").is_empty());
+    let ran = m.ran(&["--env", "CACHET_MODE=fine"], "./clean");
+    assert_eq!(ran.keys().collect::<Vec<_>>(), ["TestReadsEnv"], "{ran:?}");
+    assert_eq!(
+        ran["TestReadsEnv"],
+        format!(
+            "env CACHET_MODE: now set (was unset, now {})",
+            cachet_runtime::Sha256Digest::of(b"fine")
+        )
+    );
+}
+
+#[test]
+fn go_modules_with_an_expensive_init_share_one_instance() {
+    let m = GoModule::new();
+    let o = m.cachet(&["test", "--explain", "./heavyinit"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("TestFirst ran: no cache entry (with TestSecond, TestThird in one instance: the module's init took "),
+        "{out}"
+    );
+    let o = m.cachet(&["test", "./heavyinit"]);
+    assert_eq!(
+        stdout(&o),
+        "ok  \texample.com/cachetfix/heavyinit\t(cached)\n"
+    );
+    // Asked for, each case gets its own instance.
+    let o = m.cachet(&["test", "--explain", "--isolate", "test", "./heavyinit"]);
+    assert_eq!(stdout(&o).matches(" ran: ").count(), 3, "{}", stdout(&o));
+}
