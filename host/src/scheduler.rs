@@ -78,7 +78,12 @@ pub fn run(
     let live = config.live_output(packages.len());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(workers + 2)
+        // Lookups wait on a remote cache's answers, not on the CPU.
+        .max_blocking_threads(if config.remote.is_some() {
+            (workers + 2).max(REMOTE_LOOKUPS)
+        } else {
+            workers + 2
+        })
         .enable_io()
         .build()
         .expect("a tokio runtime starts");
@@ -348,6 +353,10 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         t.await.expect("job tasks do not panic");
     }
 }
+
+/// Lookups at once with a remote cache: a request on localhost takes
+/// ~0.2 ms, mostly waiting.
+const REMOTE_LOOKUPS: usize = 32;
 
 /// Keeps only the shard's cases (`--partition`), numbering cases in the
 /// order of the whole run; a package left with none is `[no tests to run]`.

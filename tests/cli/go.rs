@@ -248,3 +248,83 @@ fn go_modules_with_an_expensive_init_share_one_instance() {
     let o = m.cachet(&["test", "--explain", "--isolate", "test", "./heavyinit"]);
     assert_eq!(stdout(&o).matches(" ran: ").count(), 3, "{}", stdout(&o));
 }
+
+/// Sets every file's and directory's modification time below `dir` an hour back.
+fn backdate(dir: &std::path::Path) {
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_type().unwrap().is_dir() {
+            backdate(&entry.path());
+        }
+        std::fs::File::open(entry.path())
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+    std::fs::File::open(dir)
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+}
+
+#[test]
+fn a_fully_cached_go_run_starts_no_go_tool_until_a_source_changes() {
+    let m = GoModule::new();
+    backdate(&m.dir());
+    // A `go` that logs how it is called, then is the real one.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    let real = cachet_testkit::go_bin_dir().unwrap().join("go");
+    let wrapper = bin.path().join("go");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {}\nexec {} \"$@\"\n",
+            log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let go = wrapper.to_str().unwrap();
+    let run = || {
+        let o = cachet_with(
+            &m.dir(),
+            &["test", "./clean"],
+            &[
+                ("CACHET_CACHE", m.cache.path().to_str().unwrap()),
+                ("CACHET_GO", go),
+            ],
+        );
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        (o, calls)
+    };
+    let (first, calls) = run();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(calls.contains("list") && calls.contains("test"), "{calls}");
+    let (second, calls) = run();
+    assert_eq!(
+        stdout(&second),
+        "ok  \texample.com/cachetfix/clean\t(cached)\n"
+    );
+    assert_eq!(
+        calls, "env\n",
+        "only the version check, no go list or build"
+    );
+    // A new test file: go list and the build run again, and the new test runs.
+    std::fs::write(
+        m.dir().join("clean/extra_test.go"),
+        "package clean\n\nimport \"testing\"\n\nfunc TestExtra(t *testing.T) {}\n",
+    )
+    .unwrap();
+    let (third, calls) = run();
+    assert_eq!(third.status.code(), Some(0));
+    assert!(calls.contains("list"), "{calls}");
+    let o = m.cachet(&["test", "-v", "--run", "TestExtra", "./clean"]);
+    assert!(stdout(&o).contains("TestExtra"), "{}", stdout(&o));
+}

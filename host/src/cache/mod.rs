@@ -216,7 +216,7 @@ impl Cache {
     /// Finds the result of `parts` in `world` for `package`, or says why not.
     pub fn lookup(&self, name: NameKey, package: &str, parts: &KeyParts, world: &World) -> Lookup {
         match self.lookup_local(name, package, parts, world) {
-            Lookup::Miss(miss) => match self.lookup_remote(name, package, parts, world) {
+            Lookup::Miss(miss) => match self.lookup_remote(package, parts, world) {
                 Some(hit) => hit,
                 None => Lookup::Miss(miss),
             },
@@ -226,13 +226,7 @@ impl Cache {
 
     /// The remote's entry for `parts`, when one of its logs re-observes the
     /// same here; copied into the local cache.
-    fn lookup_remote(
-        &self,
-        name: NameKey,
-        package: &str,
-        parts: &KeyParts,
-        world: &World,
-    ) -> Option<Lookup> {
+    fn lookup_remote(&self, package: &str, parts: &KeyParts, world: &World) -> Option<Lookup> {
         let remote = self.remote.as_ref()?;
         let key = parts.key();
         let bundle = remote.fetch(&key)?;
@@ -253,7 +247,7 @@ impl Cache {
                     .stats
                     .hits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = self.save_local(name, package, parts, &entry.log, &entry.result);
+                let _ = self.save_local(None, package, parts, &entry.log, &entry.result);
                 return Some(Lookup::Hit(entry.result.clone()));
             }
         }
@@ -329,7 +323,7 @@ impl Cache {
         result: &CachedResult,
         share: bool,
     ) -> std::io::Result<()> {
-        let logs = self.save_local(name, package, parts, log, result)?;
+        let logs = self.save_local(Some(name), package, parts, log, result)?;
         if let Some(remote) = self.remote.as_ref().filter(|r| share && !r.read_only()) {
             let key = parts.key();
             let entries = logs
@@ -355,9 +349,11 @@ impl Cache {
     }
 
     /// Saves into the local store; returns the key's logs as now kept.
+    /// `name` (for `--explain`'s "module changed") is left out for results
+    /// copied from the remote: one file fewer per hit.
     fn save_local(
         &self,
-        name: NameKey,
+        name: Option<NameKey>,
         package: &str,
         parts: &KeyParts,
         log: &InputLog,
@@ -388,8 +384,10 @@ impl Cache {
             logs,
         };
         self.store.put(LOGS, &key.0, &serde_json::to_vec(&entry)?)?;
-        self.store
-            .put(NAMES, &name.0, &serde_json::to_vec(parts)?)?;
+        if let Some(name) = name {
+            self.store
+                .put(NAMES, &name.0, &serde_json::to_vec(parts)?)?;
+        }
         Ok(entry.logs)
     }
 

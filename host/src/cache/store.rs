@@ -80,7 +80,11 @@ impl Store {
     pub fn put(&self, kind: &str, key: &Sha256Digest, payload: &[u8]) -> io::Result<()> {
         let path = self.path(kind, key);
         fs::create_dir_all(path.parent().expect("entries have a parent"))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        // Written beside its final name: a rename within one directory, and
+        // writers spread over the shards (one shared temp dir serialized
+        // 32 writers on its lock: a remote-cache run spent half its time there).
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(path.parent().expect("entries have a parent"))?;
         tmp.write_all(HEADER)?;
         tmp.write_all(payload)?;
         tmp.write_all(&Self::trailer(kind, key, payload))?;
@@ -155,6 +159,8 @@ impl Store {
                 };
                 for f in files {
                     let Ok(meta) = f.metadata() else { continue };
+                    // A save that was cut off leaves its temp file.
+                    let is_tmp = is_tmp || f.file_name().to_string_lossy().starts_with(".tmp");
                     let age = meta
                         .modified()
                         .ok()
