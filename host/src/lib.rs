@@ -51,7 +51,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     {
         args.insert(1, "exec".into());
     }
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -64,7 +64,13 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 .next()
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            eprintln!("cachet: {first}; see `cachet test --help`");
+            // The subcommand's own help, where there is one.
+            let sub = args
+                .get(1)
+                .and_then(|a| a.to_str())
+                .filter(|s| ["exec", "inputs", "clean"].contains(s))
+                .unwrap_or("test");
+            eprintln!("cachet: {first}; see `cachet {sub} --help`");
             return ExitCode::from(exit::SETUP_ERROR);
         }
     };

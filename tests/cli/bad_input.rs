@@ -10,6 +10,10 @@ fn bad_flags_are_one_line_and_exit_2() {
         (vec!["test", "--run", "("], "cachet: invalid --run regular expression \"(\": regex parse error: ( ^ error: unclosed group\n"),
         (vec!["test", "--timeout", "10 minutes"], "cachet: invalid --timeout \"10 minutes\": use Go duration syntax such as 10m, 1m30s or 500ms\n"),
         (vec!["test", "--memory", "lots"], "cachet: invalid --memory \"lots\": use bytes or a size such as 512MiB or 2G\n"),
+        (vec!["exec", "--bogus", "m.wasm"], "cachet: unexpected argument '--bogus' found; see `cachet exec --help`\n"),
+        (vec!["exec", "missing.wasm"], "cachet exec: missing.wasm: no such file\n"),
+        (vec!["test", "--partition", "1/4"], "cachet: invalid --partition \"1/4\": use count:K/N or hash:K/N with 1 <= K <= N, such as hash:1/4\n"),
+        (vec!["test", "--remote-cache", "cache.example"], "cachet: invalid --remote-cache \"cache.example\": give an http:// or https:// URL such as http://cache.example:8080/cachet\n"),
     ] {
         let o = cachet(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

@@ -11,7 +11,7 @@ pub struct SandboxArgs {
     /// Mount a host directory: HOST:GUEST, read-only unless :rw is added.
     #[arg(long = "mount", value_name = "HOST:GUEST[:rw]")]
     pub mount: Vec<String>,
-    /// Linear memory limit per case (bytes, or with KiB/MiB/GiB, K/M/G; default 1GiB).
+    /// Linear memory limit per case (bytes, or with KiB/MiB/GiB, K/M/G; default 1GiB, 4GiB for Go packages and cachet exec).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
     /// Wasm stack limit of every case (default 8MiB, what Go needs).
