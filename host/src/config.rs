@@ -269,18 +269,13 @@ impl TestConfig {
             .as_deref()
             .map(Partition::parse)
             .transpose()?;
-        let size = |flag: &'static str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
-            v.as_deref()
-                .map(|m| parse_size(m).ok_or_else(|| ConfigError::Size(flag, m.to_string())))
-                .transpose()
-        };
         let compile_timeout = match &args.compile_timeout {
             Some(t) => parse_duration(t)
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| ConfigError::Duration("compile-timeout", t.clone()))?,
             None => cachet_runtime::DEFAULT_COMPILE_TIMEOUT,
         };
-        let compile_memory = size("compile-memory", &args.compile_memory)?
+        let compile_memory = size_flag("compile-memory", &args.compile_memory)?
             .unwrap_or(cachet_runtime::DEFAULT_COMPILE_MEMORY);
         let sandbox = SandboxConfig::from_args(&args.sandbox)?;
         let mounts = args
@@ -365,20 +360,15 @@ pub struct SandboxConfig {
 
 impl SandboxConfig {
     pub fn from_args(args: &SandboxArgs) -> Result<Self, ConfigError> {
-        let size = |flag: &'static str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
-            v.as_deref()
-                .map(|m| parse_size(m).ok_or_else(|| ConfigError::Size(flag, m.to_string())))
-                .transpose()
-        };
-        let memory = size("memory", &args.memory)?;
-        let stack = size("stack", &args.stack)?;
+        let memory = size_flag("memory", &args.memory)?;
+        let stack = size_flag("stack", &args.stack)?;
         if let (Some(s), Some(text)) = (stack, &args.stack) {
             if !(64 << 10..=1 << 30).contains(&s) {
                 return Err(ConfigError::Stack(text.clone()));
             }
         }
-        let output_limit = size("output-limit", &args.output_limit)?;
-        let tmp_limit = size("tmp-limit", &args.tmp_limit)?;
+        let output_limit = size_flag("output-limit", &args.output_limit)?;
+        let tmp_limit = size_flag("tmp-limit", &args.tmp_limit)?;
         if args.open_files == Some(0) {
             return Err(ConfigError::OpenFiles);
         }
@@ -606,6 +596,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
     }
     Duration::try_from_secs_f64(total).ok()
+}
+
+/// A size flag's value, if given: `Err` names the flag.
+fn size_flag(flag: &'static str, v: &Option<String>) -> Result<Option<u64>, ConfigError> {
+    v.as_deref()
+        .map(|m| parse_size(m).ok_or_else(|| ConfigError::Size(flag, m.to_string())))
+        .transpose()
 }
 
 /// Parses a byte size: `1048576`, `64KiB`, `512MiB`, `2GiB`, `64K`, `512M`, `2G`.
