@@ -5,7 +5,7 @@
 //! framework, whether it embeds its package's path) from the cache.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use cachet_runtime::{check_header, FileId, Module, ModuleDigest, Runtime};
 
@@ -19,8 +19,6 @@ pub struct Artifact {
     /// The module contains its package's absolute path (from
     /// `env!("CARGO_MANIFEST_DIR")`), so the package is mounted there too.
     pub embeds_dir: bool,
-    /// The bytes, when they were read to identify the module.
-    bytes: Option<Vec<u8>>,
     compiled: OnceLock<Result<Module, String>>,
 }
 
@@ -46,27 +44,28 @@ impl Artifact {
                         digest,
                         framework: forced.unwrap_or(facts.framework()),
                         embeds_dir: facts.embeds_dir,
-                        bytes: None,
                         compiled: OnceLock::new(),
                     });
                 }
             }
         }
-        let bytes = std::fs::read(&path).map_err(|e| format!("{file}: cannot read: {e}"))?;
-        check_header(&bytes).map_err(|e| format!("{file}: {e}"))?;
-        let detected = Framework::detect(&bytes);
+        let mut buffer = Buffer::take();
+        read_into(&path, &mut buffer).map_err(|e| format!("{file}: cannot read: {e}"))?;
+        let bytes = &buffer.0;
+        check_header(bytes).map_err(|e| format!("{file}: {e}"))?;
+        let detected = Framework::detect(bytes);
         // Only data the program can read counts: debug info names the
         // package dir too, but the program cannot see it.
         let embeds_dir = dir
             .as_deref()
-            .is_some_and(|d| cachet_runtime::data_contains(&bytes, d.as_bytes()));
-        let digest = ModuleDigest::of(&bytes);
+            .is_some_and(|d| cachet_runtime::data_contains(bytes, d.as_bytes()));
+        let digest = ModuleDigest::of(bytes);
         if let (Some(cache), Some(id)) = (cache, id) {
             // Remembered only if the file did not change while it was read.
             if file_id(&path) == Some(id) {
                 cache.memo().put(id, digest.0);
                 let facts = ModuleFacts::new(detected, embeds_dir);
-                let _ = cache.save_module_facts(&digest, dir.as_deref(), &facts);
+                cache.save_module_facts(&digest, dir.as_deref(), &facts);
             }
         }
         Ok(Artifact {
@@ -74,7 +73,6 @@ impl Artifact {
             path,
             framework: forced.unwrap_or(detected),
             embeds_dir,
-            bytes: Some(bytes),
             compiled: OnceLock::new(),
         })
     }
@@ -84,23 +82,19 @@ impl Artifact {
     pub fn module(&self, runtime: &Runtime) -> Result<Module, String> {
         self.compiled
             .get_or_init(|| {
-                let read;
-                let bytes = match &self.bytes {
-                    Some(b) => b,
-                    None => {
-                        read = self.read_again()?;
-                        &read
-                    }
-                };
+                let bytes = self.read_again()?;
                 runtime
-                    .load_digested(bytes, self.digest)
+                    .load_digested(&bytes, self.digest)
                     .map_err(|e| format!("{}: {e}", self.path.display()))
             })
             .clone()
     }
 
-    /// The bytes of a module identified by the memo, checked against its
-    /// digest: a file replaced since is an error, not another module's run.
+    /// The bytes of the module, read again to compile it and checked against
+    /// its digest: a file replaced since is an error, not another module's
+    /// run. (Identifying reads into a reused buffer and keeps nothing: a
+    /// fresh 0.5 MB allocation per module, page faults and all, cost more
+    /// than reading again the few modules a run compiles.)
     fn read_again(&self) -> Result<Vec<u8>, String> {
         let file = self.path.display();
         let bytes = std::fs::read(&self.path).map_err(|e| format!("{file}: cannot read: {e}"))?;
@@ -119,6 +113,42 @@ impl Artifact {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
+}
+
+/// A read buffer, reused by the modules identified after it (at most
+/// [`KEPT_BUFFERS`] kept, none over [`KEPT_BUFFER_MAX`]).
+struct Buffer(Vec<u8>);
+
+static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const KEPT_BUFFERS: usize = 4;
+const KEPT_BUFFER_MAX: usize = 64 << 20;
+
+impl Buffer {
+    fn take() -> Buffer {
+        let mut kept = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+        Buffer(kept.pop().unwrap_or_default())
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0);
+        if bytes.capacity() <= KEPT_BUFFER_MAX {
+            bytes.clear();
+            let mut kept = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEPT_BUFFERS {
+                kept.push(bytes);
+            }
+        }
+    }
+}
+
+fn read_into(path: &Path, buffer: &mut Buffer) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    buffer.0.clear();
+    f.read_to_end(&mut buffer.0)?;
+    Ok(())
 }
 
 fn file_id(path: &Path) -> Option<FileId> {

@@ -189,28 +189,88 @@ fn case_key(job: &Job) -> String {
     }
 }
 
-/// Looks a job up in the cache: its results when cached (and not being
-/// verified), else what to run. Needs no runtime and runs no wasm.
-pub fn look_up(env: &Env, job: Job) -> Result<Vec<CaseResult>, Box<ToRun>> {
-    let cache = env.cache;
-    let key = cache.map(|_| {
-        let args = job
-            .framework
-            .key_args(&env.config.run_flags(), &env.config.args);
-        let case = case_key(&job);
-        let parts = KeyParts::new(
-            job.module.digest,
-            job.framework.name(),
-            &case,
-            &args,
-            &job.policy,
-            env.config.stack_bytes(),
-        );
-        (parts, NameKey::new(&job.package, &case))
-    });
-    let lookup = cache
-        .zip(key.as_ref())
-        .map(|(c, (parts, name))| c.lookup(*name, &job.package, parts, &job.policy.world()));
+/// A job's cache key: its case's (or its cases') key parts, and its name
+/// for `--explain`.
+fn job_key(env: &Env, job: &Job) -> (KeyParts, NameKey) {
+    let args = job
+        .framework
+        .key_args(&env.config.run_flags(), &env.config.args);
+    let case = case_key(job);
+    let parts = KeyParts::new(
+        job.module.digest,
+        job.framework.name(),
+        &case,
+        &args,
+        &job.policy,
+        env.config.stack_bytes(),
+    );
+    (parts, NameKey::new(&job.package, &case))
+}
+
+/// What a lookup says of a job: its results (cached), or what to run.
+pub type Looked = Result<Vec<CaseResult>, Box<ToRun>>;
+
+/// Looks a package's jobs up in the cache. With a remote cache, the
+/// selected cases of each shareable module with a miss here are first
+/// fetched as one pack, and what came from the remote is written as one
+/// file per module.
+pub fn look_up_package(env: &Env, jobs: Vec<Job>) -> Vec<Looked> {
+    let Some(cache) = env.cache else {
+        return jobs.into_iter().map(|j| look_up(env, j, None)).collect();
+    };
+    let keys: Vec<_> = jobs.iter().map(|j| job_key(env, j)).collect();
+    let mut found: Vec<Lookup> = jobs
+        .iter()
+        .zip(&keys)
+        .map(|(j, (parts, name))| cache.lookup_here(*name, &j.package, parts, &j.policy.world()))
+        .collect();
+    if cache.remote().is_some() && env.config.shares_results() {
+        let shared = |i: usize| !jobs[i].module.embeds_dir;
+        let mut modules: Vec<&str> = Vec::new();
+        for (i, (parts, _)) in keys.iter().enumerate() {
+            if matches!(found[i], Lookup::Miss(_))
+                && shared(i)
+                && !modules.contains(&&*parts.module)
+            {
+                modules.push(&parts.module);
+            }
+        }
+        for m in &modules {
+            let selected = (0..jobs.len())
+                .filter(|&i| shared(i) && keys[i].0.module == *m)
+                .map(|i| keys[i].0.clone())
+                .collect();
+            cache.prefetch_pack(selected);
+        }
+        for (i, f) in found.iter_mut().enumerate() {
+            if let Lookup::Miss(miss) = f {
+                let miss = std::mem::replace(miss, Miss::NoEntry(""));
+                *f = cache.lookup_remote(
+                    &jobs[i].package,
+                    &keys[i].0,
+                    &jobs[i].policy.world(),
+                    miss,
+                );
+            }
+        }
+        let modules: Vec<String> = modules.iter().map(|m| m.to_string()).collect();
+        cache.flush_packs(Some(&modules));
+    }
+    jobs.into_iter()
+        .zip(keys)
+        .zip(found)
+        .map(|((j, k), l)| look_up(env, j, Some((k, l))))
+        .collect()
+}
+
+/// What a job's cache lookup (`found`: its key and what the cache said)
+/// means: its results when cached (and not being verified), else what to
+/// run. Needs no runtime and runs no wasm.
+pub fn look_up(env: &Env, job: Job, found: Option<((KeyParts, NameKey), Lookup)>) -> Looked {
+    let (key, lookup) = match found {
+        Some((k, l)) => (Some(k), Some(l)),
+        None => (None, None),
+    };
     if let Some(Lookup::Miss(Miss::Corrupt(e))) = &lookup {
         let _ = env.tx.send(Event::Warning { message: e.clone() });
     }

@@ -243,7 +243,8 @@ fn test(config: TestConfig) -> u8 {
     let cache = match (open_cache(), &remote) {
         (Some(c), Some(r)) => Some(c.with_remote(r.clone())),
         (c, _) => c,
-    };
+    }
+    .map(|c| c.with_explain(config.explain));
     let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
     let mut junit = config
         .junit
@@ -270,6 +271,7 @@ fn test(config: TestConfig) -> u8 {
         },
     );
     if let Some(c) = &cache {
+        c.flush_packs(None);
         c.save_memo();
     }
     let mut code = reporter.finish();
@@ -280,6 +282,9 @@ fn test(config: TestConfig) -> u8 {
         }
     }
     // Uploads finish after the report, so they never hold it up.
+    if let Some(c) = &cache {
+        c.upload_packs();
+    }
     if let Some(warning) = remote.and_then(|r| r.finish()) {
         eprintln!("cachet: warning: {warning}");
     }

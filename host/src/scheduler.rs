@@ -140,156 +140,63 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
     }
 }
 
-/// A package's listings (per module) being made, or why they could not be.
-type Listing = tokio::task::JoinHandle<Result<Vec<job::Listing>, String>>;
-
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
-    // 1. Read and hash every module of every package that was set up.
-    let mut reads = Vec::new();
-    for (pkg, p) in packages.iter().enumerate() {
-        for path in &p.modules {
-            let path = path.clone();
-            let forced = ctx
-                .config
-                .framework
-                .or(p.cargo.then_some(Framework::Libtest))
-                .or(p.go.is_some().then_some(Framework::Go));
-            let dir = p.cargo.then(|| plan::absolute_dir(p)).flatten();
-            let cache = ctx.cache.clone();
-            let task = blocking(ctx.slots.clone(), move || {
-                Artifact::open(path, forced, dir, cache.as_ref())
-            });
-            reads.push((pkg, tokio::spawn(task)));
-        }
-    }
-    let mut loaded: Vec<Result<Vec<Arc<Artifact>>, String>> = packages
+    // 1. Per package: read and hash its modules, then list their cases.
+    //    Packages go at once, so one package's lookups (in the cache, or a
+    //    remote cache's round trips) overlap the hashing of the next.
+    let packages: Vec<Arc<Package>> = packages.into_iter().map(Arc::new).collect();
+    let prepared: Vec<_> = packages
         .iter()
-        .map(|p| p.error.clone().map_or(Ok(Vec::new()), Err))
+        .map(|p| tokio::spawn(prepare(ctx.clone(), tx.clone(), p.clone())))
         .collect();
-    for (pkg, task) in reads {
-        let result = task.await.expect("reading does not panic");
-        if let Ok(mods) = &mut loaded[pkg] {
-            match result {
-                Ok(m) => mods.push(Arc::new(m)),
-                Err(e) => loaded[pkg] = Err(e),
-            }
-        }
-    }
 
-    // 2. List every module's cases (in parallel), then plan jobs per package.
-    let policies: Vec<Arc<Policy>> = packages
-        .iter()
-        .zip(&loaded)
-        .map(|(p, mods)| {
-            let embedded = mods.as_ref().is_ok_and(|m| m.iter().any(|m| m.embeds_dir));
-            let memo = ctx.cache.as_ref().map(Cache::memo);
-            Arc::new(plan::policy(&ctx.config, p, &ctx.scratch, embedded, memo))
-        })
-        .collect();
-    let mut listings: Vec<Listing> = Vec::new();
-    for (pkg, mods) in loaded.iter().enumerate() {
-        let mods = mods.clone().unwrap_or_default();
-        let name = packages[pkg].name.clone();
-        listings.push(tokio::spawn(list_package(
-            ctx.clone(),
-            tx.clone(),
-            name,
-            mods,
-            policies[pkg].clone(),
-        )));
-    }
+    // 2. Plan each package's jobs as it is ready, in order; without a count
+    //    partition (which numbers every case of the run) its lookups start
+    //    at once.
+    let global_partition = ctx.config.partition.as_ref().filter(|p| !p.by_hash);
     let mut plans: Vec<Option<Vec<Job>>> = Vec::new();
     let mut listed = vec![0; packages.len()];
-    for ((pkg, mods), tasks) in loaded.into_iter().enumerate().zip(listings) {
-        let mods = match mods {
-            Ok(m) => m,
-            Err(message) => {
-                let build = packages[pkg].build_failed;
-                let _ = tx.send(Event::PackageError {
-                    pkg,
-                    message,
-                    build,
-                });
-                plans.push(None);
-                continue;
+    let mut lookups = Vec::new();
+    for (pkg, task) in prepared.into_iter().enumerate() {
+        let Prepared {
+            mods,
+            policy,
+            listings,
+        } = task.await.expect("preparing does not panic");
+        let planned = plan_package(&ctx, &tx, pkg, &packages[pkg], mods, policy, listings);
+        let mut jobs = planned.map(|(jobs, n)| {
+            listed[pkg] = n;
+            jobs
+        });
+        let by_hash = ctx.config.partition.as_ref().filter(|p| p.by_hash);
+        if let (Some(part), Some(js)) = (by_hash, &mut jobs) {
+            if !partition_package(part, pkg, &packages[pkg].name, js, &mut 0, &tx) {
+                jobs = None;
             }
-        };
-        if mods.is_empty() {
-            let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestFiles));
-            plans.push(None);
-            continue;
         }
-        let cases_per_module = match tasks.await.expect("listing does not panic") {
-            Ok(cases) => cases,
-            Err(message) => {
-                let _ = tx.send(Event::PackageError {
-                    pkg,
-                    message,
-                    build: false,
-                });
-                plans.push(None);
-                continue;
+        if global_partition.is_none() {
+            lookups.push(start_lookups(&ctx, &tx, pkg, jobs, listed[pkg]));
+            plans.push(None);
+        } else {
+            plans.push(jobs);
+        }
+    }
+    if let Some(part) = global_partition {
+        let mut index = 0;
+        for (pkg, plan) in plans.iter_mut().enumerate() {
+            if let Some(jobs) = plan {
+                if !partition_package(part, pkg, &packages[pkg].name, jobs, &mut index, &tx) {
+                    *plan = None;
+                }
             }
-        };
-        if let Some(re) = &ctx.config.list {
-            let names = cases_per_module
-                .iter()
-                .flat_map(|l| &l.cases)
-                .filter(|c| re.is_match(c))
-                .cloned()
-                .collect();
-            let _ = tx.send(Event::Listed { pkg, names });
-            let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::Passed));
-            plans.push(None);
-            continue;
         }
-        let modules_listed = cases_per_module.iter().map(|l| l.cases.len()).sum();
-        let modules = mods.into_iter().zip(cases_per_module).collect();
-        let jobs = plan::jobs(
-            pkg,
-            &packages[pkg].name,
-            &ctx.config,
-            policies[pkg].clone(),
-            modules,
-        );
-        if jobs.is_empty() {
-            let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
-            plans.push(None);
-            continue;
-        }
-        listed[pkg] = modules_listed;
-        plans.push(Some(jobs));
-    }
-    if let Some(part) = &ctx.config.partition {
-        partition(part, &packages, &mut plans, &tx);
-    }
-    for (pkg, jobs) in plans.iter().enumerate() {
-        if let Some(jobs) = jobs {
-            let _ = tx.send(Event::Planned {
-                pkg,
-                cases: jobs.iter().flat_map(|j| j.cases.iter().cloned()).collect(),
-                listed: listed[pkg],
-            });
+        for (pkg, jobs) in plans.into_iter().enumerate() {
+            lookups.push(start_lookups(&ctx, &tx, pkg, jobs, listed[pkg]));
         }
     }
 
-    // 3. Look every job up in the cache, a package at a time on the blocking
-    //    pool (no guest thread, no runtime: a fully cached run starts
-    //    neither), then run the misses, in order, `-p` at a time.
-    let lookups: Vec<_> = plans
-        .into_iter()
-        .map(|jobs| {
-            jobs.map(|jobs| {
-                let (ctx, tx) = (ctx.clone(), tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    let env = ctx.env(&tx);
-                    jobs.into_iter()
-                        .map(|j| job::look_up(&env, j))
-                        .collect::<Vec<_>>()
-                })
-            })
-        })
-        .collect();
+    // 3. Take each package's lookups, in order, and run its misses, `-p`
+    //    at a time.
     let mut tasks = Vec::new();
     for (pkg, looked) in lookups.into_iter().enumerate() {
         let Some(looked) = looked else { continue };
@@ -354,43 +261,184 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     }
 }
 
-/// Lookups at once with a remote cache: a request on localhost takes
-/// ~0.2 ms, mostly waiting.
-const REMOTE_LOOKUPS: usize = 32;
+/// Lookups at once with a remote cache, a package each (one request per
+/// module with packs): a request on localhost takes ~0.2 ms, mostly
+/// waiting. More threads cost more than they save (each is a stack and a
+/// malloc arena).
+const REMOTE_LOOKUPS: usize = 8;
 
-/// Keeps only the shard's cases (`--partition`), numbering cases in the
-/// order of the whole run; a package left with none is `[no tests to run]`.
-fn partition(part: &Partition, packages: &[Package], plans: &mut [Option<Vec<Job>>], tx: &Tx) {
-    let mut index = 0;
-    let mut numbers: std::collections::HashMap<(usize, String), usize> = Default::default();
-    for (pkg, plan) in plans.iter_mut().enumerate() {
-        let Some(jobs) = plan else { continue };
-        for job in jobs.iter_mut() {
-            let keep: Vec<bool> = job
-                .cases
-                .iter()
-                .map(|c| {
-                    let i = *numbers.entry((pkg, c.clone())).or_insert_with(|| {
-                        index += 1;
-                        index - 1
-                    });
-                    part.selects(i, &packages[pkg].name, c)
-                })
-                .collect();
+/// Keeps a package's cases of this shard (`--partition`; `index`: how many
+/// cases of the run came before it, which `count:` numbers by); `false`
+/// when none is left, having said `[no tests to run]`.
+fn partition_package(
+    part: &Partition,
+    pkg: usize,
+    package: &str,
+    jobs: &mut Vec<Job>,
+    index: &mut usize,
+    tx: &Tx,
+) -> bool {
+    let mut numbers: std::collections::HashMap<String, usize> = Default::default();
+    for job in jobs.iter_mut() {
+        let keep: Vec<bool> = job
+            .cases
+            .iter()
+            .map(|c| {
+                let i = *numbers.entry(c.clone()).or_insert_with(|| {
+                    *index += 1;
+                    *index - 1
+                });
+                part.selects(i, package, c)
+            })
+            .collect();
+        let mut k = keep.iter();
+        job.cases.retain(|_| *k.next().expect("one flag per case"));
+        if !job.run_cases.is_empty() {
             let mut k = keep.iter();
-            job.cases.retain(|_| *k.next().expect("one flag per case"));
-            if !job.run_cases.is_empty() {
-                let mut k = keep.iter();
-                job.run_cases
-                    .retain(|_| *k.next().expect("one flag per case"));
-            }
-        }
-        jobs.retain(|j| !j.cases.is_empty());
-        if jobs.is_empty() {
-            let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
-            *plan = None;
+            job.run_cases
+                .retain(|_| *k.next().expect("one flag per case"));
         }
     }
+    jobs.retain(|j| !j.cases.is_empty());
+    if jobs.is_empty() {
+        let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
+        return false;
+    }
+    true
+}
+
+/// A package's modules, read and identified, and their listings.
+struct Prepared {
+    mods: Result<Vec<Arc<Artifact>>, String>,
+    policy: Arc<Policy>,
+    /// `None` when there was nothing to list (an error, or no modules).
+    listings: Option<Result<Vec<job::Listing>, String>>,
+}
+
+/// Reads and hashes a package's modules (`-p` at a time across the run),
+/// then lists their cases.
+async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
+    let forced = ctx
+        .config
+        .framework
+        .or(p.cargo.then_some(Framework::Libtest))
+        .or(p.go.is_some().then_some(Framework::Go));
+    let dir = p.cargo.then(|| plan::absolute_dir(&p)).flatten();
+    let reads: Vec<_> = p
+        .modules
+        .iter()
+        .map(|path| {
+            let (path, dir, cache) = (path.clone(), dir.clone(), ctx.cache.clone());
+            tokio::spawn(blocking(ctx.slots.clone(), move || {
+                Artifact::open(path, forced, dir, cache.as_ref())
+            }))
+        })
+        .collect();
+    let mut mods: Result<Vec<Arc<Artifact>>, String> = p.error.clone().map_or(Ok(Vec::new()), Err);
+    for task in reads {
+        let result = task.await.expect("reading does not panic");
+        if let Ok(ms) = &mut mods {
+            match result {
+                Ok(m) => ms.push(Arc::new(m)),
+                Err(e) => mods = Err(e),
+            }
+        }
+    }
+    let embedded = mods.as_ref().is_ok_and(|m| m.iter().any(|m| m.embeds_dir));
+    let memo = ctx.cache.as_ref().map(Cache::memo);
+    let policy = Arc::new(plan::policy(&ctx.config, &p, &ctx.scratch, embedded, memo));
+    let listings = match &mods {
+        Ok(ms) if !ms.is_empty() => {
+            Some(list_package(ctx.clone(), tx, p.name.clone(), ms.clone(), policy.clone()).await)
+        }
+        _ => None,
+    };
+    Prepared {
+        mods,
+        policy,
+        listings,
+    }
+}
+
+/// A package's jobs, or `None` (having said why: an error, no test files,
+/// `--list`, nothing selected).
+fn plan_package(
+    ctx: &Ctx,
+    tx: &Tx,
+    pkg: usize,
+    package: &Package,
+    mods: Result<Vec<Arc<Artifact>>, String>,
+    policy: Arc<Policy>,
+    listings: Option<Result<Vec<job::Listing>, String>>,
+) -> Option<(Vec<Job>, usize)> {
+    let mods = match mods {
+        Ok(m) => m,
+        Err(message) => {
+            let build = package.build_failed;
+            let _ = tx.send(Event::PackageError {
+                pkg,
+                message,
+                build,
+            });
+            return None;
+        }
+    };
+    let cases_per_module = match listings {
+        None => {
+            let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestFiles));
+            return None;
+        }
+        Some(Err(message)) => {
+            let _ = tx.send(Event::PackageError {
+                pkg,
+                message,
+                build: false,
+            });
+            return None;
+        }
+        Some(Ok(cases)) => cases,
+    };
+    if let Some(re) = &ctx.config.list {
+        let names = cases_per_module
+            .iter()
+            .flat_map(|l| &l.cases)
+            .filter(|c| re.is_match(c))
+            .cloned()
+            .collect();
+        let _ = tx.send(Event::Listed { pkg, names });
+        let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::Passed));
+        return None;
+    }
+    let listed = cases_per_module.iter().map(|l| l.cases.len()).sum();
+    let modules = mods.into_iter().zip(cases_per_module).collect();
+    let jobs = plan::jobs(pkg, &package.name, &ctx.config, policy, modules);
+    if jobs.is_empty() {
+        let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
+        return None;
+    }
+    Some((jobs, listed))
+}
+
+/// Announces a package's planned cases and looks its jobs up in the cache
+/// on the blocking pool (no guest thread, no runtime: a fully cached run
+/// starts neither).
+fn start_lookups(
+    ctx: &Arc<Ctx>,
+    tx: &Tx,
+    pkg: usize,
+    jobs: Option<Vec<Job>>,
+    listed: usize,
+) -> Option<tokio::task::JoinHandle<Vec<job::Looked>>> {
+    let jobs = jobs?;
+    let _ = tx.send(Event::Planned {
+        pkg,
+        cases: jobs.iter().flat_map(|j| j.cases.iter().cloned()).collect(),
+        listed,
+    });
+    let (ctx, tx) = (ctx.clone(), tx.clone());
+    Some(tokio::task::spawn_blocking(move || {
+        job::look_up_package(&ctx.env(&tx), jobs)
+    }))
 }
 
 /// Records a case's result and sends it to the reporter.

@@ -48,7 +48,7 @@ impl Nginx {
             "{user}daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 512; }}
 http {{
-  access_log off; default_type application/octet-stream;
+  access_log {d}/access.log; default_type application/octet-stream;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   client_max_body_size 256m; keepalive_requests 100000;
@@ -87,6 +87,25 @@ http {{
 
     fn data(&self) -> PathBuf {
         self._dir.path().join("data")
+    }
+
+    /// The requests served so far with `method`.
+    fn requests(&self, method: &str) -> usize {
+        let log = std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} ")))
+            .count()
+    }
+
+    /// The action-cache entries stored, by the kind of cachet entry they hold.
+    fn entries(&self, kind: &str) -> Vec<PathBuf> {
+        walk(&self.data().join("cachet/ac"))
+            .into_iter()
+            .filter(|f| {
+                let bytes = std::fs::read(f).unwrap();
+                bytes.windows(kind.len()).any(|w| w == kind.as_bytes())
+            })
+            .collect()
     }
 
     /// SIGTERM: nginx stops its workers too (SIGKILL would leave them serving).
@@ -201,14 +220,56 @@ fn a_remote_cache_on_nginx_serves_another_machine_exactly() {
     }
     assert!(entries >= CASES, "{entries} entries uploaded");
 
-    // Machine B: another path, an empty local cache: every case from the remote.
+    // Each module's selected cases went up as one pack too.
+    assert_eq!(
+        nginx.entries("cachet-pack v1").len(),
+        2,
+        "a pack per module"
+    );
+
+    // Machine B: another path, an empty local cache: every case from the
+    // remote, with two requests per module (its listing, its pack).
     let b = Machine::new("elsewhere/b/checkout", false);
+    let gets = nginx.requests("GET");
     let o = b.test(&["--remote-cache", &nginx.url]);
     assert_eq!(stdout(&o), "ok  \t.\t(cached)\n", "{}", stderr(&o));
     assert_eq!(stderr(&o), "");
-    // Copied into B's local cache: no remote needed any more.
+    assert_eq!(
+        nginx.requests("GET") - gets,
+        4,
+        "2 modules: listing + pack each"
+    );
+    // Copied into B's local cache as a file per module, and served from
+    // there without the remote (and with no request when it is given).
+    let packs = b.cache.path().join("results/packs");
+    assert_eq!(
+        std::fs::read_dir(&packs).unwrap().count(),
+        2,
+        "{}",
+        packs.display()
+    );
+    assert!(
+        !b.cache.path().join("results/logs").exists(),
+        "no file per case"
+    );
     let local = b.test(&[]);
     assert_eq!(stdout(&local), "ok  \t.\t(cached)\n");
+    let gets = nginx.requests("GET");
+    let again = b.test(&["--remote-cache", &nginx.url]);
+    assert_eq!(stdout(&again), "ok  \t.\t(cached)\n");
+    assert_eq!(nginx.requests("GET"), gets, "all local: nothing asked");
+    // The audit tool reads logs that came from the remote.
+    let inputs = crate::cachet_with(
+        &b.dir(),
+        &["inputs", ".", "tests::reads_a"],
+        &[("CACHET_CACHE", b.cache.path().to_str().unwrap())],
+    );
+    assert!(
+        stdout(&inputs).contains("open pkg/testdata/a.txt sha256:"),
+        "{}{}",
+        stdout(&inputs),
+        stderr(&inputs)
+    );
 
     // A changed input reruns only the case that read it, here and on C.
     std::fs::write(b.dir().join("testdata/a.txt"), "ALPHA").unwrap();
@@ -237,6 +298,24 @@ fn a_remote_cache_on_nginx_serves_another_machine_exactly() {
         BTreeSet::from(["tests::reads_b".to_string()])
     );
     assert_eq!(walk(&nginx.data()).len(), before, "nothing uploaded");
+
+    // A damaged pack in the local cache: a warning, and its cases run.
+    let e = Machine::new("e", false);
+    let o = e.test(&["--remote-cache", &nginx.url]);
+    assert_eq!(stdout(&o), "ok  \t.\t(cached)\n", "{}", stderr(&o));
+    let packs = walk(&e.cache.path().join("results/packs"));
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&packs[0], bytes).unwrap();
+    let o = e.test(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is corrupt"), "{}", stderr(&o));
+    assert!(
+        !ran(&stdout(&o)).is_empty(),
+        "the damaged module's cases ran"
+    );
+    assert_eq!(e.test(&[]).status.code(), Some(0));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -307,6 +386,61 @@ fn a_broken_remote_is_one_warning_and_a_correct_local_run() {
     let o = m.test(&["--remote-cache", &bad.url]);
     survives(&o, "");
     assert_eq!(ran(&stdout(&o)).len(), CASES, "no damaged entry is used");
+
+    // Well-formed entries filed under the wrong keys (a server mixing them
+    // up): the two modules' packs swapped, then two listings swapped.
+    for (kind, why) in [
+        ("cachet-pack v1", "a pack of other tests"),
+        ("\"case\":\"--list\"", "an entry of another test"),
+    ] {
+        let swapped = tempfile::tempdir().unwrap();
+        for f in walk(&good.data()) {
+            let to = swapped.path().join(f.strip_prefix(good.data()).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&f, &to).unwrap();
+        }
+        let pair = good.entries(kind);
+        assert_eq!(pair.len(), 2, "{kind}");
+        let at = |f: &PathBuf| swapped.path().join(f.strip_prefix(good.data()).unwrap());
+        std::fs::copy(&pair[0], at(&pair[1])).unwrap();
+        std::fs::copy(&pair[1], at(&pair[0])).unwrap();
+        let mixed = Nginx::start(Serve::ReadOnly(swapped.path()));
+        let m = Machine::new("s", false);
+        let o = m.test(&["--remote-cache", &mixed.url]);
+        survives(&o, why);
+        assert_eq!(
+            ran(&stdout(&o)).len(),
+            CASES,
+            "{kind}: nothing misfiled is used"
+        );
+    }
+}
+
+#[test]
+fn shards_share_a_remote_cache_without_overwriting_each_other() {
+    let nginx = Nginx::start(Serve::Dav);
+    let shard = |round: &str, k: usize| {
+        let m = Machine::new(&format!("{round}{k}"), false);
+        let part = format!("hash:{k}/4");
+        let o = m.test(&["--partition", &part, "--remote-cache", &nginx.url]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "");
+        o
+    };
+    let mut ran_first = 0;
+    for k in 1..=4 {
+        ran_first += ran(&stdout(&shard("first", k))).len();
+    }
+    assert_eq!(ran_first, CASES, "every case ran once");
+    let packs = nginx.entries("cachet-pack v1").len();
+    assert!(packs > 2, "a pack per shard and module: {packs}");
+    // The next CI run: four fresh machines, each shard served whole.
+    let puts = nginx.requests("PUT");
+    for k in 1..=4 {
+        let o = shard("second", k);
+        assert!(ran(&stdout(&o)).is_empty(), "shard {k}: {}", stdout(&o));
+    }
+    assert_eq!(nginx.requests("PUT"), puts, "nothing new to upload");
 }
 
 #[test]

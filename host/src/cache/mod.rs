@@ -13,8 +13,10 @@
 //! tries the package's own log first, then the others, so neither package's
 //! runs push the other's log out.
 
+mod facts;
 pub mod key;
 pub mod memo;
+mod pack;
 pub mod remote;
 pub mod store;
 
@@ -22,6 +24,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use cachet_runtime::{first_change, reobserve, InputLog, World};
+
+/// A bundle's entries, `package`'s own (hashed) first.
+fn ordered_entries<'a>(
+    entries: &'a [remote::BundleEntry],
+    package: &'a str,
+) -> impl Iterator<Item = &'a remote::BundleEntry> {
+    entries
+        .iter()
+        .filter(move |e| e.package == package)
+        .chain(entries.iter().filter(move |e| e.package != package))
+}
 
 /// `package`'s own log first, then the others, most recent first.
 fn ordered<'a>(logs: &'a [PackageLog], package: &'a str) -> impl Iterator<Item = &'a PackageLog> {
@@ -116,7 +129,6 @@ pub enum Lookup {
 const LOGS: &str = "logs";
 const RESULTS: &str = "results";
 const NAMES: &str = "names";
-const FACTS: &str = "facts";
 
 /// What was learnt from a module's bytes, so an unchanged module need not be
 /// read again: kept by module digest (and package dir, which the embedded
@@ -154,23 +166,65 @@ fn facts_key(
 pub struct Cache {
     store: Store,
     memo: std::sync::Arc<memo::StatMemo>,
+    facts: std::sync::Arc<facts::FactsTable>,
     remote: Option<std::sync::Arc<remote::Remote>>,
+    packs: pack::Packs,
+    /// The remote packs this run looked up, to upload when they changed.
+    selections: std::sync::Arc<std::sync::Mutex<Vec<Selection>>>,
+    /// The keys this run saved a result for.
+    saved: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<TestKey>>>,
+    /// Misses say what changed in the key (`--explain`; a read per miss).
+    explain: bool,
+}
+
+/// What a module's pack says of a case.
+enum Packed {
+    Hit(CachedResult),
+    /// It has the case, for other inputs: the first observation that differs.
+    Changed(Option<String>),
+    Absent,
+    /// The pack file is damaged (it counts as empty).
+    Corrupt(String),
+}
+
+/// The cases one run selected of a module, as filed on the remote.
+struct Selection {
+    pack: cachet_runtime::Sha256Digest,
+    parts: Vec<KeyParts>,
+    keys: Vec<TestKey>,
+    /// The digest of the pack the server held, if any.
+    fetched: Option<cachet_runtime::Sha256Digest>,
+    /// That pack had an entry for every key.
+    complete: bool,
 }
 
 impl Cache {
     pub fn open(dir: &Path) -> std::io::Result<Cache> {
         let store = Store::open(dir)?;
         let memo = std::sync::Arc::new(memo::StatMemo::load(&dir.join("memo")));
+        let facts = std::sync::Arc::new(facts::FactsTable::load(&dir.join("module-facts")));
         Ok(Cache {
             store,
             memo,
+            facts,
             remote: None,
+            packs: Default::default(),
+            selections: Default::default(),
+            saved: Default::default(),
+            explain: true,
         })
     }
 
     /// Looks up misses in `remote` too, and uploads what passes to it.
     pub fn with_remote(mut self, remote: std::sync::Arc<remote::Remote>) -> Self {
         self.remote = Some(remote);
+        self
+    }
+
+    /// Whether misses say what changed in their key (`--explain`), which
+    /// costs a read per miss.
+    pub fn with_explain(mut self, explain: bool) -> Self {
+        self.explain = explain;
         self
     }
 
@@ -183,9 +237,11 @@ impl Cache {
         self.memo.clone()
     }
 
-    /// Writes the stat memo back; a failure only costs re-hashing later.
+    /// Writes the stat memo and the module facts back; a failure only
+    /// costs re-hashing later.
     pub fn save_memo(&self) {
         let _ = self.memo.save();
+        let _ = self.facts.save();
     }
 
     pub fn store(&self) -> &Store {
@@ -198,57 +254,197 @@ impl Cache {
         digest: &cachet_runtime::ModuleDigest,
         dir: Option<&str>,
     ) -> Option<ModuleFacts> {
-        let facts: ModuleFacts = self.read(FACTS, &facts_key(digest, dir)).ok()??;
+        let facts = self.facts.get(&facts_key(digest, dir))?;
         crate::framework::Framework::from_name(&facts.framework).map(|_| facts)
     }
 
-    /// Remembers what was learnt from a module's bytes.
+    /// Remembers what was learnt from a module's bytes (saved with the memo).
     pub fn save_module_facts(
         &self,
         digest: &cachet_runtime::ModuleDigest,
         dir: Option<&str>,
         facts: &ModuleFacts,
-    ) -> std::io::Result<()> {
-        self.store
-            .put(FACTS, &facts_key(digest, dir), &serde_json::to_vec(facts)?)
+    ) {
+        self.facts.put(facts_key(digest, dir), facts.clone());
     }
 
-    /// Finds the result of `parts` in `world` for `package`, or says why not.
+    /// Looks here (the module's pack, the case's own entries), then at the
+    /// remote.
     pub fn lookup(&self, name: NameKey, package: &str, parts: &KeyParts, world: &World) -> Lookup {
-        match self.lookup_local(name, package, parts, world) {
-            Lookup::Miss(miss) => match self.lookup_remote(package, parts, world) {
-                Some(hit) => hit,
-                None => Lookup::Miss(miss),
-            },
+        match self.lookup_here(name, package, parts, world) {
+            Lookup::Miss(miss) => self.lookup_remote(package, parts, world, miss),
             hit => hit,
         }
     }
 
+    /// Looks at the module's pack (what a remote gave), then at the case's
+    /// own entries. Any entry whose log re-observes the same is a valid
+    /// result, whichever is newer; the pack goes first because a machine
+    /// served by a remote has no entries of its own (a failed open per case).
+    pub fn lookup_here(
+        &self,
+        name: NameKey,
+        package: &str,
+        parts: &KeyParts,
+        world: &World,
+    ) -> Lookup {
+        let packed = match self.lookup_pack(package, parts, world) {
+            Packed::Hit(hit) => return Lookup::Hit(hit),
+            Packed::Absent => None,
+            Packed::Changed(change) => change.map(Miss::Changed),
+            Packed::Corrupt(e) => Some(Miss::Corrupt(e)),
+        };
+        match (self.lookup_local(name, package, parts, world), packed) {
+            // What changed since the pack's run says more than "no entry",
+            // and a damaged pack must be said.
+            (Lookup::Miss(Miss::NoEntry(_)), Some(miss)) => Lookup::Miss(miss),
+            (Lookup::Miss(_), Some(Miss::Corrupt(e))) => Lookup::Miss(Miss::Corrupt(e)),
+            (other, _) => other,
+        }
+    }
+
+    /// After a miss here (`miss`): the module's pack again (a prefetch may
+    /// have filled it since), then the remote's entry for the case.
+    pub fn lookup_remote(
+        &self,
+        package: &str,
+        parts: &KeyParts,
+        world: &World,
+        miss: Miss,
+    ) -> Lookup {
+        if self.remote.is_none() {
+            return Lookup::Miss(miss);
+        }
+        if let Packed::Hit(hit) = self.lookup_pack(package, parts, world) {
+            return Lookup::Hit(hit);
+        }
+        match self.remote_case(package, parts, world) {
+            Some(hit) => Lookup::Hit(hit),
+            None => Lookup::Miss(miss),
+        }
+    }
+
+    /// The module pack's result for `parts`, when one of its logs
+    /// re-observes the same here.
+    fn lookup_pack(&self, package: &str, parts: &KeyParts, world: &World) -> Packed {
+        let bundle = match self.packs.bundle(&self.store, &parts.module, &parts.key()) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Packed::Absent,
+            Err(e) => return Packed::Corrupt(e),
+        };
+        let own = remote::package_id(package);
+        let mut change = None;
+        for entry in ordered_entries(&bundle.entries, &own) {
+            let now = reobserve(&entry.log, world);
+            if now.inputs_digest() == entry.log.inputs_digest() {
+                return Packed::Hit(entry.result.clone());
+            }
+            if change.is_none() {
+                change = first_change(&entry.log, &now).map(|c| c.to_string());
+            }
+        }
+        Packed::Changed(change)
+    }
+
+    /// Fetches the remote pack of one module's selected cases (`parts`,
+    /// all for the same module), so their lookups find it locally; it is
+    /// uploaded at the end when this run changed it ([`Cache::upload_packs`]).
+    pub fn prefetch_pack(&self, parts: Vec<KeyParts>) {
+        let Some(remote) = self.remote.as_ref() else {
+            return;
+        };
+        let keys: Vec<TestKey> = parts.iter().map(KeyParts::key).collect();
+        let key = remote::pack_key(&keys);
+        let mut complete = false;
+        let fetched = remote.fetch_pack(&key).and_then(|(bundles, digest)| {
+            let wanted: std::collections::HashSet<&TestKey> = keys.iter().collect();
+            // A pack filed under our key must hold only our keys.
+            if bundles.iter().any(|(k, _)| !wanted.contains(k)) {
+                remote.reject(format!("ac/{}: a pack of other tests", key.hex()));
+                return None;
+            }
+            let had: std::collections::HashSet<&TestKey> = bundles.iter().map(|(k, _)| k).collect();
+            complete = wanted.iter().all(|k| had.contains(k));
+            for (k, b) in &bundles {
+                self.packs.add(&self.store, *k, b);
+            }
+            Some(digest)
+        });
+        self.selections.lock().expect("selections").push(Selection {
+            pack: key,
+            parts,
+            keys,
+            fetched,
+            complete,
+        });
+    }
+
+    /// Writes the module packs this run changed (`modules`, or all).
+    pub fn flush_packs(&self, modules: Option<&[String]>) {
+        self.packs.flush(&self.store, modules);
+    }
+
+    /// Uploads the pack of each selection looked up, built from the local
+    /// entries, the module's pack and what the server held, when it
+    /// differs from what the server gave.
+    pub fn upload_packs(&self) {
+        let Some(remote) = self.remote.as_ref().filter(|r| !r.read_only()) else {
+            return;
+        };
+        let selections = std::mem::take(&mut *self.selections.lock().expect("selections"));
+        let saved = self.saved.lock().expect("saved").clone();
+        for sel in selections {
+            // What the server gave, unchanged by this run.
+            if sel.fetched.is_some() && sel.complete && !sel.keys.iter().any(|k| saved.contains(k))
+            {
+                continue;
+            }
+            let bundles: Vec<remote::Bundle> = sel
+                .parts
+                .into_iter()
+                .zip(sel.keys)
+                .filter_map(|(parts, key)| {
+                    let own = match self.read::<LogEntry>(LOGS, &key.0) {
+                        Ok(Some(e)) => self.bundle_entries(&key, e.logs),
+                        _ => Vec::new(),
+                    };
+                    let packed = match self.packs.bundle(&self.store, &parts.module, &key) {
+                        Ok(Some(b)) => b.entries.clone(),
+                        _ => Vec::new(),
+                    };
+                    let entries = pack::merge(&own, &pack::merge(&packed, &remote.seen(&key)));
+                    (!entries.is_empty()).then_some(remote::Bundle { parts, entries })
+                })
+                .collect();
+            let pack = remote::Pack { bundles };
+            if !pack.bundles.is_empty() && pack.digest() != sel.fetched {
+                remote.upload_pack(sel.pack, &pack);
+            }
+        }
+    }
+
     /// The remote's entry for `parts`, when one of its logs re-observes the
-    /// same here; copied into the local cache.
-    fn lookup_remote(&self, package: &str, parts: &KeyParts, world: &World) -> Option<Lookup> {
+    /// same here; copied into the module's pack.
+    fn remote_case(&self, package: &str, parts: &KeyParts, world: &World) -> Option<CachedResult> {
         let remote = self.remote.as_ref()?;
         let key = parts.key();
         let bundle = remote.fetch(&key)?;
         // An entry filed under our key must be for our key.
         if bundle.parts != *parts {
+            remote.reject(format!("ac/{}: an entry of another test", key.0.hex()));
             return None;
         }
         let own = remote::package_id(package);
-        let ordered = bundle
-            .entries
-            .iter()
-            .filter(|e| e.package == own)
-            .chain(bundle.entries.iter().filter(|e| e.package != own));
-        for entry in ordered {
+        for entry in ordered_entries(&bundle.entries, &own) {
             let now = reobserve(&entry.log, world);
             if now.inputs_digest() == entry.log.inputs_digest() {
                 remote
                     .stats
                     .hits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = self.save_local(None, package, parts, &entry.log, &entry.result);
-                return Some(Lookup::Hit(entry.result.clone()));
+                // Into the module's pack: one file per module, not two per case.
+                self.packs.add(&self.store, key, &bundle);
+                return Some(entry.result.clone());
             }
         }
         None
@@ -264,6 +460,7 @@ impl Cache {
         let key = parts.key();
         let entry: LogEntry = match self.read(LOGS, &key.0) {
             Ok(Some(e)) => e,
+            Ok(None) if !self.explain => return Lookup::Miss(Miss::NoEntry("no cache entry")),
             Ok(None) => return Lookup::Miss(Miss::NoEntry(self.explain_no_entry(name, parts))),
             Err(e) => return Lookup::Miss(Miss::Corrupt(e)),
         };
@@ -297,18 +494,37 @@ impl Cache {
     /// The case names of a cached listing whose log is recorded (whatever
     /// today's world says), for `cachet inputs`.
     pub fn cases(&self, parts: &KeyParts, package: &str) -> Option<Vec<String>> {
-        let log = self.log(parts, package).ok()??;
-        let result: CachedResult = self
-            .read(RESULTS, &parts.key().result(&log.inputs_digest()).0)
-            .ok()??;
+        let (_, result) = self.last_run(parts, package).ok()??;
         Some(result.cases)
     }
 
     /// The last passing log of `parts` (the one of `package`, if it has
     /// one), for `cachet inputs`.
     pub fn log(&self, parts: &KeyParts, package: &str) -> Result<Option<InputLog>, String> {
-        let entry = self.read::<LogEntry>(LOGS, &parts.key().0)?;
-        Ok(entry.and_then(|e| ordered(&e.logs, package).next().map(|l| l.log.clone())))
+        Ok(self.last_run(parts, package)?.map(|(log, _)| log))
+    }
+
+    /// The last passing run of `parts` (`package`'s, if it has one): from
+    /// the case's own entries, else from its module's pack.
+    fn last_run(
+        &self,
+        parts: &KeyParts,
+        package: &str,
+    ) -> Result<Option<(InputLog, CachedResult)>, String> {
+        let key = parts.key();
+        if let Some(entry) = self.read::<LogEntry>(LOGS, &key.0)? {
+            if let Some(l) = ordered(&entry.logs, package).next() {
+                let result = self.read(RESULTS, &key.result(&l.log.inputs_digest()).0)?;
+                return Ok(result.map(|r| (l.log.clone(), r)));
+            }
+        }
+        let bundle = self.packs.bundle(&self.store, &parts.module, &key)?;
+        let own = remote::package_id(package);
+        Ok(bundle.and_then(|b| {
+            ordered_entries(&b.entries, &own)
+                .next()
+                .map(|e| (e.log.clone(), e.result.clone()))
+        }))
     }
 
     /// Saves a passing run's log and result, and (when `share`, the
@@ -323,37 +539,39 @@ impl Cache {
         result: &CachedResult,
         share: bool,
     ) -> std::io::Result<()> {
-        let logs = self.save_local(Some(name), package, parts, log, result)?;
+        let logs = self.save_local(name, package, parts, log, result)?;
+        let key = parts.key();
+        self.saved.lock().expect("saved").insert(key);
         if let Some(remote) = self.remote.as_ref().filter(|r| share && !r.read_only()) {
-            let key = parts.key();
-            let entries = logs
-                .into_iter()
-                .filter_map(|l| {
-                    let result = self
-                        .read::<CachedResult>(RESULTS, &key.result(&l.log.inputs_digest()).0)
-                        .ok()??;
-                    Some(remote::BundleEntry {
-                        package: remote::package_id(&l.package),
-                        log: l.log,
-                        result,
-                    })
-                })
-                .collect();
             let bundle = remote::Bundle {
                 parts: parts.clone(),
-                entries,
+                entries: self.bundle_entries(&key, logs),
             };
             remote.upload(key, &bundle);
         }
         Ok(())
     }
 
+    /// `logs` of `key` with their saved results, as a bundle holds them.
+    fn bundle_entries(&self, key: &TestKey, logs: Vec<PackageLog>) -> Vec<remote::BundleEntry> {
+        logs.into_iter()
+            .filter_map(|l| {
+                let result = self
+                    .read::<CachedResult>(RESULTS, &key.result(&l.log.inputs_digest()).0)
+                    .ok()??;
+                Some(remote::BundleEntry {
+                    package: remote::package_id(&l.package),
+                    log: l.log,
+                    result,
+                })
+            })
+            .collect()
+    }
+
     /// Saves into the local store; returns the key's logs as now kept.
-    /// `name` (for `--explain`'s "module changed") is left out for results
-    /// copied from the remote: one file fewer per hit.
     fn save_local(
         &self,
-        name: Option<NameKey>,
+        name: NameKey,
         package: &str,
         parts: &KeyParts,
         log: &InputLog,
@@ -384,10 +602,8 @@ impl Cache {
             logs,
         };
         self.store.put(LOGS, &key.0, &serde_json::to_vec(&entry)?)?;
-        if let Some(name) = name {
-            self.store
-                .put(NAMES, &name.0, &serde_json::to_vec(parts)?)?;
-        }
+        self.store
+            .put(NAMES, &name.0, &serde_json::to_vec(parts)?)?;
         Ok(entry.logs)
     }
 

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use cachet_runtime::{InputLog, Sha256Digest};
 use serde::{Deserialize, Serialize};
 
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+
 use super::key::{KeyParts, TestKey};
 use super::CachedResult;
 
@@ -46,6 +48,9 @@ const UPLOAD_THREADS: usize = 4;
 /// How long the end of a run waits for uploads still in flight.
 const UPLOAD_WAIT: Duration = Duration::from_secs(60);
 const MAGIC: &[u8] = b"cachet-remote v1\n";
+const PACK_MAGIC: &[u8] = b"cachet-pack v1\n";
+/// A larger pack is not uploaded (its keys are, one by one).
+const MAX_PACK: usize = 16 << 20;
 
 /// How to reach the server, from flags and the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +109,24 @@ pub struct BundleEntry {
     pub result: CachedResult,
 }
 
+/// A module's bundles for the cases one run selected of it, so a machine
+/// with an empty local cache gets a package with one request: filed under
+/// [`pack_key`] of those cases' keys, each bundle checked against its key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pack {
+    pub bundles: Vec<Bundle>,
+}
+
+/// Where the pack of these test keys is filed: the same selection of the
+/// same module (same flags, same shard) finds it again, and shards, which
+/// select different cases, never overwrite each other's.
+pub fn pack_key(keys: &[TestKey]) -> Sha256Digest {
+    let mut sorted: Vec<_> = keys.iter().map(|k| k.0.hex()).collect();
+    sorted.sort();
+    sorted.dedup();
+    Sha256Digest::of(format!("cachet pack v1\n{}", sorted.join("\n")).as_bytes())
+}
+
 /// The package as a bundle names it.
 pub fn package_id(package: &str) -> String {
     Sha256Digest::of(package.as_bytes()).hex()
@@ -133,8 +156,36 @@ pub struct Remote {
 const MAX_ENTRIES: usize = 8;
 
 struct Uploads {
-    tx: mpsc::Sender<(TestKey, Vec<u8>)>,
+    tx: mpsc::Sender<(Sha256Digest, Vec<u8>)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Resolves the server's host once per run. ureq resolves on every request,
+/// on a thread of its own when a timeout is set: a run with a lookup per
+/// module started 200 threads for it.
+#[derive(Debug, Default)]
+struct OnceResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    resolved: Mutex<Option<(String, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for OnceResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let at = format!("{:?} {:?}", uri.scheme(), uri.authority());
+        if let Some((known, addrs)) = &*self.resolved.lock().expect("resolver") {
+            if *known == at {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *self.resolved.lock().expect("resolver") = Some((at, addrs.clone()));
+        Ok(addrs)
+    }
 }
 
 /// Why a request did not give an answer.
@@ -146,14 +197,18 @@ enum Failure {
 
 impl Remote {
     pub fn new(config: RemoteConfig) -> Arc<Remote> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let http = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)
             .max_idle_connections_per_host(32)
             .user_agent(concat!("cachet/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            http,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            OnceResolver::default(),
+        );
         Arc::new(Remote {
             config,
             agent,
@@ -172,10 +227,41 @@ impl Remote {
     /// The test key's bundle, if the server has one that verifies; `None`
     /// for a miss, and after any problem (then the remote is off).
     pub fn fetch(&self, key: &TestKey) -> Option<Bundle> {
+        let (bundle, _): (Bundle, _) = self.fetch_entry(&key.0, MAGIC)?;
+        self.seen
+            .lock()
+            .expect("seen")
+            .insert(*key, bundle.entries.clone());
+        Some(bundle)
+    }
+
+    /// The pack filed under `key` (see [`pack_key`]), if the server has one
+    /// that verifies: its bundles with their keys, and the digest of its
+    /// encoding ([`Pack::digest`]). Its bundles' entries count as seen, so
+    /// uploads of single keys keep them.
+    pub fn fetch_pack(&self, key: &Sha256Digest) -> Option<(Vec<(TestKey, Bundle)>, Sha256Digest)> {
+        let (pack, digest): (Pack, _) = self.fetch_entry(key, PACK_MAGIC)?;
+        let keyed: Vec<_> = pack
+            .bundles
+            .into_iter()
+            .map(|b| (b.parts.key(), b))
+            .collect();
+        let mut seen = self.seen.lock().expect("seen");
+        for (k, b) in &keyed {
+            seen.entry(*k).or_insert_with(|| b.entries.clone());
+        }
+        Some((keyed, digest))
+    }
+
+    fn fetch_entry<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &Sha256Digest,
+        magic: &[u8],
+    ) -> Option<(T, Sha256Digest)> {
         if self.off.load(Ordering::Relaxed) {
             return None;
         }
-        match self.try_fetch(key) {
+        match self.try_fetch(key, magic) {
             Ok(b) => b,
             Err(e) => {
                 self.turn_off(e);
@@ -184,32 +270,32 @@ impl Remote {
         }
     }
 
-    fn try_fetch(&self, key: &TestKey) -> Result<Option<Bundle>, String> {
-        let Some(ac) = self.get(&format!("ac/{}", key.0.hex()))? else {
+    fn try_fetch<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &Sha256Digest,
+        magic: &[u8],
+    ) -> Result<Option<(T, Sha256Digest)>, String> {
+        let Some(ac) = self.get(&format!("ac/{}", key.hex()))? else {
             return Ok(None);
         };
         let action = ActionResult::decode(&ac)
-            .ok_or_else(|| format!("ac/{}: not an ActionResult", key.0.hex()))?;
+            .ok_or_else(|| format!("ac/{}: not an ActionResult", key.hex()))?;
         let bytes = match (action.stdout_raw, action.stdout_digest) {
             (Some(raw), _) if !raw.is_empty() => raw,
             (_, Some((hash, size))) => {
                 let body = self.get(&format!("cas/{hash}"))?.ok_or_else(|| {
-                    format!("cas/{hash}: missing, though ac/{} names it", key.0.hex())
+                    format!("cas/{hash}: missing, though ac/{} names it", key.hex())
                 })?;
                 if body.len() as u64 != size || Sha256Digest::of(&body).hex() != hash {
                     return Err(format!("cas/{hash}: the body does not match its digest"));
                 }
                 body
             }
-            _ => return Err(format!("ac/{}: holds no cachet entry", key.0.hex())),
+            _ => return Err(format!("ac/{}: holds no cachet entry", key.hex())),
         };
-        let bundle = decode_bundle(&bytes)
-            .ok_or_else(|| format!("ac/{}: the entry is damaged", key.0.hex()))?;
-        self.seen
-            .lock()
-            .expect("seen")
-            .insert(*key, bundle.entries.clone());
-        Ok(Some(bundle))
+        decode(&bytes, magic)
+            .map(Some)
+            .ok_or_else(|| format!("ac/{}: the entry is damaged", key.hex()))
     }
 
     /// Queues `bundle` for upload under `key` (nothing when read-only or off).
@@ -231,16 +317,31 @@ impl Remote {
             );
             bundle.entries.truncate(MAX_ENTRIES);
         }
-        let Ok(bytes) = encode_bundle(&bundle) else {
+        if let Ok(bytes) = encode(&bundle, MAGIC) {
+            self.queue(key.0, bytes);
+        }
+    }
+
+    /// Queues `pack` for upload under `key` (nothing when read-only or off).
+    pub fn upload_pack(self: &Arc<Self>, key: Sha256Digest, pack: &Pack) {
+        if self.config.read_only || self.off.load(Ordering::Relaxed) {
             return;
-        };
+        }
+        match encode(pack, PACK_MAGIC) {
+            Ok(bytes) if bytes.len() <= MAX_PACK => self.queue(key, bytes),
+            // Its keys are uploaded one by one anyway.
+            _ => {}
+        }
+    }
+
+    fn queue(self: &Arc<Self>, key: Sha256Digest, bytes: Vec<u8>) {
         let mut uploads = self.uploads.lock().expect("uploads");
         let up = uploads.get_or_insert_with(|| self.start_uploads());
         let _ = up.tx.send((key, bytes));
     }
 
     fn start_uploads(self: &Arc<Self>) -> Uploads {
-        let (tx, rx) = mpsc::channel::<(TestKey, Vec<u8>)>();
+        let (tx, rx) = mpsc::channel::<(Sha256Digest, Vec<u8>)>();
         let rx = Arc::new(Mutex::new(rx));
         let threads = (0..UPLOAD_THREADS)
             .map(|_| {
@@ -251,7 +352,7 @@ impl Remote {
                     if me.off.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match me.put_bundle(&key, bytes) {
+                    match me.put_entry(&key, bytes) {
                         Ok(()) => {
                             me.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                         }
@@ -263,7 +364,7 @@ impl Remote {
         Uploads { tx, threads }
     }
 
-    fn put_bundle(&self, key: &TestKey, bytes: Vec<u8>) -> Result<(), String> {
+    fn put_entry(&self, key: &Sha256Digest, bytes: Vec<u8>) -> Result<(), String> {
         let action = if bytes.len() <= INLINE_MAX {
             ActionResult {
                 stdout_raw: Some(bytes),
@@ -278,7 +379,7 @@ impl Remote {
                 stdout_digest: Some((hash, size)),
             }
         };
-        self.put(&format!("ac/{}", key.0.hex()), &action.encode())
+        self.put(&format!("ac/{}", key.hex()), &action.encode())
     }
 
     /// Waits (bounded) for the queued uploads; returns the warning of the
@@ -304,6 +405,21 @@ impl Remote {
             }
         }
         self.warning.lock().expect("warning").clone()
+    }
+
+    /// What the server held for `key` when it was looked up.
+    pub fn seen(&self, key: &TestKey) -> Vec<BundleEntry> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// An answer that verified but cannot be ours: off, with one warning.
+    pub fn reject(&self, why: String) {
+        self.turn_off(why);
     }
 
     /// The first problem turns the remote off for the rest of the run.
@@ -394,24 +510,33 @@ fn status(path: &str, code: u16) -> Failure {
     }
 }
 
-/// `MAGIC`, the sha256 of the JSON in hex and a newline, the JSON.
-pub fn encode_bundle(bundle: &Bundle) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(bundle)?;
-    let mut out = MAGIC.to_vec();
+impl Pack {
+    /// The sha256 of its encoding's JSON (what the encoding's checksum is).
+    pub fn digest(&self) -> Option<Sha256Digest> {
+        serde_json::to_vec(self).ok().map(|b| Sha256Digest::of(&b))
+    }
+}
+
+/// `magic`, the sha256 of the JSON in hex and a newline, the JSON.
+fn encode<T: Serialize>(value: &T, magic: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(value)?;
+    let mut out = magic.to_vec();
     out.extend_from_slice(Sha256Digest::of(&json).hex().as_bytes());
     out.push(b'\n');
     out.extend_from_slice(&json);
     Ok(out)
 }
 
-/// The bundle, if the bytes are one and their checksum holds.
-pub fn decode_bundle(bytes: &[u8]) -> Option<Bundle> {
-    let rest = bytes.strip_prefix(MAGIC)?;
+/// The value and its JSON's sha256, if the bytes are one under `magic` and
+/// their checksum holds.
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], magic: &[u8]) -> Option<(T, Sha256Digest)> {
+    let rest = bytes.strip_prefix(magic)?;
     let (hex, json) = (rest.get(..64)?, rest.get(65..)?);
-    if rest.get(64) != Some(&b'\n') || Sha256Digest::of(json).hex().as_bytes() != hex {
+    let digest = Sha256Digest::of(json);
+    if rest.get(64) != Some(&b'\n') || digest.hex().as_bytes() != hex {
         return None;
     }
-    serde_json::from_slice(json).ok()
+    serde_json::from_slice(json).ok().map(|v| (v, digest))
 }
 
 /// The part of REAPI's `ActionResult` cachet uses: `stdout_raw` (field 5)
@@ -569,14 +694,15 @@ mod tests {
             .unwrap(),
             entries: Vec::new(),
         };
-        let bytes = encode_bundle(&bundle).unwrap();
-        assert_eq!(decode_bundle(&bytes), Some(bundle));
+        let bytes = encode(&bundle, MAGIC).unwrap();
+        assert_eq!(decode(&bytes, MAGIC).map(|(b, _)| b), Some(bundle.clone()));
+        assert!(decode::<Bundle>(&bytes, PACK_MAGIC).is_none());
         for i in [0, MAGIC.len() + 3, bytes.len() - 2] {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert_eq!(decode_bundle(&bad), None, "flipped byte {i}");
+            assert!(decode::<Bundle>(&bad, MAGIC).is_none(), "flipped byte {i}");
         }
-        assert_eq!(decode_bundle(&bytes[..bytes.len() - 1]), None);
+        assert!(decode::<Bundle>(&bytes[..bytes.len() - 1], MAGIC).is_none());
     }
 
     #[test]

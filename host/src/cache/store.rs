@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! ROOT/<kind>/<2 hex>/<64 hex>   entry: header line, payload, sha256 trailer
+//! ROOT/<flat kind>/<64 hex>      the same, for kinds with an entry per module
 //! ROOT/tmp/                      writes in progress, renamed into place
 //! ```
 //!
@@ -35,6 +36,10 @@ const HEADER: &[u8] = b"cachet-entry v1\n";
 pub const MAX_AGE: Duration = Duration::from_secs(5 * 24 * 3600);
 /// Above this total, least recently used entries are removed.
 pub const MAX_BYTES: u64 = 1 << 30;
+/// Kinds with an entry per module, not per case: a few hundred entries need
+/// no shard directories, and on a fresh machine each shard is a `mkdir`
+/// (most of the file system time of a run served by a remote cache).
+const FLAT_KINDS: &[&str] = &["packs"];
 /// A used entry's mtime is refreshed when older than this.
 const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 
@@ -48,12 +53,19 @@ pub struct Corrupt {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Kinds without a directory when this process first looked: their
+    /// lookups are misses without a failed `open` each (a fresh machine
+    /// served by a remote cache has no entries of its own). An entry
+    /// another process adds meanwhile is then not seen by this run, as if
+    /// it were added after.
+    empty_kinds: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>,
 }
 
 impl Store {
     pub fn open(root: &Path) -> io::Result<Store> {
         fs::create_dir_all(root.join("tmp"))?;
         Ok(Store {
+            empty_kinds: Default::default(),
             root: root.to_path_buf(),
         })
     }
@@ -64,6 +76,9 @@ impl Store {
 
     fn path(&self, kind: &str, key: &Sha256Digest) -> PathBuf {
         let hex = key.hex();
+        if FLAT_KINDS.contains(&kind) {
+            return self.root.join(kind).join(hex);
+        }
         self.root.join(kind).join(&hex[..2]).join(hex)
     }
 
@@ -76,8 +91,20 @@ impl Store {
         h.finalize().into()
     }
 
+    /// Whether `kind` had no directory when first asked (see `empty_kinds`).
+    fn known_empty(&self, kind: &str) -> bool {
+        let mut kinds = self.empty_kinds.lock().unwrap_or_else(|e| e.into_inner());
+        *kinds
+            .entry(kind.to_string())
+            .or_insert_with(|| !self.root.join(kind).is_dir())
+    }
+
     /// Stores `payload` under (`kind`, `key`), atomically.
     pub fn put(&self, kind: &str, key: &Sha256Digest, payload: &[u8]) -> io::Result<()> {
+        self.empty_kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.to_string(), false);
         let path = self.path(kind, key);
         fs::create_dir_all(path.parent().expect("entries have a parent"))?;
         // Written beside its final name: a rename within one directory, and
@@ -95,6 +122,9 @@ impl Store {
     /// The payload under (`kind`, `key`): `Ok(None)` when absent, `Err` when
     /// the file is damaged (the caller treats it as a miss and warns).
     pub fn get(&self, kind: &str, key: &Sha256Digest) -> Result<Option<Vec<u8>>, Corrupt> {
+        if self.known_empty(kind) {
+            return Ok(None);
+        }
         let path = self.path(kind, key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -150,7 +180,8 @@ impl Store {
                 continue;
             };
             for shard in shards.flatten() {
-                let files: Vec<fs::DirEntry> = if is_tmp {
+                let is_entry = is_tmp || shard.file_type().is_ok_and(|t| t.is_file());
+                let files: Vec<fs::DirEntry> = if is_entry {
                     vec![shard]
                 } else {
                     fs::read_dir(shard.path())
@@ -268,10 +299,16 @@ mod tests {
             f.set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
                 .unwrap();
         }
+        store.put("packs", &key("flat"), &[0u8; 100]).unwrap();
+        assert!(dir.path().join("packs").join(key("flat").hex()).is_file());
         let r = store.trim(MAX_AGE, MAX_BYTES).unwrap();
         assert_eq!(r.removed, 1, "the 9-day-old entry");
+        assert_eq!(
+            r.kept_bytes,
+            2000 + 100 + 2 * (HEADER.len() as u64 + 32) + HEADER.len() as u64 + 32
+        );
         let r = store.trim(MAX_AGE, 1500).unwrap();
-        assert_eq!(r.removed, 1, "the older of the two left");
+        assert_eq!(r.removed, 1, "the older of the two results left");
         assert!(store.get("results", &key("0")).unwrap().is_some());
         assert!(store.get("results", &key("1")).unwrap().is_none());
     }
