@@ -19,6 +19,9 @@ pub struct Artifact {
     /// The module contains its package's absolute path (from
     /// `env!("CARGO_MANIFEST_DIR")`), so the package is mounted there too.
     pub embeds_dir: bool,
+    /// The bytes, kept when the run has no cache (every case will run);
+    /// otherwise read again if a case misses.
+    bytes: Option<Vec<u8>>,
     compiled: OnceLock<Result<Module, String>>,
 }
 
@@ -44,6 +47,7 @@ impl Artifact {
                         digest,
                         framework: forced.unwrap_or(facts.framework()),
                         embeds_dir: facts.embeds_dir,
+                        bytes: None,
                         compiled: OnceLock::new(),
                     });
                 }
@@ -73,6 +77,7 @@ impl Artifact {
             path,
             framework: forced.unwrap_or(detected),
             embeds_dir,
+            bytes: cache.is_none().then(|| buffer.0.clone()),
             compiled: OnceLock::new(),
         })
     }
@@ -82,9 +87,16 @@ impl Artifact {
     pub fn module(&self, runtime: &Runtime) -> Result<Module, String> {
         self.compiled
             .get_or_init(|| {
-                let bytes = self.read_again()?;
+                let read;
+                let bytes = match &self.bytes {
+                    Some(b) => b,
+                    None => {
+                        read = self.read_again()?;
+                        &read
+                    }
+                };
                 runtime
-                    .load_digested(&bytes, self.digest)
+                    .load_digested(bytes, self.digest)
                     .map_err(|e| format!("{}: {e}", self.path.display()))
             })
             .clone()
@@ -92,9 +104,9 @@ impl Artifact {
 
     /// The bytes of the module, read again to compile it and checked against
     /// its digest: a file replaced since is an error, not another module's
-    /// run. (Identifying reads into a reused buffer and keeps nothing: a
-    /// fresh 0.5 MB allocation per module, page faults and all, cost more
-    /// than reading again the few modules a run compiles.)
+    /// run. (With a cache, identifying reads into a reused buffer and keeps
+    /// nothing: a fresh 0.5 MB allocation per module, page faults and all,
+    /// cost more than reading again the few modules a run compiles.)
     fn read_again(&self) -> Result<Vec<u8>, String> {
         let file = self.path.display();
         let bytes = std::fs::read(&self.path).map_err(|e| format!("{file}: cannot read: {e}"))?;
