@@ -9,7 +9,6 @@
 //! only costs another process a re-read of the modules it learnt about).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -91,29 +90,14 @@ impl FactsTable {
         let mut records: Vec<&Record> = state.map.values().collect();
         records.sort_by_key(|r| std::cmp::Reverse(r.learnt_ns));
         records.truncate(MAX_ENTRIES);
-        let json = serde_json::to_vec(&records)?;
-        let mut bytes = HEADER.to_vec();
-        bytes.extend_from_slice(Sha256Digest::of(&json).hex().as_bytes());
-        bytes.push(b'\n');
-        bytes.extend_from_slice(&json);
-        // In the store's tmp/, which trimming sweeps.
-        let dir = self.path.parent().expect("facts have a parent").join("tmp");
-        std::fs::create_dir_all(&dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
+        super::write_table(&self.path, &super::seal(&records, HEADER)?)?;
         state.changed = false;
         Ok(())
     }
 }
 
 fn parse(bytes: &[u8]) -> Option<HashMap<Sha256Digest, Record>> {
-    let rest = bytes.strip_prefix(HEADER)?;
-    let (hex, json) = (rest.get(..64)?, rest.get(65..)?);
-    if rest.get(64) != Some(&b'\n') || Sha256Digest::of(json).hex().as_bytes() != hex {
-        return None;
-    }
-    let records: Vec<Record> = serde_json::from_slice(json).ok()?;
+    let (records, _): (Vec<Record>, _) = super::unseal(bytes, HEADER)?;
     Some(records.into_iter().map(|r| (r.key, r)).collect())
 }
 

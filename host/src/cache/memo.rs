@@ -9,7 +9,6 @@
 //! so the memo can never turn a changed file into a hit.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -74,14 +73,7 @@ impl StatMemo {
         }
         let trailer: [u8; 32] = Sha256::digest(&bytes).into();
         bytes.extend_from_slice(&trailer);
-        // In the store's tmp/, which trimming sweeps: a save cut short
-        // leaves nothing elsewhere (issue 8).
-        let dir = self.path.parent().expect("memo has a parent").join("tmp");
-        std::fs::create_dir_all(&dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        Ok(())
+        super::write_table(&self.path, &bytes)
     }
 }
 

@@ -25,6 +25,45 @@ use std::time::Duration;
 
 use cachet_runtime::{first_change, reobserve, InputLog, World};
 
+/// `magic`, the sha256 of the JSON in hex and a newline, the JSON: how
+/// remote entries and the module-facts table are written.
+pub(crate) fn seal<T: Serialize>(value: &T, magic: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(value)?;
+    let mut out = magic.to_vec();
+    out.extend_from_slice(cachet_runtime::Sha256Digest::of(&json).hex().as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// The value and its JSON's sha256, if the bytes are [`seal`]ed under
+/// `magic` and their checksum holds.
+pub(crate) fn unseal<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    magic: &[u8],
+) -> Option<(T, cachet_runtime::Sha256Digest)> {
+    let rest = bytes.strip_prefix(magic)?;
+    let (hex, json) = (rest.get(..64)?, rest.get(65..)?);
+    let digest = cachet_runtime::Sha256Digest::of(json);
+    if rest.get(64) != Some(&b'\n') || digest.hex().as_bytes() != hex {
+        return None;
+    }
+    serde_json::from_slice(json).ok().map(|v| (v, digest))
+}
+
+/// Writes a whole-file table (the stat memo, the module facts) at `path`
+/// through a temp file in the store's `tmp/`, which trimming sweeps: a
+/// save cut short leaves nothing elsewhere (issue 8).
+fn write_table(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().expect("tables have a parent").join("tmp");
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// A bundle's entries, `package`'s own (hashed) first.
 fn ordered_entries<'a>(
     entries: &'a [remote::BundleEntry],

@@ -293,7 +293,7 @@ impl Remote {
             }
             _ => return Err(format!("ac/{}: holds no cachet entry", key.hex())),
         };
-        decode(&bytes, magic)
+        super::unseal(&bytes, magic)
             .map(Some)
             .ok_or_else(|| format!("ac/{}: the entry is damaged", key.hex()))
     }
@@ -317,7 +317,7 @@ impl Remote {
             );
             bundle.entries.truncate(MAX_ENTRIES);
         }
-        if let Ok(bytes) = encode(&bundle, MAGIC) {
+        if let Ok(bytes) = super::seal(&bundle, MAGIC) {
             self.queue(key.0, bytes);
         }
     }
@@ -327,7 +327,7 @@ impl Remote {
         if self.config.read_only || self.off.load(Ordering::Relaxed) {
             return;
         }
-        match encode(pack, PACK_MAGIC) {
+        match super::seal(pack, PACK_MAGIC) {
             Ok(bytes) if bytes.len() <= MAX_PACK => self.queue(key, bytes),
             // Its keys are uploaded one by one anyway.
             _ => {}
@@ -517,28 +517,6 @@ impl Pack {
     }
 }
 
-/// `magic`, the sha256 of the JSON in hex and a newline, the JSON.
-fn encode<T: Serialize>(value: &T, magic: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(value)?;
-    let mut out = magic.to_vec();
-    out.extend_from_slice(Sha256Digest::of(&json).hex().as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(&json);
-    Ok(out)
-}
-
-/// The value and its JSON's sha256, if the bytes are one under `magic` and
-/// their checksum holds.
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], magic: &[u8]) -> Option<(T, Sha256Digest)> {
-    let rest = bytes.strip_prefix(magic)?;
-    let (hex, json) = (rest.get(..64)?, rest.get(65..)?);
-    let digest = Sha256Digest::of(json);
-    if rest.get(64) != Some(&b'\n') || digest.hex().as_bytes() != hex {
-        return None;
-    }
-    serde_json::from_slice(json).ok().map(|v| (v, digest))
-}
-
 /// The part of REAPI's `ActionResult` cachet uses: `stdout_raw` (field 5)
 /// or `stdout_digest` (field 6, a `Digest`: `hash` 1, `size_bytes` 2).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -694,15 +672,21 @@ mod tests {
             .unwrap(),
             entries: Vec::new(),
         };
-        let bytes = encode(&bundle, MAGIC).unwrap();
-        assert_eq!(decode(&bytes, MAGIC).map(|(b, _)| b), Some(bundle.clone()));
-        assert!(decode::<Bundle>(&bytes, PACK_MAGIC).is_none());
+        let bytes = crate::cache::seal(&bundle, MAGIC).unwrap();
+        assert_eq!(
+            crate::cache::unseal(&bytes, MAGIC).map(|(b, _)| b),
+            Some(bundle.clone())
+        );
+        assert!(crate::cache::unseal::<Bundle>(&bytes, PACK_MAGIC).is_none());
         for i in [0, MAGIC.len() + 3, bytes.len() - 2] {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert!(decode::<Bundle>(&bad, MAGIC).is_none(), "flipped byte {i}");
+            assert!(
+                crate::cache::unseal::<Bundle>(&bad, MAGIC).is_none(),
+                "flipped byte {i}"
+            );
         }
-        assert!(decode::<Bundle>(&bytes[..bytes.len() - 1], MAGIC).is_none());
+        assert!(crate::cache::unseal::<Bundle>(&bytes[..bytes.len() - 1], MAGIC).is_none());
     }
 
     #[test]
