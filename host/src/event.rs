@@ -89,7 +89,11 @@ pub enum Event {
         at: SystemTime,
     },
     /// Ctrl-C or SIGTERM: running cases are being stopped, no new one starts.
-    Interrupted,
+    Interrupted {
+        /// Wasm runs without time checks (`--timeout 0`): a case stops at
+        /// its next host call, not inside a loop.
+        at_host_calls: bool,
+    },
     /// The cases that will be reported, in order (with `--count`, each
     /// round in turn), out of `listed` the modules have.
     Planned {

@@ -222,7 +222,7 @@ impl Exec {
                 std::env::temp_dir().display()
             )
         })?;
-        Ok((scratch, Arc::new(crate::runtime_for(&self.config))))
+        Ok((scratch, Arc::new(crate::runtime_for(&self.config, false))))
     }
 
     /// Runs the module once with the arguments as given, output passed through.
@@ -519,7 +519,7 @@ impl Printer {
                 eprintln!("cachet exec: warning: {message}");
                 String::new()
             }
-            Event::Interrupted => {
+            Event::Interrupted { .. } => {
                 self.interrupted = true;
                 String::new()
             }

@@ -79,7 +79,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Inputs(args) => inputs::run(args, open_cache()),
         Command::Clean(args) => clean(args.results),
         Command::Compile(a) => {
-            match cachet_runtime::compile_child(&a.input, &a.output, &a.key, a.stack, a.memory) {
+            let epochs = a.epochs != 0;
+            match cachet_runtime::compile_child(
+                &a.input, &a.output, &a.key, a.stack, a.memory, epochs,
+            ) {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
                     eprintln!("{e}");
@@ -198,8 +201,10 @@ fn clean(results_only: bool) -> u8 {
 
 /// The runtime of a run, made when a case first needs it (a fully cached
 /// run starts no engine); compiles run in a child process (this binary)
-/// under the compile limits.
-pub(crate) fn runtime_for(config: &TestConfig) -> job::LazyRuntime {
+/// under the compile limits. `cachet test --timeout 0` runs wasm without
+/// epoch checks (faster; Ctrl-C then stops a case at its next host call);
+/// `cachet exec` keeps them, so Ctrl-C stops the program it runs.
+pub(crate) fn runtime_for(config: &TestConfig, uninterruptible: bool) -> job::LazyRuntime {
     let compile = std::env::current_exe()
         .ok()
         .map(|program| cachet_runtime::CompileGuard {
@@ -212,6 +217,7 @@ pub(crate) fn runtime_for(config: &TestConfig) -> job::LazyRuntime {
         compiled_cache: cache_dir().map(|d| d.join("compiled")),
         max_wasm_stack: config.stack,
         compile,
+        uninterruptible,
     })
 }
 
@@ -226,7 +232,7 @@ fn test(config: TestConfig) -> u8 {
         build,
         cache_dir().map(|d| d.join("go-test")).as_deref(),
     );
-    let runtime = Arc::new(runtime_for(&config));
+    let runtime = Arc::new(runtime_for(&config, config.timeout.is_none()));
     let scratch = match workdir::Workdir::create() {
         Ok(d) => d,
         Err(e) => {

@@ -131,7 +131,9 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
             ctx.interrupted.store(true, Ordering::SeqCst);
             ctx.runtime.interrupt();
             if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Event::Interrupted);
+                let _ = tx.send(Event::Interrupted {
+                    at_host_calls: ctx.config.timeout.is_none(),
+                });
             }
         } else {
             let _ = cachet_runtime::remove_tree(&ctx.scratch);

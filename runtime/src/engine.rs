@@ -124,10 +124,15 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: Option<usize>,
     /// Compile in a child process with limits; `None` compiles in-process.
     pub compile: Option<CompileGuard>,
+    /// Compile without epoch checks, for runs without a time limit: wasm
+    /// code then runs about 25% faster in tight loops (Go's `bytes` tests,
+    /// measured), and a run stops for its deadline or an interrupt only at
+    /// its next host call, never inside a loop of wasm code.
+    pub uninterruptible: bool,
 }
 
 /// How to compile a module in a child process: `program args... IN OUT KEY
-/// STACK MEMORY` must call [`compile_child`]. The child gets `memory` bytes
+/// STACK MEMORY EPOCHS` must call [`compile_child`]. The child gets `memory` bytes
 /// of address space and `timeout` of wall time; past either, the module is
 /// reported as a compile bomb.
 #[derive(Clone, Debug)]
@@ -150,6 +155,8 @@ pub const DEFAULT_COMPILE_MEMORY: u64 = 4 << 30;
 /// What every run of every guest thread shares.
 pub(crate) struct Shared {
     pub engine: Engine,
+    /// Wasm code checks the epoch in loops (see `RuntimeConfig::uninterruptible`).
+    pub epochs: bool,
     pub scratch: ScratchPool,
     pub interrupt: Arc<Interrupt>,
     pub max_wasm_stack: usize,
@@ -171,9 +178,9 @@ pub struct Runtime {
 
 /// The engine settings of every run, and of the compile child (which needs
 /// no instance pool, and must produce code the pooled engine accepts).
-fn engine_config(max_wasm_stack: usize, pooled: bool) -> Config {
+fn engine_config(max_wasm_stack: usize, pooled: bool, epochs: bool) -> Config {
     let mut wasm = Config::new();
-    wasm.epoch_interruption(true)
+    wasm.epoch_interruption(epochs)
         .max_wasm_stack(max_wasm_stack)
         // wasmtime requires the async stack to hold the wasm stack even
         // though runs are synchronous.
@@ -199,29 +206,37 @@ fn engine_config(max_wasm_stack: usize, pooled: bool) -> Config {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let max_wasm_stack = config.max_wasm_stack.unwrap_or(MAX_WASM_STACK);
-        let wasm = engine_config(max_wasm_stack, true);
+        let epochs = !config.uninterruptible;
+        let wasm = engine_config(max_wasm_stack, true, epochs);
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         crate::intercept::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let engine = engine.clone();
-            let stop = stop_ticker.clone();
-            std::thread::Builder::new()
-                .name("cachet-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?
+        let ticker = match epochs {
+            false => None,
+            true => {
+                let engine = engine.clone();
+                let stop = stop_ticker.clone();
+                let ticker = std::thread::Builder::new()
+                    .name("cachet-epoch".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(TICK);
+                            engine.increment_epoch();
+                        }
+                    })
+                    .map_err(|e| {
+                        RuntimeError::Engine(format!("cannot start the epoch thread: {e}"))
+                    })?;
+                Some(ticker)
+            }
         };
         Ok(Runtime {
             shared: Arc::new(Shared {
                 engine,
+                epochs,
                 scratch: ScratchPool::default(),
                 interrupt: Arc::default(),
                 max_wasm_stack,
@@ -236,7 +251,7 @@ impl Runtime {
             loaded_from_disk: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             stop_ticker,
-            ticker: Some(ticker),
+            ticker,
         })
     }
 
@@ -395,6 +410,7 @@ impl Runtime {
             .arg(key.hex())
             .arg(self.shared.max_wasm_stack.to_string())
             .arg(guard.memory.to_string())
+            .arg(if self.shared.epochs { "1" } else { "0" })
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -461,12 +477,14 @@ pub fn compile_child(
     key_hex: &str,
     max_wasm_stack: usize,
     memory: u64,
+    epochs: bool,
 ) -> Result<(), String> {
     limit_address_space(memory);
     let key = Sha256Digest::parse_hex(key_hex).ok_or("bad key")?;
     let bytes =
         std::fs::read(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
-    let engine = Engine::new(&engine_config(max_wasm_stack, false)).map_err(|e| first_line(&e))?;
+    let engine =
+        Engine::new(&engine_config(max_wasm_stack, false, epochs)).map_err(|e| first_line(&e))?;
     let module = wasmtime::Module::new(&engine, &bytes).map_err(|e| first_line(&e))?;
     store_compiled(output, &key, &module)
         .map_err(|e| format!("cannot write {}: {e}", output.display()))

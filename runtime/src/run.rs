@@ -215,7 +215,9 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
     store.limiter(|s| &mut s.limiter);
     // Every tick, the store checks its deadline and the interrupt; a guest
     // in a host call is stopped by the call itself (`clock.rs`).
-    store.set_epoch_deadline(1);
+    if shared.epochs {
+        store.set_epoch_deadline(1);
+    }
     store.epoch_deadline_callback(|mut cx| {
         let st = cx.data_mut();
         match st.interrupt.check(st.deadline) {

@@ -253,6 +253,84 @@ fn ctrl_c_stops_the_run_reports_it_and_leaves_nothing() {
     drop(dir);
 }
 
+/// `--timeout 0` compiles wasm without time checks: a case in a host call
+/// (the sleeper) still stops at the first Ctrl-C; one busy in a wasm loop
+/// runs on, and the second Ctrl-C quits at once.
+#[test]
+fn without_a_time_limit_ctrl_c_stops_cases_at_host_calls() {
+    let work = tempfile::tempdir().unwrap();
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    sleeper(work.path());
+    let (mut cmd, _cache) = cachet_command(work.path(), &[("TMPDIR", tmp.to_str().unwrap())]);
+    let child = cmd
+        .args(["test", "--timeout", "0", "sleeper"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_scratch_file(&tmp);
+    let start = Instant::now();
+    sigint(child.id());
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(
+            "cachet: interrupted: stopping the running cases at their next host call (--timeout 0"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(leftovers(&tmp), Vec::<PathBuf>::new());
+
+    let spin = work.path().join("spin");
+    std::fs::create_dir(&spin).unwrap();
+    std::fs::copy(&fixture("limit_spin_forever").wasm, spin.join("spin.wasm")).unwrap();
+    let (mut cmd, _cache) = cachet_command(work.path(), &[("TMPDIR", tmp.to_str().unwrap())]);
+    let mut child = cmd
+        .args(["test", "-v", "--timeout", "0", "spin"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "=== RUN   spins_forever");
+    sigint(child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a wasm loop has no host call to stop at"
+    );
+    let start = Instant::now();
+    sigint(child.id());
+    let status = child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(
+        leftovers(&tmp),
+        Vec::<PathBuf>::new(),
+        "the second Ctrl-C cleans up too"
+    );
+}
+
+fn sigint(pid: u32) {
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
 #[test]
 fn a_killed_run_leaves_its_tree_and_the_next_run_removes_it() {
     let work = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ pub struct TestArgs {
     /// Start no new case after the first failure.
     #[arg(long)]
     pub failfast: bool,
-    /// Per-case time limit, in Go duration syntax (10m, 1m30s, 500ms); 0 means none (default 10m).
+    /// Per-case time limit, in Go duration syntax (10m, 1m30s, 500ms); 0 means none, and wasm then runs without time checks (faster; Ctrl-C stops a case at its next host call) (default 10m).
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Run each case N times.

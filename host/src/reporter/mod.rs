@@ -97,10 +97,15 @@ impl Reporter {
                     .suspend(|| eprintln!("cachet: warning: {message}"));
                 return;
             }
-            Event::Interrupted => {
+            Event::Interrupted { at_host_calls } => {
                 self.interrupted = true;
+                let how = if at_host_calls {
+                    " at their next host call (--timeout 0 runs wasm without time checks)"
+                } else {
+                    ""
+                };
                 self.progress.suspend(|| {
-                    eprintln!("cachet: interrupted: stopping the running cases (press Ctrl-C again to quit at once)")
+                    eprintln!("cachet: interrupted: stopping the running cases{how} (press Ctrl-C again to quit at once)")
                 });
                 return;
             }
