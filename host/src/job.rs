@@ -182,7 +182,7 @@ pub struct ToRun {
 
 /// The case part of a job's cache key: its case, or for cases run in one
 /// instance all of them (their results are cached together).
-fn case_key(job: &Job) -> String {
+pub fn case_key(job: &Job) -> String {
     match (job.isolate, job.cases.as_slice()) {
         (Isolate::Test, [one]) => one.clone(),
         (_, cases) => format!("--module {}", cases.join(" ")),

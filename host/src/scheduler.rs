@@ -33,6 +33,8 @@ struct Ctx {
     runtime: Arc<LazyRuntime>,
     config: Arc<TestConfig>,
     cache: Option<Cache>,
+    /// The cache even when `--count` bypasses it: how long jobs took.
+    timings: Option<Cache>,
     slots: Arc<Semaphore>,
     failed: AtomicBool,
     /// Ctrl-C or SIGTERM arrived: no new case starts.
@@ -90,6 +92,7 @@ pub fn run(
     let ctx = Arc::new(Ctx {
         runtime,
         slots: Arc::new(Semaphore::new(workers)),
+        timings: cache.clone(),
         cache: cache.filter(|_| config.cache),
         config,
         failed: AtomicBool::new(false),
@@ -197,9 +200,9 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         }
     }
 
-    // 3. Take each package's lookups, in order, and run its misses, `-p`
-    //    at a time.
-    let mut tasks = Vec::new();
+    // 3. Take each package's lookups, in order; then run the misses, `-p`
+    //    at a time, the slowest first.
+    let mut runs: Vec<ToRun> = Vec::new();
     for (pkg, looked) in lookups.into_iter().enumerate() {
         let Some(looked) = looked else { continue };
         let looked = looked.await.expect("lookups do not panic");
@@ -210,7 +213,6 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             ran: 0,
             all_cached: true,
         }));
-        let mut to_run = Vec::new();
         for l in looked {
             match l {
                 Ok(hits) => {
@@ -220,47 +222,80 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
                     }
                     finish_job(pkg, &state, &tx, "");
                 }
-                Err(run) => to_run.push(run),
+                Err(run) => runs.push((pkg, state.clone(), run)),
             }
         }
-        for run in to_run {
-            let (ctx, tx, state) = (ctx.clone(), tx.clone(), state.clone());
-            let permit = ctx.slot().await;
-            tasks.push(tokio::spawn(async move {
-                let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
-                    || ctx.interrupted.load(Ordering::SeqCst);
-                if !skip {
-                    start_package(pkg, &state, &tx);
-                    let (ctx2, tx2) = (ctx.clone(), tx.clone());
-                    let cases = run.job.cases.clone();
-                    let results =
-                        on_guest(&ctx.runtime, move || job::run_job(&ctx2.env(&tx2), run))
-                            .await
-                            .unwrap_or_else(|e| {
-                                cases
-                                    .iter()
-                                    .map(|name| job::failed_setup(name, &e))
-                                    .collect()
-                            });
-                    drop(permit);
-                    for result in results {
-                        finish_case(&ctx, pkg, &state, &tx, result);
-                    }
-                } else {
-                    drop(permit);
+    }
+    slowest_first(&ctx, &mut runs);
+    let mut tasks = Vec::new();
+    for (pkg, state, run) in runs {
+        let (ctx, tx) = (ctx.clone(), tx.clone());
+        let permit = ctx.slot().await;
+        tasks.push(tokio::spawn(async move {
+            let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
+                || ctx.interrupted.load(Ordering::SeqCst);
+            if !skip {
+                start_package(pkg, &state, &tx);
+                let (ctx2, tx2) = (ctx.clone(), tx.clone());
+                let cases = run.job.cases.clone();
+                let timed = (run.job.package.clone(), job::case_key(&run.job));
+                let started = Instant::now();
+                let results = on_guest(&ctx.runtime, move || job::run_job(&ctx2.env(&tx2), run))
+                    .await
+                    .unwrap_or_else(|e| {
+                        cases
+                            .iter()
+                            .map(|name| job::failed_setup(name, &e))
+                            .collect()
+                    });
+                drop(permit);
+                if let Some(c) = ctx
+                    .timings
+                    .as_ref()
+                    .filter(|_| !ctx.interrupted.load(Ordering::SeqCst))
+                {
+                    c.record_time(&timed.0, &timed.1, started.elapsed());
                 }
-                let why = if ctx.interrupted.load(Ordering::SeqCst) {
-                    "interrupted"
-                } else {
-                    "--failfast stopped at an earlier failure"
-                };
-                finish_job(pkg, &state, &tx, why);
-            }));
-        }
+                for result in results {
+                    finish_case(&ctx, pkg, &state, &tx, result);
+                }
+            } else {
+                drop(permit);
+            }
+            let why = if ctx.interrupted.load(Ordering::SeqCst) {
+                "interrupted"
+            } else {
+                "--failfast stopped at an earlier failure"
+            };
+            finish_job(pkg, &state, &tx, why);
+        }));
     }
     for t in tasks {
         t.await.expect("job tasks do not panic");
     }
+}
+
+/// A job to run: its package, the package's state, the job.
+type ToRun = (usize, Arc<Mutex<PackageRun>>, Box<job::ToRun>);
+
+/// Orders the jobs to run so that a long one never starts last: those
+/// never timed first (new or renamed; in order), then the others by how
+/// long they took when they last ran, longest first. Only with parallel
+/// slots: with one, every order takes the same time, and `-p 1` keeps the
+/// listed order.
+fn slowest_first(ctx: &Ctx, runs: &mut [ToRun]) {
+    let Some(cache) = ctx.timings.as_ref() else {
+        return;
+    };
+    if ctx.config.parallel < 2 {
+        return;
+    }
+    runs.sort_by_cached_key(|(_, _, run)| {
+        match cache.last_time(&run.job.package, &job::case_key(&run.job)) {
+            None => (false, std::cmp::Reverse(Duration::ZERO)),
+            Some(took) => (true, std::cmp::Reverse(took)),
+        }
+    });
 }
 
 /// Lookups at once with a remote cache, a package each (one request per

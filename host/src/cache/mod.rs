@@ -13,12 +13,12 @@
 //! tries the package's own log first, then the others, so neither package's
 //! runs push the other's log out.
 
-mod facts;
 pub mod key;
 pub mod memo;
 mod pack;
 pub mod remote;
 pub mod store;
+mod table;
 
 use std::path::Path;
 use std::time::Duration;
@@ -205,7 +205,10 @@ fn facts_key(
 pub struct Cache {
     store: Store,
     memo: std::sync::Arc<memo::StatMemo>,
-    facts: std::sync::Arc<facts::FactsTable>,
+    facts: std::sync::Arc<table::Table<ModuleFacts>>,
+    /// How long each job (by package and case) last took, to run the
+    /// slowest first.
+    timings: std::sync::Arc<table::Table<u64>>,
     remote: Option<std::sync::Arc<remote::Remote>>,
     packs: pack::Packs,
     /// The remote packs this run looked up, to upload when they changed.
@@ -241,11 +244,19 @@ impl Cache {
     pub fn open(dir: &Path) -> std::io::Result<Cache> {
         let store = Store::open(dir)?;
         let memo = std::sync::Arc::new(memo::StatMemo::load(&dir.join("memo")));
-        let facts = std::sync::Arc::new(facts::FactsTable::load(&dir.join("module-facts")));
+        let facts = std::sync::Arc::new(table::Table::load(
+            &dir.join("module-facts"),
+            b"cachet-facts v2\n",
+        ));
+        let timings = std::sync::Arc::new(table::Table::load(
+            &dir.join("timings"),
+            b"cachet-timings v1\n",
+        ));
         Ok(Cache {
             store,
             memo,
             facts,
+            timings,
             remote: None,
             packs: Default::default(),
             selections: Default::default(),
@@ -276,11 +287,24 @@ impl Cache {
         self.memo.clone()
     }
 
-    /// Writes the stat memo and the module facts back; a failure only
-    /// costs re-hashing later.
+    /// Writes the stat memo, the module facts and the timings back; a
+    /// failure only costs re-hashing later.
     pub fn save_memo(&self) {
         let _ = self.memo.save();
         let _ = self.facts.save();
+        let _ = self.timings.save();
+    }
+
+    /// How long `package`'s job `case` took when it last ran.
+    pub fn last_time(&self, package: &str, case: &str) -> Option<Duration> {
+        let micros = self.timings.get(&NameKey::new(package, case).0)?;
+        Some(Duration::from_micros(micros))
+    }
+
+    /// Remembers how long `package`'s job `case` took (saved with the memo).
+    pub fn record_time(&self, package: &str, case: &str, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.timings.put(NameKey::new(package, case).0, micros);
     }
 
     pub fn store(&self) -> &Store {
