@@ -11,7 +11,11 @@
 //! where its digest verifies it. Inline bundles carry their own sha256.
 //! The lookup re-observes each log locally: a result is used only when
 //! every observation comes out the same here, as for a local entry, and is
-//! then copied into the local cache.
+//! then copied into the local cache (the module's local pack, `pack.rs`).
+//!
+//! A [`Pack`] holds the bundles of the cases one run selected of a module,
+//! filed under [`pack_key`] of their keys: a machine with an empty cache
+//! gets a module's cases with one request instead of one per case.
 //!
 //! A bundle names no host path: logs use logical paths, environment values
 //! are digests, and packages are hashed. Results that embed a checkout's
