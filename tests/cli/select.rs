@@ -138,9 +138,15 @@ fn the_slowest_cases_of_the_last_run_start_first() {
             .position(|(_, t)| t == "tests::prints_then_waits")
             .unwrap()
     };
-    assert!(rank_of_slow() >= 5, "first run: in listed order, last");
     assert!(
-        rank_of_slow() <= 1,
-        "second run: among the first two started"
+        rank_of_slow() >= 6,
+        "first run: in listed order, among the last two"
+    );
+    // Taken first; its guest starts after its module loads, while the
+    // other slot may start a few quick cases.
+    let second = rank_of_slow();
+    assert!(
+        second <= 3,
+        "second run: started early, not last ({second})"
     );
 }
