@@ -227,11 +227,7 @@ fn ctrl_c_stops_the_run_reports_it_and_leaves_nothing() {
         .unwrap();
     wait_for_scratch_file(&tmp);
     let start = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigint(child.id());
     let o = child.wait_with_output().unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(5),
