@@ -117,7 +117,7 @@ pub fn cache_entry(data: &[u8]) {
             .put("results", &key.result(&now.inputs_digest()).0, result);
     }
     let _ = cache.lookup(name, "pkg", &parts, &world);
-    let _ = cache.cases(&parts, "pkg");
+    let _ = cache.listing(&parts, "pkg");
 }
 
 /// Any file as the stat memo: loads (possibly empty) and answers.

@@ -5,12 +5,42 @@
 //! framework, whether it embeds its package's path) from the cache.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use cachet_runtime::{check_header, FileId, Module, ModuleDigest, Runtime};
+use cachet_runtime::{check_header, FileId, LoadError, Module, ModuleDigest, Runtime};
 
 use crate::cache::{Cache, ModuleFacts};
 use crate::framework::Framework;
+
+/// Why a test binary cannot be used; each reads as one line with its file.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{file}: cannot read: {error}")]
+    Read {
+        file: String,
+        error: Arc<std::io::Error>,
+    },
+    #[error("{file}: {error}")]
+    Load { file: String, error: Arc<LoadError> },
+    #[error("{file}: changed while cachet was running; run again")]
+    Changed { file: String },
+}
+
+impl ArtifactError {
+    fn read(path: &Path, error: std::io::Error) -> Self {
+        ArtifactError::Read {
+            file: path.display().to_string(),
+            error: Arc::new(error),
+        }
+    }
+
+    fn load(path: &Path, error: LoadError) -> Self {
+        ArtifactError::Load {
+            file: path.display().to_string(),
+            error: Arc::new(error),
+        }
+    }
+}
 
 pub struct Artifact {
     pub path: PathBuf,
@@ -22,7 +52,7 @@ pub struct Artifact {
     /// The bytes, kept when the run has no cache (every case will run);
     /// otherwise read again if a case misses.
     bytes: Option<Vec<u8>>,
-    compiled: OnceLock<Result<Module, String>>,
+    compiled: OnceLock<Result<Module, ArtifactError>>,
 }
 
 impl Artifact {
@@ -35,8 +65,7 @@ impl Artifact {
         forced: Option<Framework>,
         dir: Option<String>,
         cache: Option<&Cache>,
-    ) -> Result<Artifact, String> {
-        let file = path.display().to_string();
+    ) -> Result<Artifact, ArtifactError> {
         let id = file_id(&path);
         if let (Some(cache), Some(id)) = (cache, &id) {
             if let Some(digest) = cache.memo().get(id) {
@@ -54,9 +83,9 @@ impl Artifact {
             }
         }
         let mut buffer = Buffer::take();
-        read_into(&path, &mut buffer).map_err(|e| format!("{file}: cannot read: {e}"))?;
+        read_into(&path, &mut buffer).map_err(|e| ArtifactError::read(&path, e))?;
         let bytes = &buffer.0;
-        check_header(bytes).map_err(|e| format!("{file}: {e}"))?;
+        check_header(bytes).map_err(|e| ArtifactError::load(&path, e))?;
         let detected = Framework::detect(bytes);
         // Only data the program can read counts: debug info names the
         // package dir too, but the program cannot see it.
@@ -84,7 +113,7 @@ impl Artifact {
 
     /// The compiled module, compiling (or loading from the compiled-module
     /// cache) on first use; concurrent callers wait for one compile.
-    pub fn module(&self, runtime: &Runtime) -> Result<Module, String> {
+    pub fn module(&self, runtime: &Runtime) -> Result<Module, ArtifactError> {
         self.compiled
             .get_or_init(|| {
                 let read;
@@ -97,7 +126,7 @@ impl Artifact {
                 };
                 runtime
                     .load_digested(bytes, self.digest)
-                    .map_err(|e| format!("{}: {e}", self.path.display()))
+                    .map_err(|e| ArtifactError::load(&self.path, e))
             })
             .clone()
     }
@@ -107,13 +136,12 @@ impl Artifact {
     /// run. (With a cache, identifying reads into a reused buffer and keeps
     /// nothing: a fresh 0.5 MB allocation per module, page faults and all,
     /// cost more than reading again the few modules a run compiles.)
-    fn read_again(&self) -> Result<Vec<u8>, String> {
-        let file = self.path.display();
-        let bytes = std::fs::read(&self.path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    fn read_again(&self) -> Result<Vec<u8>, ArtifactError> {
+        let bytes = std::fs::read(&self.path).map_err(|e| ArtifactError::read(&self.path, e))?;
         if ModuleDigest::of(&bytes) != self.digest {
-            return Err(format!(
-                "{file}: changed while cachet was running; run again"
-            ));
+            return Err(ArtifactError::Changed {
+                file: self.path.display().to_string(),
+            });
         }
         Ok(bytes)
     }

@@ -3,55 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-/// How one case ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Skip,
-}
-
-#[derive(Clone, Debug)]
-pub struct CaseResult {
-    pub name: String,
-    pub verdict: Verdict,
-    pub elapsed: Duration,
-    /// The case's own output (harness framing removed).
-    pub output: String,
-    /// Streamed live: what of `output` was not shown yet (`None`: all of it).
-    pub live_rest: Option<String>,
-    /// The sha256 of the case's whole output (framing removed), when it ran.
-    pub output_digest: Option<cachet_runtime::Sha256Digest>,
-    /// The output carries the harness's own result lines (Go's `--- FAIL:
-    /// Name (0.01s)`): it is shown as it is, not framed by the reporter.
-    pub framed: bool,
-    /// Run in one instance with other cases whose output (shown with the
-    /// first of them) covers this one: nothing of its own to show.
-    pub in_module_output: bool,
-    /// The result came from the cache.
-    pub cached: bool,
-    /// `--explain`: why the case ran instead of hitting the cache.
-    pub explain: Option<String>,
-    /// Why a passing result was not saved (an input changed during the run).
-    pub not_saved: Option<String>,
-    /// Why the sandbox stopped it, when it was not the test's own failure:
-    /// `Some(limit)` for a timeout, which Go reports in its own words.
-    pub timed_out: Option<Duration>,
-    /// Any other stop by the sandbox (trap, memory limit, output limit), one line.
-    pub reason: Option<String>,
-    /// Passed only after failing (`--retries`).
-    pub flaky: Option<Flaky>,
-}
-
-/// A case that failed and then passed on a retry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flaky {
-    /// Attempts that failed, out of `attempts`.
-    pub failed: u32,
-    pub attempts: u32,
-    /// The first failing attempt's output (and the sandbox's reason).
-    pub first_failure: String,
-}
+use crate::framework::CaseResult;
 
 // One per case, moved once through a channel: boxing the case result
 // would add an allocation per case for nothing.

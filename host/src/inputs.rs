@@ -1,53 +1,34 @@
 //! `cachet inputs PKG [CASE]`: the input log each case's last passing run
 //! recorded, as the cache holds it. What a cache audit reads: every file,
 //! directory, variable and link the cached result depends on.
+//!
+//! It builds the configuration as `cachet test` does (`TestConfig::load`:
+//! the same flags, the same `cachet.toml` profile), plans the package's
+//! jobs from its cached listings as `cachet test` does (`plan::jobs`, so
+//! `--isolate`, Go's shared instances and `--run` cut them the same way),
+//! and computes each job's key with the one function `cachet test` uses
+//! (`plan::job_key`). It runs nothing.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use crate::artifact::Artifact;
-use crate::cache::{Cache, KeyParts};
-use crate::cli::{InputsArgs, TestArgs};
+use crate::cache::Cache;
+use crate::cli::InputsArgs;
 use crate::config::TestConfig;
-use crate::framework::Framework;
-use crate::job::LIST_CASE;
-use crate::{cache_dir, discover, exit, plan};
+use crate::home::cache_dir;
+use crate::plan::{self, Listing};
+use crate::{discover, exit};
 
 pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     let Some(cache) = cache else {
         eprintln!("cachet: no result cache to read (set CACHET_CACHE or HOME)");
         return exit::SETUP_ERROR;
     };
-    let test_args = TestArgs {
-        run: None,
-        list: None,
-        failfast: false,
-        timeout: None,
-        count: None,
-        sandbox: args.sandbox,
-        verbose: false,
-        json: false,
-        parallel: Some(1),
-        framework: None,
-        isolate: None,
-        explain: false,
-        verify: false,
-        prebuilt: args.prebuilt,
-        short: false,
-        go_parallel: None,
-        compile_timeout: None,
-        compile_memory: None,
-        packages: vec![args.package],
-        args: args.args,
-        remote_cache: None,
-        remote_cache_read_only: false,
-        partition: None,
-        junit: None,
-        retries: None,
-        fail_flaky: false,
-        profile: None,
-    };
-    let config = match TestConfig::from_args(test_args) {
+    let config = match std::env::current_dir()
+        .map_err(|e| crate::config::ConfigError::Cwd(e.to_string()))
+        .and_then(|cwd| TestConfig::load(args.flags, vec![args.package], args.args, &cwd))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cachet: {e}");
@@ -61,21 +42,19 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     } else {
         discover::Build::Allowed
     };
-    for package in discover::discover(
+    let packages = discover::discover(
         &config.packages,
         build,
         cache_dir().map(|d| d.join("go-test")).as_deref(),
-    ) {
+    );
+    for (pkg, package) in packages.into_iter().enumerate() {
         if let Some(e) = &package.error {
             eprintln!("cachet: {}: {e}", package.name);
             code = exit::SETUP_ERROR;
             continue;
         }
-        let dir = package
-            .cargo
-            .then(|| plan::absolute_dir(&package))
-            .flatten();
-        let forced = package.cargo.then_some(Framework::Libtest);
+        let forced = plan::known_framework(&config, &package);
+        let dir = plan::embeddable_dir(&package);
         let artifacts: Vec<Arc<Artifact>> = match package
             .modules
             .iter()
@@ -90,56 +69,49 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
             }
         };
         let embedded = artifacts.iter().any(|a| a.embeds_dir);
-        let policy = plan::policy(&config, &package, &std::env::temp_dir(), embedded, None);
-        for a in &artifacts {
-            let mut policy = policy.clone();
-            policy.program_name(&a.file_name());
-            let cases = match a.framework.list_args() {
-                None => vec![a.file_name()],
-                Some(list_args) => {
-                    let parts = KeyParts::new(
-                        a.digest,
-                        a.framework.name(),
-                        LIST_CASE,
-                        &list_args,
-                        &policy,
-                        config.stack_bytes(),
-                    );
-                    match cache.log(&parts, &package.name) {
-                        Ok(Some(_)) => cache.cases(&parts, &package.name).unwrap_or_default(),
-                        _ => {
-                            eprintln!(
-                                "cachet: {}: {}: no recorded run of this build; run `cachet test {}` first",
-                                package.name,
-                                a.file_name(),
-                                package.name
-                            );
-                            code = exit::SETUP_ERROR;
-                            continue;
-                        }
-                    }
-                }
+        let memo = Some(cache.memo());
+        let policy = plan::policy(&config, &package, &std::env::temp_dir(), embedded, memo);
+        let stack = config.sandbox.stack_bytes();
+        let mut modules = Vec::new();
+        for a in artifacts {
+            let module_policy = plan::module_policy(&policy, &a);
+            let listing = match plan::listing_key(&package.name, &a, &module_policy, stack) {
+                None => Some(Listing {
+                    cases: vec![a.file_name()],
+                    init: std::time::Duration::ZERO,
+                }),
+                Some((parts, _)) => cache
+                    .listing(&parts, &package.name)
+                    .map(|(cases, init)| Listing { cases, init }),
             };
-            for case in cases
-                .iter()
-                .filter(|c| args.case.as_ref().is_none_or(|want| want == *c))
-            {
-                let key_args = a.framework.key_args(&config.run_flags(), &config.args);
-                let parts = KeyParts::new(
-                    a.digest,
-                    a.framework.name(),
-                    case,
-                    &key_args,
-                    &policy,
-                    config.stack_bytes(),
-                );
-                let _ = writeln!(out, "== {} {case}", package.name);
-                let _ = match cache.log(&parts, &package.name) {
-                    Ok(Some(log)) => write!(out, "{}", log.render()),
-                    Ok(None) => writeln!(out, "(no passing run recorded)"),
-                    Err(e) => writeln!(out, "(unreadable: {e})"),
-                };
+            match listing {
+                Some(l) => modules.push((a, l)),
+                None => {
+                    eprintln!(
+                        "cachet: {}: {}: no recorded run of this build with these flags; run `cachet test {}` with them first",
+                        package.name,
+                        a.file_name(),
+                        package.name
+                    );
+                    code = exit::SETUP_ERROR;
+                }
             }
+        }
+        for job in plan::jobs(pkg, &package.name, &config, &policy, &modules) {
+            if args
+                .case
+                .as_ref()
+                .is_some_and(|want| !job.cases.contains(want))
+            {
+                continue;
+            }
+            let (parts, _) = plan::job_key(&job, &config.flags, &config.args, stack);
+            let _ = writeln!(out, "== {} {}", package.name, job.cases.join(" "));
+            let _ = match cache.log(&parts, &package.name) {
+                Ok(Some(log)) => write!(out, "{}", log.render()),
+                Ok(None) => writeln!(out, "(no passing run recorded)"),
+                Err(e) => writeln!(out, "(unreadable: {e})"),
+            };
         }
     }
     code

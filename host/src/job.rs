@@ -7,24 +7,68 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use cachet_runtime::{OutputTee, Policy, RunOutcome, Runtime, RuntimeConfig, Status};
+use cachet_runtime::{
+    OutputTee, Policy, RunError, RunOutcome, Runtime, RuntimeConfig, RuntimeError,
+};
 use tokio::sync::mpsc;
 
-use crate::artifact::Artifact;
-use crate::cache::{Cache, CachedCase, CachedResult, KeyParts, Lookup, Miss, NameKey};
+use crate::artifact::{Artifact, ArtifactError};
+use crate::cache::{self, Cache, CachedCase, CachedResult, KeyParts, Lookup, Miss, NameKey};
 use crate::config::{Isolate, TestConfig};
-use crate::event::{CaseResult, Event, Verdict};
-use crate::framework::{CaseStream, Framework};
-use crate::plan::Job;
+use crate::event::Event;
+use crate::framework::CaseStream;
+use crate::framework::{CaseResult, Verdict};
+use crate::plan::{Job, Listing};
 
 /// Where events go.
 pub type Tx = mpsc::UnboundedSender<Event>;
+
+/// Why a package's modules or a job could not be set up (the test never
+/// ran); each reads as one line with its fix.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Discovery or the package's build failed, as `discover` says it.
+    #[error("{0}")]
+    Package(String),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("{0}")]
+    Runtime(Arc<RuntimeError>),
+    #[error("{file}: {error}")]
+    Run { file: String, error: Arc<RunError> },
+    #[error("{file}: listing its tests with `{args}` failed ({status}); is it a {framework} test binary? Pass --framework to say")]
+    Listing {
+        file: String,
+        args: String,
+        status: String,
+        framework: &'static str,
+    },
+    #[error(
+        "cannot create a scratch directory in {dir}: {error}; set TMPDIR to a writable directory"
+    )]
+    Scratch {
+        dir: String,
+        error: Arc<std::io::Error>,
+    },
+    #[error("internal error in cachet (a panic); please report it")]
+    Panic,
+}
+
+impl SetupError {
+    /// The run's scratch directory could not be made in the temp dir.
+    pub fn scratch(error: std::io::Error) -> Self {
+        SetupError::Scratch {
+            dir: std::env::temp_dir().display().to_string(),
+            error: Arc::new(error),
+        }
+    }
+}
 
 /// The sandbox runtime, made on first use: a fully cached run never starts
 /// an engine, its instance pool or its threads.
 pub struct LazyRuntime {
     config: RuntimeConfig,
-    runtime: OnceLock<Result<Runtime, String>>,
+    runtime: OnceLock<Result<Runtime, SetupError>>,
 }
 
 impl LazyRuntime {
@@ -36,9 +80,11 @@ impl LazyRuntime {
     }
 
     /// The runtime, made now if it was not yet.
-    pub fn get(&self) -> Result<&Runtime, String> {
+    pub fn get(&self) -> Result<&Runtime, SetupError> {
         self.runtime
-            .get_or_init(|| Runtime::new(self.config.clone()).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                Runtime::new(self.config.clone()).map_err(|e| SetupError::Runtime(Arc::new(e)))
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -56,6 +102,28 @@ impl LazyRuntime {
     }
 }
 
+/// The runtime of a run, made when a case first needs it (a fully cached
+/// run starts no engine); compiles run in a child process (this binary)
+/// under the compile limits. `cachet test --timeout 0` runs wasm without
+/// epoch checks (faster; Ctrl-C then stops a case at its next host call);
+/// `cachet exec` keeps them, so Ctrl-C stops the program it runs.
+pub fn runtime_for(config: &TestConfig, uninterruptible: bool) -> LazyRuntime {
+    let compile = std::env::current_exe()
+        .ok()
+        .map(|program| cachet_runtime::CompileGuard {
+            program,
+            args: vec!["__compile".into()],
+            timeout: config.compile_timeout,
+            memory: config.compile_memory,
+        });
+    LazyRuntime::new(RuntimeConfig {
+        compiled_cache: crate::home::cache_dir().map(|d| d.join("compiled")),
+        max_wasm_stack: config.sandbox.stack,
+        compile,
+        uninterruptible,
+    })
+}
+
 /// What a job runs with.
 pub struct Env<'a> {
     pub runtime: &'a LazyRuntime,
@@ -66,57 +134,20 @@ pub struct Env<'a> {
     pub tx: &'a Tx,
 }
 
-/// Pseudo case name under which a module's listing is cached.
-pub const LIST_CASE: &str = "--list";
-
-/// The key of a module's listing, and its policy (with `argv[0]`).
-fn listing_key(
-    env: &Env,
-    package: &str,
-    m: &Artifact,
-    policy: &Policy,
-    args: &[String],
-) -> (KeyParts, NameKey, Policy) {
-    let mut p = policy.clone();
-    p.program_name(&m.file_name());
-    let parts = KeyParts::new(
-        m.digest,
-        m.framework.name(),
-        LIST_CASE,
-        args,
-        &p,
-        env.config.stack_bytes(),
-    );
-    let name = NameKey::new(package, &format!("{LIST_CASE} {}", m.file_name()));
-    (parts, name, p)
-}
-
-/// A module's cases, and what one instance of it costs before any case runs
-/// (the listing run: package init, for Go), which decides how Go cases are
-/// cut into instances (see `plan::jobs`).
-#[derive(Clone, Debug)]
-pub struct Listing {
-    pub cases: Vec<String>,
-    pub init: Duration,
-}
-
-/// A module's cases from the cache, if its listing is cached.
-pub fn cached_listing(
-    env: &Env,
-    package: &str,
-    m: &Artifact,
-    policy: &Policy,
-    args: &[String],
-) -> Option<Listing> {
+/// A module's cases from the cache, if its listing is cached (`policy`:
+/// the module's).
+pub fn cached_listing(env: &Env, package: &str, m: &Artifact, policy: &Policy) -> Option<Listing> {
     let cache = env.cache?;
-    let (parts, name, p) = listing_key(env, package, m, policy, args);
-    match cache.lookup(name, package, &parts, &p.world()) {
+    let (parts, name) =
+        crate::plan::listing_key(package, m, policy, env.config.sandbox.stack_bytes())?;
+    match cache.lookup(name, package, &parts, &policy.world()) {
         Lookup::Hit(r) => Some(Listing {
             cases: r.cases,
             init: r.elapsed,
         }),
         Lookup::Miss(Miss::Corrupt(e)) => {
-            let _ = env.tx.send(Event::Warning { message: e });
+            let message = e.to_string();
+            let _ = env.tx.send(Event::Warning { message });
             None
         }
         Lookup::Miss(_) => None,
@@ -124,32 +155,44 @@ pub fn cached_listing(
 }
 
 /// Lists a module's cases by running it with its framework's list
-/// protocol, and caches the listing.
+/// protocol, and caches the listing (`policy`: the module's). A module
+/// that cannot list is its one case; it is compiled now, so a module that
+/// cannot load fails its package's setup, as a listing would.
 pub fn list_module(
     env: &Env,
     package: &str,
     m: &Artifact,
     policy: &Policy,
-    args: &[String],
-) -> Result<Listing, String> {
+) -> Result<Listing, SetupError> {
     let file = m.path.display().to_string();
-    let (parts, name, mut p) = listing_key(env, package, m, policy, args);
     let runtime = env.runtime.get()?;
     let module = m.module(runtime)?;
-    p.args(args);
-    let outcome = runtime
-        .run(&module, &p)
-        .map_err(|e| format!("{file}: {e}"))?;
+    let Some(args) = m.framework.harness().list_args() else {
+        return Ok(Listing {
+            cases: vec![m.file_name()],
+            init: Duration::ZERO,
+        });
+    };
+    let (parts, name) =
+        crate::plan::listing_key(package, m, policy, env.config.sandbox.stack_bytes())
+            .expect("a harness with list arguments has a listing key");
+    let mut p = policy.clone();
+    p.args(&args);
+    let outcome = runtime.run(&module, &p).map_err(|e| SetupError::Run {
+        file: file.clone(),
+        error: Arc::new(e),
+    })?;
     if !outcome.status.passed() {
-        return Err(format!(
-            "{file}: listing its tests with `{}` failed ({}); is it a {} test binary? Pass --framework to say",
-            args.join(" "),
-            outcome.status,
-            m.framework.name()
-        ));
+        return Err(SetupError::Listing {
+            file,
+            args: args.join(" "),
+            status: outcome.status.to_string(),
+            framework: m.framework.name(),
+        });
     }
     let cases = m
         .framework
+        .harness()
         .parse_list(&String::from_utf8_lossy(&outcome.output));
     if let (Some(cache), None) = (env.cache, &outcome.changed_during_run) {
         let result = CachedResult {
@@ -180,86 +223,43 @@ pub struct ToRun {
     cached: Option<CachedResult>,
 }
 
-/// The case part of a job's cache key: its case, or for cases run in one
-/// instance all of them (their results are cached together).
-pub fn case_key(job: &Job) -> String {
-    match (job.isolate, job.cases.as_slice()) {
-        (Isolate::Test, [one]) => one.clone(),
-        (_, cases) => format!("--module {}", cases.join(" ")),
-    }
-}
-
-/// A job's cache key: its case's (or its cases') key parts, and its name
-/// for `--explain`.
+/// A job's cache key, as `cachet inputs` computes it too.
 fn job_key(env: &Env, job: &Job) -> (KeyParts, NameKey) {
-    let args = job
-        .framework
-        .key_args(&env.config.run_flags(), &env.config.args);
-    let case = case_key(job);
-    let parts = KeyParts::new(
-        job.module.digest,
-        job.framework.name(),
-        &case,
-        &args,
-        &job.policy,
-        env.config.stack_bytes(),
-    );
-    (parts, NameKey::new(&job.package, &case))
+    crate::plan::job_key(
+        job,
+        &env.config.flags,
+        &env.config.args,
+        env.config.sandbox.stack_bytes(),
+    )
 }
 
 /// What a lookup says of a job: its results (cached), or what to run.
 pub type Looked = Result<Vec<CaseResult>, Box<ToRun>>;
 
-/// Looks a package's jobs up in the cache. With a remote cache, the
-/// selected cases of each shareable module with a miss here are first
-/// fetched as one pack, and what came from the remote is written as one
-/// file per module.
+/// Looks a package's jobs up in the cache (which, with a remote cache,
+/// fetches each module's pack first; see `Cache::look_up_all`).
 pub fn look_up_package(env: &Env, jobs: Vec<Job>) -> Vec<Looked> {
     let Some(cache) = env.cache else {
         return jobs.into_iter().map(|j| look_up(env, j, None)).collect();
     };
-    let keys: Vec<_> = jobs.iter().map(|j| job_key(env, j)).collect();
-    let mut found: Vec<Lookup> = jobs
+    let queries: Vec<cache::Query> = jobs
         .iter()
-        .zip(&keys)
-        .map(|(j, (parts, name))| cache.lookup_here(*name, &j.package, parts, &j.policy.world()))
+        .map(|j| {
+            let (parts, name) = job_key(env, j);
+            cache::Query {
+                name,
+                package: j.package.clone(),
+                parts,
+                world: j.policy.world(),
+                shared: env.config.shares_results() && !j.module.embeds_dir,
+            }
+        })
         .collect();
-    if cache.remote().is_some() && env.config.shares_results() {
-        let shared = |i: usize| !jobs[i].module.embeds_dir;
-        let mut modules: Vec<&str> = Vec::new();
-        for (i, (parts, _)) in keys.iter().enumerate() {
-            if matches!(found[i], Lookup::Miss(_))
-                && shared(i)
-                && !modules.contains(&&*parts.module)
-            {
-                modules.push(&parts.module);
-            }
-        }
-        for m in &modules {
-            let selected = (0..jobs.len())
-                .filter(|&i| shared(i) && keys[i].0.module == *m)
-                .map(|i| keys[i].0.clone())
-                .collect();
-            cache.prefetch_pack(selected);
-        }
-        for (i, f) in found.iter_mut().enumerate() {
-            if let Lookup::Miss(miss) = f {
-                let miss = std::mem::replace(miss, Miss::NoEntry(""));
-                *f = cache.lookup_remote(
-                    &jobs[i].package,
-                    &keys[i].0,
-                    &jobs[i].policy.world(),
-                    miss,
-                );
-            }
-        }
-        let modules: Vec<String> = modules.iter().map(|m| m.to_string()).collect();
-        cache.flush_packs(Some(&modules));
-    }
+    let found = cache.look_up_all(&queries);
     jobs.into_iter()
-        .zip(keys)
+        .zip(queries)
         .zip(found)
-        .map(|((j, k), l)| look_up(env, j, Some((k, l))))
+        .map(|((j, q), l)| look_up(env, j, Some(((q.parts, q.name), l))))
         .collect()
 }
 
@@ -272,7 +272,8 @@ pub fn look_up(env: &Env, job: Job, found: Option<((KeyParts, NameKey), Lookup)>
         None => (None, None),
     };
     if let Some(Lookup::Miss(Miss::Corrupt(e))) = &lookup {
-        let _ = env.tx.send(Event::Warning { message: e.clone() });
+        let message = e.to_string();
+        let _ = env.tx.send(Event::Warning { message });
     }
     let (explain, cached) = match lookup {
         Some(Lookup::Hit(r)) if !env.config.verify => return Ok(cached_results(&job, r)),
@@ -362,7 +363,7 @@ fn mark_flaky(results: &mut [CaseResult], earlier: &[Vec<CaseResult>]) {
             for note in first.reason.iter() {
                 output.push_str(&format!("\ncachet: {note}"));
             }
-            r.flaky = Some(crate::event::Flaky {
+            r.flaky = Some(crate::framework::Flaky {
                 failed: failures.len() as u32,
                 attempts,
                 first_failure: output,
@@ -405,21 +406,30 @@ fn cached_results(job: &Job, r: CachedResult) -> Vec<CaseResult> {
             Verdict::Pass
         }
     };
-    let framed = job.framework.frames_itself();
     if r.module_cases.is_empty() {
         return vec![CaseResult {
             cached: true,
-            framed,
-            ..case(&job.cases[0], verdict(r.skipped), r.elapsed, r.output)
+            ..CaseResult::new(
+                &job.cases[0],
+                job.framework,
+                verdict(r.skipped),
+                r.elapsed,
+                r.output,
+            )
         }];
     }
     r.module_cases
         .into_iter()
         .map(|c| CaseResult {
             cached: true,
-            framed,
             in_module_output: c.in_module_output,
-            ..case(&c.name, verdict(c.skipped), c.elapsed, c.output)
+            ..CaseResult::new(
+                &c.name,
+                job.framework,
+                verdict(c.skipped),
+                c.elapsed,
+                c.output,
+            )
         })
         .collect()
 }
@@ -472,24 +482,28 @@ fn verify_case(now: &mut CaseResult, before: &CachedResult) {
 
 /// Runs the job; the outcome comes back with the results when it ran.
 fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
-    let setup_failed = |e: &str| job.cases.iter().map(|name| failed_setup(name, e)).collect();
+    let harness = job.framework.harness();
+    let setup_failed = |e: SetupError| {
+        let e = e.to_string();
+        job.cases
+            .iter()
+            .map(|name| CaseResult::failed_setup(name, job.framework, &e))
+            .collect()
+    };
     let runtime = match env.runtime.get() {
         Ok(r) => r,
-        Err(e) => return (setup_failed(&e), None),
+        Err(e) => return (setup_failed(e), None),
     };
     let module = match job.module.module(runtime) {
         Ok(m) => m,
-        Err(e) => return (setup_failed(&e), None),
+        Err(e) => return (setup_failed(e.into()), None),
     };
     let mut policy = (*job.policy).clone();
-    let flags = env.config.run_flags();
-    policy.args(
-        &job.framework
-            .run_args(&job.run_cases, &flags, &env.config.args),
-    );
-    if job.framework == Framework::Go {
-        policy.collect_scratch_file(crate::go::harness::TESTLOG);
-    }
+    let mut args = harness.case_args(&job.run_cases);
+    args.extend(harness.flag_args(&env.config.flags));
+    args.extend(env.config.args.iter().cloned());
+    policy.args(&args);
+    harness.prepare(&mut policy);
     // One case's output is streamed through its framing filter: digested
     // whole for --verify, and shown live with -v.
     let stream = (job.cases.len() == 1).then(|| {
@@ -497,12 +511,12 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         // A harness that frames its own output (Go) cannot have cachet's
         // `=== CONT` markers woven in: with cases running at once, each
         // case's output is shown whole when it ends.
-        let live = env.live && !(job.framework.frames_itself() && env.config.parallel > 1);
+        let live = env.live && !(harness.frames_itself() && env.config.parallel > 1);
         if live {
             let _ = env.tx.send(Event::CaseStarted {
                 pkg: job.pkg,
                 name: name.clone(),
-                framed: job.framework.frames_itself(),
+                framed: harness.frames_itself(),
             });
         }
         let stream = Arc::new(Mutex::new(CaseStream::new(job.framework, &name, live)));
@@ -521,23 +535,20 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
     });
     let mut outcome = match runtime.run(&module, &policy) {
         Ok(o) => o,
-        Err(e) => return (setup_failed(&e.to_string()), None),
+        Err(e) => {
+            let file = job.module.path.display().to_string();
+            let error = Arc::new(e);
+            return (setup_failed(SetupError::Run { file, error }), None);
+        }
     };
-    if job.framework == Framework::Go {
-        crate::go::testlog::refine(
-            &mut outcome.log,
-            outcome.collected.as_deref(),
-            &policy.world(),
-        );
-    }
+    harness.refine(&mut outcome, &policy.world());
     if let Some(message) = outcome.cleanup_error.clone() {
         let _ = env.tx.send(Event::Warning { message });
     }
     let raw = String::from_utf8_lossy(&outcome.output).into_owned();
-    let mut results = match (job.isolate, job.framework) {
-        (Isolate::Module, Framework::Libtest) => module_results(job, &outcome, &raw),
-        (Isolate::Module, Framework::Go) => go_module_results(job, &outcome, &raw, flags.mode),
-        _ => vec![case_result(&job.cases[0], job.framework, &outcome, &raw)],
+    let mut results = match job.isolate {
+        Isolate::Module => harness.module_results(&job.cases, &outcome, &raw),
+        Isolate::Test => vec![harness.case_result(&job.cases[0], &outcome, &raw)],
     };
     if let ([result], Some((stream, live))) = (results.as_mut_slice(), stream) {
         let end = stream.lock().expect("case stream").finish();
@@ -620,168 +631,4 @@ fn trim_output(output: &str) -> String {
         &output[..head_end],
         &output[tail_start..]
     )
-}
-
-pub fn failed_setup(name: &str, error: &str) -> CaseResult {
-    CaseResult {
-        reason: Some(format!("cannot set up the run: {error}")),
-        ..case(name, Verdict::Fail, Duration::ZERO, String::new())
-    }
-}
-
-/// A result with nothing but the essentials set.
-fn case(name: &str, verdict: Verdict, elapsed: Duration, output: String) -> CaseResult {
-    CaseResult {
-        name: name.to_string(),
-        verdict,
-        elapsed,
-        output,
-        live_rest: None,
-        output_digest: None,
-        framed: false,
-        in_module_output: false,
-        cached: false,
-        explain: None,
-        not_saved: None,
-        flaky: None,
-        timed_out: None,
-        reason: None,
-    }
-}
-
-/// The sandbox's reason for a stop the test itself did not report: one
-/// line, then the innermost wasm frames of a trap.
-fn stop_reason(status: &Status, output: &str) -> (Option<Duration>, Option<String>) {
-    match status {
-        Status::Exited(0) => (None, None),
-        Status::Timeout(limit) => (Some(*limit), None),
-        // A Rust panic already printed its message; the trap adds nothing.
-        Status::Trapped { .. } if output.contains("panicked at") => (None, None),
-        other => {
-            let mut reason = other.to_string();
-            for frame in other.frames() {
-                reason.push_str("\n    at ");
-                reason.push_str(frame);
-            }
-            (None, Some(reason))
-        }
-    }
-}
-
-fn case_result(name: &str, framework: Framework, outcome: &RunOutcome, raw: &str) -> CaseResult {
-    let out = framework.case_output(name, raw);
-    let (verdict, harness_reason) = match (framework, &outcome.status) {
-        (Framework::Go, Status::Exited(code)) => {
-            crate::go::harness::verdict(name, Some(*code), raw)
-        }
-        _ => match (outcome.status.passed(), out.skipped) {
-            (true, true) => (Verdict::Skip, None),
-            (true, false) => (Verdict::Pass, None),
-            (false, _) => (Verdict::Fail, None),
-        },
-    };
-    let (timed_out, mut reason) = stop_reason(&outcome.status, raw);
-    if framework == Framework::Go
-        && matches!(outcome.status, Status::Exited(1 | 2))
-        && (crate::go::harness::result_of(raw, name).is_some() || raw.contains("\npanic: "))
-    {
-        // Go's own `--- FAIL` lines (or its panic) say it all.
-        reason = None;
-    }
-    CaseResult {
-        timed_out,
-        reason: reason.or(harness_reason),
-        framed: framework.frames_itself(),
-        ..case(name, verdict, outcome.elapsed, out.body)
-    }
-}
-
-/// The cases of a Go module run in one instance. Go printed the run as one
-/// output, which is shown whole with the first case that failed (or the
-/// first case, when all output is shown); each case's verdict comes from
-/// its result line. Cases with none did not finish when the instance
-/// crashed or was stopped, unless Go ended normally (quiet mode prints no
-/// line for a passing case).
-fn go_module_results(
-    job: &Job,
-    outcome: &RunOutcome,
-    raw: &str,
-    mode: crate::framework::OutputMode,
-) -> Vec<CaseResult> {
-    let exit = match outcome.status {
-        Status::Exited(c) => Some(c),
-        _ => None,
-    };
-    let ended = matches!(exit, Some(0 | 1));
-    let (timed_out, reason) = stop_reason(&outcome.status, raw);
-    let mut results: Vec<CaseResult> = job
-        .cases
-        .iter()
-        .map(|name| {
-            let own = crate::go::harness::result_of(raw, name);
-            let verdict = match (own, ended) {
-                (Some(v), _) => v,
-                (None, true) => Verdict::Pass,
-                (None, false) => Verdict::Fail,
-            };
-            let mut r = case(name, verdict, Duration::ZERO, String::new());
-            r.framed = true;
-            r.in_module_output = true;
-            if own.is_none() && !ended {
-                r.timed_out = timed_out;
-                r.reason = Some(match &reason {
-                    Some(why) => format!("did not finish: {why}"),
-                    None => "did not finish: the instance stopped in another case".into(),
-                });
-            }
-            r
-        })
-        .collect();
-    let carrier = match mode {
-        crate::framework::OutputMode::Quiet => results
-            .iter()
-            .position(|r| r.verdict == Verdict::Fail)
-            .unwrap_or(0),
-        _ => 0,
-    };
-    if let Some(r) = results.get_mut(carrier) {
-        r.output = crate::go::harness::body(raw);
-        r.in_module_output = false;
-        r.elapsed = outcome.elapsed;
-    }
-    results
-}
-
-fn module_results(job: &Job, outcome: &RunOutcome, raw: &str) -> Vec<CaseResult> {
-    let trapped = !outcome.status.passed();
-    let split = job.framework.split_module_output(raw, trapped);
-    let (timed_out, reason) = stop_reason(&outcome.status, raw);
-    let n = split.len();
-    let mut results: Vec<CaseResult> = split
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, verdict, output))| {
-            let last = i + 1 == n && trapped;
-            // One instance ran them all; per-case times are not known.
-            let elapsed = if n == 1 {
-                outcome.elapsed
-            } else {
-                Duration::ZERO
-            };
-            CaseResult {
-                timed_out: if last { timed_out } else { None },
-                reason: if last { reason.clone() } else { None },
-                ..case(&name, verdict, elapsed, output)
-            }
-        })
-        .collect();
-    if trapped && results.is_empty() {
-        let name = job.cases.first().cloned().unwrap_or_default();
-        results.push(CaseResult {
-            timed_out,
-            reason,
-            ..case(&name, Verdict::Fail, outcome.elapsed, raw.to_string())
-        });
-    }
-    results
 }

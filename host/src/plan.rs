@@ -1,4 +1,6 @@
-//! The plan: the sandbox policy of a package and the jobs its cases become.
+//! The plan: where a package's files appear to its guest (its layout and
+//! sandbox policy), and the jobs its cases become: one instance per case,
+//! or one per module where `--isolate` or the harness says so.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,17 +9,13 @@ use std::time::Duration;
 use cachet_runtime::{DigestMemo, Policy};
 
 use crate::artifact::Artifact;
-use crate::job::Listing;
-
-use crate::config::{Isolate, Layout, TestConfig};
+use crate::cache::{KeyParts, NameKey, LIST_CASE};
+use crate::config::{
+    Isolate, Layout, TestConfig, GOROOT_MOUNT, GO_MODULE_MOUNT, NO_TIME_LIMIT, PACKAGE_MOUNT,
+};
 use crate::discover::Package;
 use crate::framework::Framework;
-
-/// Logical name of the package mount in input logs.
-pub const PACKAGE_MOUNT: &str = "pkg";
-/// Logical names of a Go package's module and of GOROOT in input logs.
-pub const GO_MODULE_MOUNT: &str = "mod";
-pub const GOROOT_MOUNT: &str = "goroot";
+use crate::framework::RunFlags;
 
 /// One instance to run.
 pub struct Job {
@@ -36,6 +34,15 @@ pub struct Job {
     pub policy: Arc<Policy>,
 }
 
+/// A module's cases, and what one instance of it costs before any case runs
+/// (the listing run: package init, for Go), which decides how its cases
+/// are cut into instances (see [`jobs`]).
+#[derive(Clone, Debug)]
+pub struct Listing {
+    pub cases: Vec<String>,
+    pub init: Duration,
+}
+
 /// Where a Go package's module is mounted: `/go/src/<module path>`, a path
 /// that is the same on every machine (Go resolves relative paths against
 /// `PWD`, which is set below it).
@@ -46,11 +53,12 @@ const GUEST_GOROOT: &str = "/goroot";
 /// Linear memory a Go case may use by default: Go's allocator reserves
 /// generously, and `image/png`'s tests run out at 1 GiB (issue 9).
 const GO_MEMORY: u64 = 4 << 30;
+/// `cachet exec`'s default memory limit: all a wasm32 guest can address,
+/// as the wasmtime CLI allows.
+const EXEC_MEMORY: u64 = 4 << 30;
 
-/// What every run of a package may see: the package dir read-only at `.`
-/// (a Go package: its module at a fixed path, `PWD` in it, and GOROOT), a
-/// fresh scratch dir at `/tmp`, the `--env` variables, the `--mount`s, and
-/// the limits.
+/// What every run of a package may see: its layout's mounts and variables,
+/// then the sandbox settings for the package (flags, profile, overrides).
 pub fn policy(
     config: &TestConfig,
     package: &Package,
@@ -62,118 +70,60 @@ pub fn policy(
     if let Some(m) = memo {
         p.digest_memo(m);
     }
-    if let Layout::Exec { cwd, guest_cwd } = &config.layout {
-        exec_mounts(&mut p, config, cwd, guest_cwd, scratch);
-    } else {
-        package_mounts(&mut p, config, package, scratch, embedded);
-    }
-    if let Some(t) = config.timeout {
-        p.timeout(t);
-    } else {
-        p.timeout(std::time::Duration::from_secs(u64::MAX / 4));
-    }
-    if let Some(m) = config.memory {
-        p.memory_limit(m);
-    }
-    if let Some(o) = config.output_limit {
-        p.output_limit(o);
-    }
-    if let Some(t) = config.tmp_limit {
-        p.scratch_limit(t);
-    }
-    if let Some(n) = config.open_files {
-        p.open_files(n);
-    }
-    if let Some(seed) = config.hermetic {
-        p.hermetic(seed);
-    }
-    for o in config.overrides_for(&package.name) {
-        apply_override(&mut p, o);
+    let sandbox = config.sandbox_for(&package.name);
+    match &config.layout {
+        Layout::Exec { cwd, guest_cwd } => {
+            // As a program run directly: wasm32's whole address space, and
+            // no time limit unless one is asked for.
+            p.memory_limit(EXEC_MEMORY).timeout(NO_TIME_LIMIT);
+            sandbox.apply(&mut p);
+            exec_mounts(&mut p, &sandbox, cwd, guest_cwd, scratch);
+        }
+        Layout::Package => {
+            package_mounts(&mut p, package, scratch, embedded);
+            sandbox.apply(&mut p);
+        }
     }
     p
 }
 
-/// A `cachet.toml` override of the package's sandbox.
-fn apply_override(p: &mut Policy, o: &crate::config::PackageOverride) {
-    if let Some(t) = o.timeout {
-        p.timeout(t.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4)));
-    }
-    if let Some(m) = o.memory {
-        p.memory_limit(m);
-    }
-    if let Some(l) = o.output_limit {
-        p.output_limit(l);
-    }
-    if let Some(t) = o.tmp_limit {
-        p.scratch_limit(t);
-    }
-    if let Some(n) = o.open_files {
-        p.open_files(n);
-    }
-    for m in &o.mounts {
-        if m.writable {
-            p.mount_read_write(&m.name, &m.host, &[m.guest.as_str()]);
-        } else {
-            p.mount_read_only(&m.name, &m.host, &[m.guest.as_str()]);
-        }
-    }
-    for (k, v) in &o.env {
-        p.env(k, v);
-    }
-}
-
-/// `cachet exec`: the mounts asked for, in order, then the current
+/// `cachet exec`: the mounts asked for (already in `p`), then the current
 /// directory read-only at its absolute path and at `.` (unless a mount is
-/// already there, or at `/`), a scratch `/tmp` (unless one is), and only the variables
-/// given, with `PWD`. No `TMPDIR`: a program run directly has none either.
-fn exec_mounts(p: &mut Policy, config: &TestConfig, cwd: &Path, guest_cwd: &str, scratch: &Path) {
-    add_extra_mounts(p, config);
-    let taken = |g: &str| config.mounts.iter().any(|m| m.guest == g);
+/// already there, or at `/`), a scratch `/tmp` (unless one is), and only
+/// the variables given, with `PWD`. No `TMPDIR`: a program run directly
+/// has none either.
+fn exec_mounts(
+    p: &mut Policy,
+    sandbox: &crate::config::SandboxConfig,
+    cwd: &Path,
+    guest_cwd: &str,
+    scratch: &Path,
+) {
     // wasi-libc matches `.` and `/` alike (both lose their prefix): with a
     // mount at `/`, `.` would hide it, so relative paths then resolve
     // against `/`, as under `wasmtime run --dir /`.
-    let dot = !taken(".") && !taken("/");
+    let dot = !sandbox.mounts_at(".") && !sandbox.mounts_at("/");
     let guests: Vec<&str> = [guest_cwd]
         .into_iter()
-        .filter(|g| !taken(g))
+        .filter(|g| !sandbox.mounts_at(g))
         .chain(dot.then_some("."))
         .collect();
     if !guests.is_empty() {
         p.mount_read_only(PACKAGE_MOUNT, cwd, &guests);
     }
-    if !taken(cachet_runtime::SCRATCH_GUEST_PATH) {
-        p.scratch(scratch).unset_env("TMPDIR");
-    }
-    p.env("PWD", guest_cwd);
-    for (k, v) in &config.env {
-        p.env(k, v);
-    }
-    // As a program run directly: wasm32's whole address space.
-    p.memory_limit(EXEC_MEMORY);
-}
-
-/// `cachet exec`'s default memory limit: all a wasm32 guest can address,
-/// as the wasmtime CLI allows.
-const EXEC_MEMORY: u64 = 4 << 30;
-
-fn add_extra_mounts(p: &mut Policy, config: &TestConfig) {
-    for m in &config.mounts {
-        if m.writable {
-            p.mount_read_write(&m.name, &m.host, &[m.guest.as_str()]);
-        } else {
-            p.mount_read_only(&m.name, &m.host, &[m.guest.as_str()]);
+    if !sandbox.mounts_at(cachet_runtime::SCRATCH_GUEST_PATH) {
+        p.scratch(scratch);
+        if !sandbox.env.contains_key("TMPDIR") {
+            p.unset_env("TMPDIR");
         }
     }
+    if !sandbox.env.contains_key("PWD") {
+        p.env("PWD", guest_cwd);
+    }
 }
 
-/// `cachet test`: the package (or Go module and GOROOT), scratch, `--mount`s, `--env`.
-fn package_mounts(
-    p: &mut Policy,
-    config: &TestConfig,
-    package: &Package,
-    scratch: &Path,
-    embedded: bool,
-) {
+/// `cachet test`: the package (or Go module and GOROOT) and scratch.
+fn package_mounts(p: &mut Policy, package: &Package, scratch: &Path, embedded: bool) {
     let absolute = absolute_dir(package).filter(|_| embedded);
     match &package.go {
         Some(go) => {
@@ -206,10 +156,6 @@ fn package_mounts(
         // which keeps the environment the same in every checkout.
         p.env("CARGO_MANIFEST_DIR", absolute.as_deref().unwrap_or("."));
     }
-    add_extra_mounts(p, config);
-    for (k, v) in &config.env {
-        p.env(k, v);
-    }
 }
 
 /// The package dir as an absolute, canonical path (what `env!("CARGO_MANIFEST_DIR")` holds).
@@ -220,17 +166,30 @@ pub fn absolute_dir(package: &Package) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A Go module whose instance costs this much before its first case (its
-/// package init, measured by its listing run) runs its cases in one
-/// instance by default: one per case would multiply that. Measured (issue
-/// 9, docs/BENCHMARKS.md): the standard library's `strings` tests take
-/// 116 ms per instance (128 cases: 15 s of init, against 0.25 s in one
-/// instance), a small user package 2.5 ms.
-pub const GO_INIT_PER_CASE: Duration = Duration::from_millis(20);
+/// The framework of a package's modules when it is known without looking
+/// at their bytes: `--framework`, or the package's kind.
+pub fn known_framework(config: &TestConfig, package: &Package) -> Option<Framework> {
+    config
+        .framework
+        .or(package.cargo.then_some(Framework::Libtest))
+        .or(package.go.is_some().then_some(Framework::Go))
+}
+
+/// The package dir a module may embed (a cargo package's), to look for.
+pub fn embeddable_dir(package: &Package) -> Option<String> {
+    package.cargo.then(|| absolute_dir(package)).flatten()
+}
+
+/// A module's policy: the package's, with the module's file name as `argv[0]`.
+pub fn module_policy(policy: &Policy, module: &Artifact) -> Policy {
+    let mut p = policy.clone();
+    p.program_name(&module.file_name());
+    p
+}
 
 /// How a module's cases are cut into instances: `--isolate` when given;
-/// else one per case, but for a Go module with an expensive init (above),
-/// and then why.
+/// else as its harness says (one per case, but a Go module with an
+/// expensive init in one), and why.
 fn isolate_for(
     config: &TestConfig,
     module: &Artifact,
@@ -240,14 +199,13 @@ fn isolate_for(
     if let Some(i) = config.isolate {
         return (i, None);
     }
-    if module.framework == Framework::Go && selected > 1 && listing.init >= GO_INIT_PER_CASE {
-        let why = format!(
-            "the module's init took {}",
-            cachet_runtime::duration_string(listing.init)
-        );
-        (Isolate::Module, Some(why))
-    } else {
-        (Isolate::Test, None)
+    match module
+        .framework
+        .harness()
+        .shared_instance(selected, listing.init)
+    {
+        Some(why) => (Isolate::Module, Some(why)),
+        None => (Isolate::Test, None),
     }
 }
 
@@ -257,17 +215,15 @@ pub fn jobs(
     pkg: usize,
     package: &str,
     config: &TestConfig,
-    policy: Arc<Policy>,
-    modules: Vec<(Arc<Artifact>, Listing)>,
+    policy: &Policy,
+    modules: &[(Arc<Artifact>, Listing)],
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
     for _ in 0..config.count {
-        for (module, listing) in &modules {
-            let cases = &listing.cases;
-            let mut policy_for = (*policy).clone();
-            policy_for.program_name(&module.file_name());
-            let policy_for = Arc::new(policy_for);
-            let selected: Vec<String> = cases
+        for (module, listing) in modules {
+            let policy_for = Arc::new(module_policy(policy, module));
+            let selected: Vec<String> = listing
+                .cases
                 .iter()
                 .filter(|c| config.run.as_ref().is_none_or(|re| re.is_match(c)))
                 .cloned()
@@ -275,7 +231,7 @@ pub fn jobs(
             if selected.is_empty() {
                 continue;
             }
-            let listed = module.framework.list_args().is_some();
+            let listed = module.framework.harness().list_args().is_some();
             let (isolate, shared_because) = if listed {
                 isolate_for(config, module, listing, selected.len())
             } else {
@@ -299,4 +255,54 @@ pub fn jobs(
         }
     }
     jobs
+}
+
+/// The key of a module's listing in `package` (`policy`: the module's, with
+/// its `argv[0]`), if its harness lists cases; and the name `--explain`
+/// knows it by.
+pub fn listing_key(
+    package: &str,
+    module: &Artifact,
+    policy: &Policy,
+    stack: usize,
+) -> Option<(KeyParts, NameKey)> {
+    let args = module.framework.harness().list_args()?;
+    let parts = KeyParts::new(
+        module.digest,
+        module.framework.name(),
+        LIST_CASE,
+        &args,
+        policy,
+        stack,
+    );
+    let name = NameKey::new(package, &format!("{LIST_CASE} {}", module.file_name()));
+    Some((parts, name))
+}
+
+/// The case part of a job's cache key: its case, or for cases run in one
+/// instance all of them (their results are cached together).
+pub fn case_key(job: &Job) -> String {
+    match (job.isolate, job.cases.as_slice()) {
+        (Isolate::Test, [one]) => one.clone(),
+        (_, cases) => format!("--module {}", cases.join(" ")),
+    }
+}
+
+/// A job's cache key, and its name for `--explain`: the one function that
+/// both `cachet test` and `cachet inputs` compute keys with. `flags` and
+/// `args` (the user's, after `--`) are what the harness passes beyond the
+/// cases; `stack` is the engine's wasm stack.
+pub fn job_key(job: &Job, flags: &RunFlags, args: &[String], stack: usize) -> (KeyParts, NameKey) {
+    let mut key_args = job.framework.harness().flag_args(flags);
+    key_args.extend(args.iter().cloned());
+    let case = case_key(job);
+    let parts = KeyParts::new(
+        job.module.digest,
+        job.framework.name(),
+        &case,
+        &key_args,
+        &job.policy,
+        stack,
+    );
+    (parts, NameKey::new(&job.package, &case))
 }

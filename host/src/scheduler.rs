@@ -23,10 +23,10 @@ use crate::artifact::Artifact;
 use crate::cache::Cache;
 use crate::config::{Partition, TestConfig};
 use crate::discover::Package;
-use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
-use crate::framework::Framework;
-use crate::job::{self, Env, LazyRuntime, Tx};
-use crate::plan::{self, Job};
+use crate::event::{Event, PackageOutcome};
+use crate::framework::{CaseResult, Verdict};
+use crate::job::{self, Env, LazyRuntime, SetupError, Tx};
+use crate::plan::{self, Job, Listing};
 
 /// Shared by every task of one `cachet test`.
 struct Ctx {
@@ -135,7 +135,7 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
             ctx.runtime.interrupt();
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(Event::Interrupted {
-                    at_host_calls: ctx.config.timeout.is_none(),
+                    at_host_calls: ctx.config.unlimited_time(),
                 });
             }
         } else {
@@ -237,15 +237,16 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             if !skip {
                 start_package(pkg, &state, &tx);
                 let (ctx2, tx2) = (ctx.clone(), tx.clone());
-                let cases = run.job.cases.clone();
-                let timed = (run.job.package.clone(), job::case_key(&run.job));
+                let (cases, framework) = (run.job.cases.clone(), run.job.framework);
+                let timed = (run.job.package.clone(), crate::plan::case_key(&run.job));
                 let started = Instant::now();
                 let results = on_guest(&ctx.runtime, move || job::run_job(&ctx2.env(&tx2), run))
                     .await
                     .unwrap_or_else(|e| {
+                        let e = e.to_string();
                         cases
                             .iter()
-                            .map(|name| job::failed_setup(name, &e))
+                            .map(|name| CaseResult::failed_setup(name, framework, &e))
                             .collect()
                     });
                 drop(permit);
@@ -292,7 +293,7 @@ fn slowest_first(ctx: &Ctx, runs: &mut [ToRun]) {
         return;
     }
     runs.sort_by_cached_key(|(_, _, run)| {
-        match cache.last_time(&run.job.package, &job::case_key(&run.job)) {
+        match cache.last_time(&run.job.package, &crate::plan::case_key(&run.job)) {
             Some(took) if took >= LONG_JOB => (false, std::cmp::Reverse(took)),
             _ => (true, std::cmp::Reverse(Duration::ZERO)),
         }
@@ -350,21 +351,17 @@ fn partition_package(
 
 /// A package's modules, read and identified, and their listings.
 struct Prepared {
-    mods: Result<Vec<Arc<Artifact>>, String>,
+    mods: Result<Vec<Arc<Artifact>>, SetupError>,
     policy: Arc<Policy>,
     /// `None` when there was nothing to list (an error, or no modules).
-    listings: Option<Result<Vec<job::Listing>, String>>,
+    listings: Option<Result<Vec<Listing>, SetupError>>,
 }
 
 /// Reads and hashes a package's modules (`-p` at a time across the run),
 /// then lists their cases.
 async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
-    let forced = ctx
-        .config
-        .framework
-        .or(p.cargo.then_some(Framework::Libtest))
-        .or(p.go.is_some().then_some(Framework::Go));
-    let dir = p.cargo.then(|| plan::absolute_dir(&p)).flatten();
+    let forced = plan::known_framework(&ctx.config, &p);
+    let dir = plan::embeddable_dir(&p);
     let reads: Vec<_> = p
         .modules
         .iter()
@@ -375,13 +372,16 @@ async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
             }))
         })
         .collect();
-    let mut mods: Result<Vec<Arc<Artifact>>, String> = p.error.clone().map_or(Ok(Vec::new()), Err);
+    let mut mods: Result<Vec<Arc<Artifact>>, SetupError> = p
+        .error
+        .clone()
+        .map_or(Ok(Vec::new()), |e| Err(SetupError::Package(e)));
     for task in reads {
         let result = task.await.expect("reading does not panic");
         if let Ok(ms) = &mut mods {
             match result {
                 Ok(m) => ms.push(Arc::new(m)),
-                Err(e) => mods = Err(e),
+                Err(e) => mods = Err(e.into()),
             }
         }
     }
@@ -408,9 +408,9 @@ fn plan_package(
     tx: &Tx,
     pkg: usize,
     package: &Package,
-    mods: Result<Vec<Arc<Artifact>>, String>,
+    mods: Result<Vec<Arc<Artifact>>, SetupError>,
     policy: Arc<Policy>,
-    listings: Option<Result<Vec<job::Listing>, String>>,
+    listings: Option<Result<Vec<Listing>, SetupError>>,
 ) -> Option<(Vec<Job>, usize)> {
     let mods = match mods {
         Ok(m) => m,
@@ -418,7 +418,7 @@ fn plan_package(
             let build = package.build_failed;
             let _ = tx.send(Event::PackageError {
                 pkg,
-                message,
+                message: message.to_string(),
                 build,
             });
             return None;
@@ -432,7 +432,7 @@ fn plan_package(
         Some(Err(message)) => {
             let _ = tx.send(Event::PackageError {
                 pkg,
-                message,
+                message: message.to_string(),
                 build: false,
             });
             return None;
@@ -451,8 +451,8 @@ fn plan_package(
         return None;
     }
     let listed = cases_per_module.iter().map(|l| l.cases.len()).sum();
-    let modules = mods.into_iter().zip(cases_per_module).collect();
-    let jobs = plan::jobs(pkg, &package.name, &ctx.config, policy, modules);
+    let modules: Vec<_> = mods.into_iter().zip(cases_per_module).collect();
+    let jobs = plan::jobs(pkg, &package.name, &ctx.config, &policy, &modules);
     if jobs.is_empty() {
         let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
         return None;
@@ -564,16 +564,15 @@ async fn blocking<T: Send + 'static>(
 async fn on_guest<T: Send + 'static>(
     runtime: &LazyRuntime,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, SetupError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     runtime
         .get()?
         .spawn(move || {
             let _ = tx.send(f());
         })
-        .map_err(|e| e.to_string())?;
-    rx.await
-        .map_err(|_| "internal error in cachet (a panic); please report it".to_string())
+        .map_err(|_| SetupError::Panic)?;
+    rx.await.map_err(|_| SetupError::Panic)
 }
 
 /// Lists every module of a package: cached listings in one blocking task,
@@ -584,52 +583,39 @@ async fn list_package(
     package: String,
     mods: Vec<Arc<Artifact>>,
     policy: Arc<Policy>,
-) -> Result<Vec<job::Listing>, String> {
+) -> Result<Vec<Listing>, SetupError> {
+    let policies: Vec<Arc<Policy>> = mods
+        .iter()
+        .map(|m| Arc::new(plan::module_policy(&policy, m)))
+        .collect();
     let cached = {
-        let (ctx, tx, package, mods, policy) = (
+        let (ctx, tx, package, mods, policies) = (
             ctx.clone(),
             tx.clone(),
             package.clone(),
             mods.clone(),
-            policy.clone(),
+            policies.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let env = ctx.env(&tx);
             mods.iter()
-                .map(|m| {
-                    let args = m.framework.list_args()?;
-                    job::cached_listing(&env, &package, m, &policy, &args)
-                })
+                .zip(&policies)
+                .map(|(m, p)| job::cached_listing(&env, &package, m, p))
                 .collect::<Vec<_>>()
         })
         .await
         .expect("lookups do not panic")
     };
     let mut out = Vec::new();
-    for (m, cached) in mods.into_iter().zip(cached) {
+    for ((m, cached), p) in mods.into_iter().zip(cached).zip(policies) {
         if let Some(listing) = cached {
             out.push(listing);
             continue;
         }
         let permit = ctx.slot().await;
-        let (ctx2, tx2, package, policy) =
-            (ctx.clone(), tx.clone(), package.clone(), policy.clone());
+        let (ctx2, tx2, package) = (ctx.clone(), tx.clone(), package.clone());
         let listed = on_guest(&ctx.runtime, move || {
-            let env = ctx2.env(&tx2);
-            match m.framework.list_args() {
-                Some(args) => job::list_module(&env, &package, &m, &policy, &args),
-                // A plain module is its one case. It is compiled now, so a
-                // module that cannot load fails its package's setup, as a
-                // listing would.
-                None => env
-                    .runtime
-                    .get()
-                    .and_then(|rt| m.module(rt))
-                    .map(|_| job::Listing {
-                        cases: vec![m.file_name()],
-                        init: Duration::ZERO,
-                    }),
-            }
+            job::list_module(&ctx2.env(&tx2), &package, &m, &p)
         })
         .await;
         drop(permit);

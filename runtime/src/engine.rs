@@ -31,11 +31,11 @@ use wasmtime::{
 };
 
 use crate::clock::Interrupt;
-use crate::error::{LoadError, RuntimeError};
+use crate::error::{CompileChildError, LoadError, RuntimeError};
 use crate::guest_thread::GuestThreads;
 use crate::log::Sha256Digest;
-use crate::run::RunState;
 use crate::scratch::ScratchPool;
+use crate::state::RunState;
 
 /// The wasmtime version compiled modules on disk are keyed by; a test checks it
 /// against the workspace's pin.
@@ -478,16 +478,21 @@ pub fn compile_child(
     max_wasm_stack: usize,
     memory: u64,
     epochs: bool,
-) -> Result<(), String> {
+) -> Result<(), CompileChildError> {
     limit_address_space(memory);
-    let key = Sha256Digest::parse_hex(key_hex).ok_or("bad key")?;
-    let bytes =
-        std::fs::read(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
-    let engine =
-        Engine::new(&engine_config(max_wasm_stack, false, epochs)).map_err(|e| first_line(&e))?;
-    let module = wasmtime::Module::new(&engine, &bytes).map_err(|e| first_line(&e))?;
-    store_compiled(output, &key, &module)
-        .map_err(|e| format!("cannot write {}: {e}", output.display()))
+    let key = Sha256Digest::parse_hex(key_hex)
+        .ok_or_else(|| CompileChildError::Key(key_hex.to_string()))?;
+    let bytes = std::fs::read(input).map_err(|source| CompileChildError::Read {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let compile = |e: wasmtime::Error| CompileChildError::Compile(first_line(&e));
+    let engine = Engine::new(&engine_config(max_wasm_stack, false, epochs)).map_err(compile)?;
+    let module = wasmtime::Module::new(&engine, &bytes).map_err(compile)?;
+    store_compiled(output, &key, &module).map_err(|source| CompileChildError::Write {
+        path: output.to_path_buf(),
+        source,
+    })
 }
 
 impl Drop for Runtime {

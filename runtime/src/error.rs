@@ -36,6 +36,28 @@ pub enum LoadError {
     CompileLimit(String),
 }
 
+/// Why the compile child failed: it prints this one line on stderr, and
+/// the parent reports it as the module's [`LoadError`].
+#[derive(Debug, thiserror::Error)]
+pub enum CompileChildError {
+    #[error("bad key {0:?}")]
+    Key(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Compile(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Why a run could not be set up (the module never started).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

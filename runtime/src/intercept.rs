@@ -35,7 +35,7 @@ use crate::guest_abi;
 use crate::log::{DeniedOp, Fact, ReadOp};
 use crate::quota::{RealStat, INODE_CHARGE};
 use crate::recorder::{guest_str, guest_u32, OpenCall, Precondition};
-use crate::run::RunState;
+use crate::state::RunState;
 
 const WASI: &str = "wasi_snapshot_preview1";
 

@@ -28,6 +28,7 @@ mod random;
 mod recorder;
 mod run;
 mod scratch;
+mod state;
 
 #[path = "../../guest-shim/src/abi.rs"]
 pub mod guest_abi;
@@ -38,18 +39,17 @@ pub use engine::{
     ModuleDigest, Runtime, RuntimeConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT,
     MAX_WASM_STACK, TICK, WASMTIME_VERSION,
 };
-pub use error::{LoadError, RunError, RuntimeError};
+pub use error::{CompileChildError, LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};
 pub use observe::{
-    first_change, reobserve, virtual_ino, Change, DigestMemo, FileId, SharedMemo, World,
+    first_change, reobserve, virtual_ino, Change, DigestMemo, FileId, MountMode, SharedMemo, World,
     VIRTUAL_TIME_NS,
 };
 pub use outcome::{size_string, RunOutcome, Status};
 pub use output::{KEPT_HEAD, KEPT_TAIL};
 pub use policy::{
-    Mount, MountMode, OutputTee, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OPEN_FILES,
-    DEFAULT_OUTPUT_LIMIT, DEFAULT_SCRATCH_LIMIT, DEFAULT_SEED, DEFAULT_TIMEOUT, SCRATCH_GUEST_PATH,
-    SCRATCH_MOUNT_NAME,
+    Mount, OutputTee, Policy, DEFAULT_MEMORY_LIMIT, DEFAULT_OPEN_FILES, DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_SCRATCH_LIMIT, DEFAULT_SEED, DEFAULT_TIMEOUT, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME,
 };
 pub use quota::INODE_CHARGE;
 pub use scratch::remove_tree;

@@ -19,7 +19,15 @@ use cap_std::fs::Dir;
 use sha2::{Digest as _, Sha256};
 
 use crate::log::{Entry, ErrorKind, FileKind, InputLog, Observation, ReadOp, Sha256Digest};
-use crate::policy::MountMode;
+
+/// Whether the guest may change a mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum MountMode {
+    /// Reads are recorded as inputs; metadata is virtualized; writes are denied.
+    ReadOnly,
+    /// Reads are recorded as inputs, writes are allowed, metadata is real.
+    ReadWrite,
+}
 
 /// Timestamp every file on a read-only mount reports: 2001-09-09T01:46:40Z.
 /// Fixed so that a guest cannot observe mtimes, which are then not inputs and a

@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::observe::MountMode;
+
 /// Linear memory one run may grow to. A test that needs more sets it; the
 /// bound keeps one runaway test from taking a machine that runs `-p` of them.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
@@ -58,15 +60,6 @@ pub const SCRATCH_GUEST_PATH: &str = "/tmp";
 
 /// Logical name of the scratch mount in logs (its paths are never inputs).
 pub const SCRATCH_MOUNT_NAME: &str = "tmp";
-
-/// Whether the guest may change a mount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum MountMode {
-    /// Reads are recorded as inputs; metadata is virtualized; writes are denied.
-    ReadOnly,
-    /// Reads are recorded as inputs, writes are allowed, metadata is real.
-    ReadWrite,
-}
 
 /// A host directory granted to the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,11 +9,11 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::log::{DeniedOp, Entry, EntryKey, Fact, FileKind, InputLog, Observation, ReadOp};
+use crate::observe::MountMode;
 use crate::observe::{
     first_change, join, logical, reobserve, virtual_dev, virtual_ino, FileId, World,
     VIRTUAL_TIME_NS,
 };
-use crate::policy::MountMode;
 
 /// What a guest fd refers to.
 #[derive(Clone, Debug)]

@@ -4,86 +4,23 @@
 //! `Status`. Only this file and `engine.rs` downcast wasmtime errors.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use crate::clock::{GuestClock, Interrupt, Stop};
+use crate::clock::{GuestClock, Stop};
 use crate::engine::{first_line, Module, Runtime, Shared};
 use crate::error::RunError;
 use crate::intercept::NoMemoryExport;
-use crate::observe::World;
+use crate::observe::{MountMode, World};
 use crate::outcome::{RunOutcome, Status};
 use crate::output::{OutputOverflow, OutputSink};
-use crate::policy::{MountMode, Policy, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME};
+use crate::policy::{Policy, SCRATCH_GUEST_PATH, SCRATCH_MOUNT_NAME};
 use crate::quota::Quota;
 use crate::random::SeededRandom;
 use crate::recorder::Recorder;
-
-/// The store's data: the stock WASI context, the recorder, the limits.
-pub(crate) struct RunState {
-    pub wasi: WasiP1Ctx,
-    pub recorder: Recorder,
-    limiter: Limiter,
-    pub quota: Quota,
-    /// Fds opened with `O_APPEND` (their writes go to the end).
-    pub appending: HashSet<u32>,
-    pub clock: GuestClock,
-    pub random: Option<SeededRandom>,
-    pub interrupt: Arc<Interrupt>,
-    /// When the run's time is up; `None` without a limit.
-    pub deadline: Option<Instant>,
-    /// Set when the host stopped the guest (deadline, Ctrl-C).
-    pub stop: Option<Stop>,
-    /// The hostcall fuel of the current call (see `intercept.rs`).
-    pub fuel: usize,
-}
-
-/// Enforces the policy's memory and table limits, and remembers a refusal so
-/// the failure it causes is reported as the limit, not as a bare trap.
-struct Limiter {
-    memory: u64,
-    table: u32,
-    memory_refused: bool,
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let ok = desired as u64 <= self.memory;
-        self.memory_refused |= !ok;
-        Ok(ok)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.table as usize)
-    }
-
-    fn instances(&self) -> usize {
-        1
-    }
-
-    fn memories(&self) -> usize {
-        1
-    }
-
-    fn tables(&self) -> usize {
-        // Rust and Go binaries have one; reference-types modules may have a few.
-        16
-    }
-}
+use crate::state::{Limiter, RunState};
 
 /// The first file descriptor WASI gives a preopen (0-2 are stdio).
 const FIRST_PREOPEN_FD: u32 = 3;

@@ -289,6 +289,11 @@ fn verify_reruns_cached_cases_and_agrees() {
     assert!(ran.is_empty(), "verify reports no miss: {ran:?}");
     let o = p.run_in(&p.dir(), &["--verify", "-v"]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // Every case ran again (a cached result would say `(cached)`) and agreed.
+    let out = stdout(&o);
+    assert!(!out.contains("(cached)"), "{out}");
+    let verdicts = out.matches("--- PASS: ").count() + out.matches("--- SKIP: ").count();
+    assert_eq!(verdicts, ALL.len(), "{out}");
 }
 
 #[test]

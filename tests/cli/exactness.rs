@@ -116,8 +116,13 @@ fn issue_8_a_run_that_changes_a_rw_mount_is_not_cached() {
 #[test]
 fn issue_8_hard_links_between_a_mount_and_scratch_are_refused() {
     let w = World::new();
-    let (_, o) = w.ran("^tests::rw_hard_links_across_mounts_fail$");
+    let (ran, o) = w.ran("^tests::rw_hard_links_across_mounts_fail$");
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert_eq!(
+        ran.keys().collect::<Vec<_>>(),
+        [&case("rw_hard_links_across_mounts_fail")],
+        "the case ran (and passed: both links were refused)"
+    );
     assert!(!w.path("data/mine").exists());
 }
 

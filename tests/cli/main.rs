@@ -10,6 +10,7 @@ mod exec;
 mod go;
 mod go_stdlib;
 mod hostile;
+mod house;
 mod json;
 mod report;
 mod select;

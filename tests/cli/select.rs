@@ -79,16 +79,45 @@ fn count_runs_each_case_n_times() {
 
 #[test]
 fn env_reaches_the_guest_and_nothing_else_does() {
-    let o = cachet(&[
-        "test",
-        "-v",
-        "--run",
-        "environment",
-        "--env",
-        "GREET_NAME=Grace",
-        "fixtures/demo/greet",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // The case falls back to "world" without the variable, so its verdict
+    // proves nothing: its recorded log says what it saw.
+    let cache = tempfile::tempdir().unwrap();
+    let root = cachet_testkit::repo_root();
+    let env = |host: &str| {
+        [
+            ("CACHET_CACHE", cache.path().to_str().unwrap().to_string()),
+            ("GREET_NAME", host.to_string()),
+        ]
+    };
+    let case = "tests::greets_the_user_from_the_environment";
+    let seen = |flags: &[&str], host: &str| {
+        let e = env(host);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut args = vec!["test", "--run", "environment"];
+        args.extend(flags);
+        args.push("fixtures/demo/greet");
+        let o = crate::cachet_with(&root, &args, &e);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&o),
+            crate::stderr(&o)
+        );
+        let mut args = vec!["inputs"];
+        args.extend(flags);
+        args.extend(["fixtures/demo/greet", case]);
+        stdout(&crate::cachet_with(&root, &args, &e))
+    };
+    let grace = cachet_runtime::Sha256Digest::of(b"Grace");
+    let log = seen(&["--env", "GREET_NAME=Grace"], "Host");
+    assert!(log.contains(&format!("env GREET_NAME {grace}\n")), "{log}");
+    // The host's own value never reaches the guest unless passed.
+    let log = seen(&[], "Host");
+    assert!(log.contains("env GREET_NAME unset\n"), "{log}");
+    let host = cachet_runtime::Sha256Digest::of(b"Host");
+    let log = seen(&["--env", "GREET_NAME"], "Host");
+    assert!(log.contains(&format!("env GREET_NAME {host}\n")), "{log}");
 }
 
 /// With `-p 2`, the cases that took longest last time start first: here a

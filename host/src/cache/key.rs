@@ -22,7 +22,12 @@ use cachet_runtime::{InputsDigest, ModuleDigest, MountMode, Policy, Sha256Digest
 use sha2::{Digest as _, Sha256};
 
 /// Bumped when the meaning of a key or entry changes: old entries then miss.
-pub const ABI_VERSION: &str = "cachet-cache-v3";
+/// v4: Go cases run in one canonical output mode (their stored output is
+/// test2json mode's), and the mode is no longer part of the key.
+pub const ABI_VERSION: &str = "cachet-cache-v4";
+
+/// Pseudo case name under which a module's listing is cached.
+pub const LIST_CASE: &str = "--list";
 
 /// What defines one run before it starts.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

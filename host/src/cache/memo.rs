@@ -73,7 +73,7 @@ impl StatMemo {
         }
         let trailer: [u8; 32] = Sha256::digest(&bytes).into();
         bytes.extend_from_slice(&trailer);
-        super::write_table(&self.path, &bytes)
+        super::table::write_table(&self.path, &bytes)
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use cachet_runtime::Sha256Digest;
 
-use super::remote::{Bundle, BundleEntry, Pack};
+use super::entry::{Bundle, BundleEntry, EntryError, Pack};
 use super::{Store, TestKey};
 
 const PACKS: &str = "packs";
@@ -47,7 +47,7 @@ impl Packs {
         store: &Store,
         module: &str,
         key: &TestKey,
-    ) -> Result<Option<Arc<Bundle>>, String> {
+    ) -> Result<Option<Arc<Bundle>>, EntryError> {
         let loaded = self.load(store, module);
         let packs = self.loaded.lock().expect("packs");
         let found = packs.get(module).and_then(|p| p.bundles.get(key).cloned());
@@ -56,7 +56,7 @@ impl Packs {
 
     /// Reads `module`'s pack from the store unless this run has it; the
     /// file is parsed outside the lock.
-    fn load(&self, store: &Store, module: &str) -> Result<(), String> {
+    fn load(&self, store: &Store, module: &str) -> Result<(), EntryError> {
         if self.loaded.lock().expect("packs").contains_key(module) {
             return Ok(());
         }
@@ -66,10 +66,13 @@ impl Packs {
                 Ok(p) => (p, Ok(())),
                 Err(e) => (
                     Pack::default(),
-                    Err(format!("cache entry {PACKS} of module {module} does not parse ({e}); it is ignored")),
+                    Err(EntryError::Parse {
+                        entry: format!("{PACKS} of module {module}"),
+                        error: e.to_string(),
+                    }),
                 ),
             },
-            Err(e) => (Pack::default(), Err(e.to_string())),
+            Err(e) => (Pack::default(), Err(e.into())),
         };
         let bundles = pack
             .bundles

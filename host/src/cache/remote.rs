@@ -1,7 +1,8 @@
-//! The remote cache: results shared between machines over Bazel's HTTP
-//! cache protocol (`GET`/`PUT` of `/ac/<sha256>` and `/cas/<sha256>`), so
-//! bazel-remote, nginx with WebDAV and the hosted caches that speak it
-//! serve cachet unchanged. Design note: `docs/design/cache.md`.
+//! The remote cache: results shared between machines through a server's
+//! action cache and content store, reached by a [`Transport`] (today
+//! Bazel's HTTP cache protocol, `http.rs`, so bazel-remote, nginx with
+//! WebDAV and the hosted caches that speak it serve cachet unchanged).
+//! Design note: `docs/design/cache.md`.
 //!
 //! One action-cache entry per test key holds everything a lookup needs,
 //! so a remote hit costs one request: the key's input logs (one per
@@ -27,25 +28,20 @@
 //! the run (the run goes on with the local cache). Uploads run on a few
 //! threads while cases run and are waited for, bounded, at the end.
 
-use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachet_runtime::{InputLog, Sha256Digest};
-use serde::{Deserialize, Serialize};
+use cachet_runtime::Sha256Digest;
+use serde::Deserialize;
 
-use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
-
-use super::key::{KeyParts, TestKey};
-use super::CachedResult;
+use super::entry::{Bundle, BundleEntry, Pack};
+use super::http::HttpTransport;
+use super::key::TestKey;
+use super::transport::{ActionResult, Transport, TransportError};
 
 /// Bundles up to this size travel inside the action-cache entry.
 pub const INLINE_MAX: usize = 64 << 10;
-/// A response body larger than this is not a cachet entry.
-const MAX_BODY: u64 = 64 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per request (on connection errors and 5xx), before giving up.
 const ATTEMPTS: u32 = 3;
 const UPLOAD_THREADS: usize = 4;
@@ -55,6 +51,15 @@ const MAGIC: &[u8] = b"cachet-remote v1\n";
 const PACK_MAGIC: &[u8] = b"cachet-pack v1\n";
 /// A larger pack is not uploaded (its keys are, one by one).
 const MAX_PACK: usize = 16 << 20;
+
+/// Why `--remote-cache` cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteConfigError {
+    #[error("invalid --remote-cache {0:?}: give an http:// or https:// URL such as http://cache.example:8080/cachet")]
+    Url(String),
+    #[error("--remote-cache: put credentials in CACHET_REMOTE_CACHE_TOKEN or CACHET_REMOTE_CACHE_USER and CACHET_REMOTE_CACHE_PASSWORD, not in the URL")]
+    Credentials,
+}
 
 /// How to reach the server, from flags and the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,16 +74,14 @@ pub struct RemoteConfig {
 impl RemoteConfig {
     /// Validates `url`; the credentials come from `CACHET_REMOTE_CACHE_TOKEN`
     /// (bearer) or `CACHET_REMOTE_CACHE_USER` and `..._PASSWORD` (basic).
-    pub fn new(url: &str, read_only: bool) -> Result<Self, String> {
+    pub fn new(url: &str, read_only: bool) -> Result<Self, RemoteConfigError> {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"))
             .filter(|r| !r.is_empty() && !r.starts_with('/'))
-            .ok_or_else(|| {
-                format!("invalid --remote-cache {url:?}: give an http:// or https:// URL such as http://cache.example:8080/cachet")
-            })?;
+            .ok_or_else(|| RemoteConfigError::Url(url.to_string()))?;
         if rest.contains('@') {
-            return Err("--remote-cache: put credentials in CACHET_REMOTE_CACHE_TOKEN or CACHET_REMOTE_CACHE_USER and CACHET_REMOTE_CACHE_PASSWORD, not in the URL".into());
+            return Err(RemoteConfigError::Credentials);
         }
         let token = std::env::var("CACHET_REMOTE_CACHE_TOKEN").ok();
         let user = std::env::var("CACHET_REMOTE_CACHE_USER").ok();
@@ -98,44 +101,6 @@ impl RemoteConfig {
     }
 }
 
-/// What one action-cache entry holds: a test key's logs with their results.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Bundle {
-    pub parts: KeyParts,
-    pub entries: Vec<BundleEntry>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BundleEntry {
-    /// sha256 of the package name: which package's log this is, without naming it.
-    pub package: String,
-    pub log: InputLog,
-    pub result: CachedResult,
-}
-
-/// A module's bundles for the cases one run selected of it, so a machine
-/// with an empty local cache gets a package with one request: filed under
-/// [`pack_key`] of those cases' keys, each bundle checked against its key.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Pack {
-    pub bundles: Vec<Bundle>,
-}
-
-/// Where the pack of these test keys is filed: the same selection of the
-/// same module (same flags, same shard) finds it again, and shards, which
-/// select different cases, never overwrite each other's.
-pub fn pack_key(keys: &[TestKey]) -> Sha256Digest {
-    let mut sorted: Vec<_> = keys.iter().map(|k| k.0.hex()).collect();
-    sorted.sort();
-    sorted.dedup();
-    Sha256Digest::of(format!("cachet pack v1\n{}", sorted.join("\n")).as_bytes())
-}
-
-/// The package as a bundle names it.
-pub fn package_id(package: &str) -> String {
-    Sha256Digest::of(package.as_bytes()).hex()
-}
-
 /// Counts for the end of a run.
 #[derive(Debug, Default)]
 pub struct RemoteStats {
@@ -145,7 +110,7 @@ pub struct RemoteStats {
 
 pub struct Remote {
     config: RemoteConfig,
-    agent: ureq::Agent,
+    transport: Box<dyn Transport>,
     off: AtomicBool,
     warning: Mutex<Option<String>>,
     pub stats: RemoteStats,
@@ -164,58 +129,12 @@ struct Uploads {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Resolves the server's host once per run. ureq resolves on every request,
-/// on a thread of its own when a timeout is set: a run with a lookup per
-/// module started 200 threads for it.
-#[derive(Debug, Default)]
-struct OnceResolver {
-    inner: ureq::unversioned::resolver::DefaultResolver,
-    resolved: Mutex<Option<(String, ResolvedSocketAddrs)>>,
-}
-
-impl Resolver for OnceResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let at = format!("{:?} {:?}", uri.scheme(), uri.authority());
-        if let Some((known, addrs)) = &*self.resolved.lock().expect("resolver") {
-            if *known == at {
-                return Ok(addrs.clone());
-            }
-        }
-        let addrs = self.inner.resolve(uri, config, timeout)?;
-        *self.resolved.lock().expect("resolver") = Some((at, addrs.clone()));
-        Ok(addrs)
-    }
-}
-
-/// Why a request did not give an answer.
-enum Failure {
-    /// Worth another attempt (connection refused or reset, timeout, 5xx).
-    Transient(String),
-    Fatal(String),
-}
-
 impl Remote {
     pub fn new(config: RemoteConfig) -> Arc<Remote> {
-        let http = ureq::Agent::config_builder()
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            .max_idle_connections_per_host(32)
-            .user_agent(concat!("cachet/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let agent = ureq::Agent::with_parts(
-            http,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            OnceResolver::default(),
-        );
+        let transport = Box::new(HttpTransport::new(&config));
         Arc::new(Remote {
             config,
-            agent,
+            transport,
             off: AtomicBool::new(false),
             warning: Mutex::new(None),
             stats: RemoteStats::default(),
@@ -268,7 +187,7 @@ impl Remote {
         match self.try_fetch(key, magic) {
             Ok(b) => b,
             Err(e) => {
-                self.turn_off(e);
+                self.turn_off(e.to_string());
                 None
             }
         }
@@ -278,28 +197,36 @@ impl Remote {
         &self,
         key: &Sha256Digest,
         magic: &[u8],
-    ) -> Result<Option<(T, Sha256Digest)>, String> {
-        let Some(ac) = self.get(&format!("ac/{}", key.hex()))? else {
+    ) -> Result<Option<(T, Sha256Digest)>, TransportError> {
+        let Some(action) = self.with_retries(|| self.transport.get_action(key))? else {
             return Ok(None);
         };
-        let action = ActionResult::decode(&ac)
-            .ok_or_else(|| format!("ac/{}: not an ActionResult", key.hex()))?;
+        let fatal = |why: String| TransportError::Fatal(why);
         let bytes = match (action.stdout_raw, action.stdout_digest) {
             (Some(raw), _) if !raw.is_empty() => raw,
-            (_, Some((hash, size))) => {
-                let body = self.get(&format!("cas/{hash}"))?.ok_or_else(|| {
-                    format!("cas/{hash}: missing, though ac/{} names it", key.hex())
-                })?;
-                if body.len() as u64 != size || Sha256Digest::of(&body).hex() != hash {
-                    return Err(format!("cas/{hash}: the body does not match its digest"));
+            (_, Some((digest, size))) => {
+                let body = self
+                    .with_retries(|| self.transport.get_blob(&digest))?
+                    .ok_or_else(|| {
+                        fatal(format!(
+                            "blob {}: missing, though entry {} names it",
+                            digest.hex(),
+                            key.hex()
+                        ))
+                    })?;
+                if body.len() as u64 != size || Sha256Digest::of(&body) != digest {
+                    return Err(fatal(format!(
+                        "blob {}: the body does not match its digest",
+                        digest.hex()
+                    )));
                 }
                 body
             }
-            _ => return Err(format!("ac/{}: holds no cachet entry", key.hex())),
+            _ => return Err(fatal(format!("entry {}: holds no cachet entry", key.hex()))),
         };
-        super::unseal(&bytes, magic)
+        super::entry::unseal(&bytes, magic)
             .map(Some)
-            .ok_or_else(|| format!("ac/{}: the entry is damaged", key.hex()))
+            .ok_or_else(|| fatal(format!("entry {}: the entry is damaged", key.hex())))
     }
 
     /// Queues `bundle` for upload under `key` (nothing when read-only or off).
@@ -321,7 +248,7 @@ impl Remote {
             );
             bundle.entries.truncate(MAX_ENTRIES);
         }
-        if let Ok(bytes) = super::seal(&bundle, MAGIC) {
+        if let Ok(bytes) = super::entry::seal(&bundle, MAGIC) {
             self.queue(key.0, bytes);
         }
     }
@@ -331,7 +258,7 @@ impl Remote {
         if self.config.read_only || self.off.load(Ordering::Relaxed) {
             return;
         }
-        match super::seal(pack, PACK_MAGIC) {
+        match super::entry::seal(pack, PACK_MAGIC) {
             Ok(bytes) if bytes.len() <= MAX_PACK => self.queue(key, bytes),
             // Its keys are uploaded one by one anyway.
             _ => {}
@@ -360,7 +287,7 @@ impl Remote {
                         Ok(()) => {
                             me.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => me.turn_off(e),
+                        Err(e) => me.turn_off(e.to_string()),
                     }
                 })
             })
@@ -368,22 +295,21 @@ impl Remote {
         Uploads { tx, threads }
     }
 
-    fn put_entry(&self, key: &Sha256Digest, bytes: Vec<u8>) -> Result<(), String> {
+    fn put_entry(&self, key: &Sha256Digest, bytes: Vec<u8>) -> Result<(), TransportError> {
         let action = if bytes.len() <= INLINE_MAX {
             ActionResult {
                 stdout_raw: Some(bytes),
                 stdout_digest: None,
             }
         } else {
-            let hash = Sha256Digest::of(&bytes).hex();
-            let size = bytes.len() as u64;
-            self.put(&format!("cas/{hash}"), &bytes)?;
+            let digest = Sha256Digest::of(&bytes);
+            self.with_retries(|| self.transport.put_blob(&digest, &bytes))?;
             ActionResult {
                 stdout_raw: None,
-                stdout_digest: Some((hash, size)),
+                stdout_digest: Some((digest, bytes.len() as u64)),
             }
         };
-        self.put(&format!("ac/{}", key.hex()), &action.encode())
+        self.with_retries(|| self.transport.put_action(key, &action))
     }
 
     /// Waits (bounded) for the queued uploads; returns the warning of the
@@ -438,194 +364,26 @@ impl Remote {
         }
     }
 
-    /// `GET`: the body, or `None` for 404.
-    fn get(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
-        self.with_retries(path, || {
-            let mut req = self.agent.get(format!("{}/{path}", self.config.url));
-            if let Some(a) = &self.config.auth {
-                req = req.header("Authorization", a);
-            }
-            let mut resp = req.call().map_err(transport)?;
-            match resp.status().as_u16() {
-                200 => {
-                    let mut body = Vec::new();
-                    resp.body_mut()
-                        .as_reader()
-                        .take(MAX_BODY + 1)
-                        .read_to_end(&mut body)
-                        .map_err(|e| Failure::Transient(format!("reading {path}: {e}")))?;
-                    if body.len() as u64 > MAX_BODY {
-                        return Err(Failure::Fatal(format!("{path}: the body is too large")));
-                    }
-                    Ok(Some(body))
-                }
-                404 => Ok(None),
-                s => Err(status(path, s)),
-            }
-        })
-    }
-
-    fn put(&self, path: &str, body: &[u8]) -> Result<(), String> {
-        self.with_retries(path, || {
-            let mut req = self.agent.put(format!("{}/{path}", self.config.url));
-            if let Some(a) = &self.config.auth {
-                req = req.header("Authorization", a);
-            }
-            let resp = req.send(body).map_err(transport)?;
-            match resp.status().as_u16() {
-                200..=299 => Ok(()),
-                s => Err(status(path, s)),
-            }
-        })
-    }
-
+    /// `attempt`, again after a short pause while it fails transiently.
     fn with_retries<T>(
         &self,
-        path: &str,
-        mut attempt: impl FnMut() -> Result<T, Failure>,
-    ) -> Result<T, String> {
-        let mut last = String::new();
-        for n in 0..ATTEMPTS {
-            if n > 0 {
-                std::thread::sleep(Duration::from_millis(50 << n));
-            }
+        mut attempt: impl FnMut() -> Result<T, TransportError>,
+    ) -> Result<T, TransportError> {
+        let mut n = 0;
+        loop {
             match attempt() {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(e)) => last = e,
-            }
-        }
-        Err(format!("{last} ({ATTEMPTS} attempts at {path})"))
-    }
-}
-
-fn transport(e: ureq::Error) -> Failure {
-    Failure::Transient(e.to_string())
-}
-
-fn status(path: &str, code: u16) -> Failure {
-    let msg = format!("{path}: the server answered {code}");
-    match code {
-        401 | 403 => Failure::Fatal(format!(
-            "{msg} (set CACHET_REMOTE_CACHE_TOKEN, or CACHET_REMOTE_CACHE_USER and CACHET_REMOTE_CACHE_PASSWORD)"
-        )),
-        500..=599 | 408 | 429 => Failure::Transient(msg),
-        _ => Failure::Fatal(msg),
-    }
-}
-
-impl Pack {
-    /// The sha256 of its encoding's JSON (what the encoding's checksum is).
-    pub fn digest(&self) -> Option<Sha256Digest> {
-        serde_json::to_vec(self).ok().map(|b| Sha256Digest::of(&b))
-    }
-}
-
-/// The part of REAPI's `ActionResult` cachet uses: `stdout_raw` (field 5)
-/// or `stdout_digest` (field 6, a `Digest`: `hash` 1, `size_bytes` 2).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct ActionResult {
-    stdout_raw: Option<Vec<u8>>,
-    stdout_digest: Option<(String, u64)>,
-}
-
-impl ActionResult {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(raw) = &self.stdout_raw {
-            field_bytes(&mut out, 5, raw);
-        }
-        if let Some((hash, size)) = &self.stdout_digest {
-            let mut d = Vec::new();
-            field_bytes(&mut d, 1, hash.as_bytes());
-            varint(&mut d, 2 << 3);
-            varint(&mut d, *size);
-            field_bytes(&mut out, 6, &d);
-        }
-        out
-    }
-
-    /// Reads the fields above, skipping every other; `None` if malformed.
-    fn decode(mut b: &[u8]) -> Option<ActionResult> {
-        let mut a = ActionResult::default();
-        while !b.is_empty() {
-            let (field, value) = next_field(&mut b)?;
-            match (field, value) {
-                (5, Value::Bytes(raw)) => a.stdout_raw = Some(raw.to_vec()),
-                (6, Value::Bytes(mut d)) => {
-                    let (mut hash, mut size) = (None, 0);
-                    while !d.is_empty() {
-                        match next_field(&mut d)? {
-                            (1, Value::Bytes(h)) => hash = Some(std::str::from_utf8(h).ok()?),
-                            (2, Value::Varint(s)) => size = s,
-                            _ => {}
-                        }
+                Err(TransportError::Transient(e)) => {
+                    n += 1;
+                    if n == ATTEMPTS {
+                        let e = format!("{e} ({ATTEMPTS} attempts)");
+                        return Err(TransportError::Transient(e));
                     }
-                    let hash =
-                        hash.filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))?;
-                    a.stdout_digest = Some((hash.to_ascii_lowercase(), size));
+                    std::thread::sleep(Duration::from_millis(50 << n));
                 }
-                _ => {}
+                other => return other,
             }
         }
-        Some(a)
     }
-}
-
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-fn next_field<'a>(b: &mut &'a [u8]) -> Option<(u64, Value<'a>)> {
-    let tag = read_varint(b)?;
-    let value = match tag & 7 {
-        0 => Value::Varint(read_varint(b)?),
-        1 => {
-            *b = b.get(8..)?;
-            Value::Fixed
-        }
-        2 => {
-            let len = usize::try_from(read_varint(b)?).ok()?;
-            let (v, rest) = (b.get(..len)?, b.get(len..)?);
-            *b = rest;
-            Value::Bytes(v)
-        }
-        5 => {
-            *b = b.get(4..)?;
-            Value::Fixed
-        }
-        _ => return None,
-    };
-    Some((tag >> 3, value))
-}
-
-fn read_varint(b: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&byte, rest) = b.split_first()?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    varint(out, (field << 3) | 2);
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -649,25 +407,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn action_results_round_trip_and_skip_unknown_fields() {
-        let inline = ActionResult {
-            stdout_raw: Some(b"bundle".to_vec()),
-            stdout_digest: None,
-        };
-        assert_eq!(ActionResult::decode(&inline.encode()), Some(inline));
-        let by_digest = ActionResult {
-            stdout_raw: None,
-            stdout_digest: Some(("ab".repeat(32), 12345)),
-        };
-        let mut bytes = vec![0x20, 0x07]; // exit_code = 7 (field 4, varint)
-        bytes.extend(by_digest.encode());
-        assert_eq!(ActionResult::decode(&bytes), Some(by_digest));
-        for garbage in [&b"\xff\xff\xff"[..], b"\x2a\x10short", b"\x07"] {
-            assert_eq!(ActionResult::decode(garbage), None);
-        }
-    }
-
-    #[test]
     fn bundles_verify_their_checksum() {
         let bundle = Bundle {
             parts: serde_json::from_str(
@@ -676,21 +415,21 @@ mod tests {
             .unwrap(),
             entries: Vec::new(),
         };
-        let bytes = crate::cache::seal(&bundle, MAGIC).unwrap();
+        let bytes = crate::cache::entry::seal(&bundle, MAGIC).unwrap();
         assert_eq!(
-            crate::cache::unseal(&bytes, MAGIC).map(|(b, _)| b),
+            crate::cache::entry::unseal(&bytes, MAGIC).map(|(b, _)| b),
             Some(bundle.clone())
         );
-        assert!(crate::cache::unseal::<Bundle>(&bytes, PACK_MAGIC).is_none());
+        assert!(crate::cache::entry::unseal::<Bundle>(&bytes, PACK_MAGIC).is_none());
         for i in [0, MAGIC.len() + 3, bytes.len() - 2] {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
             assert!(
-                crate::cache::unseal::<Bundle>(&bad, MAGIC).is_none(),
+                crate::cache::entry::unseal::<Bundle>(&bad, MAGIC).is_none(),
                 "flipped byte {i}"
             );
         }
-        assert!(crate::cache::unseal::<Bundle>(&bytes[..bytes.len() - 1], MAGIC).is_none());
+        assert!(crate::cache::entry::unseal::<Bundle>(&bytes[..bytes.len() - 1], MAGIC).is_none());
     }
 
     #[test]

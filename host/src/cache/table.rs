@@ -44,7 +44,7 @@ impl<V: Clone + PartialEq + Serialize + DeserializeOwned> Table<V> {
     pub fn load(path: &Path, magic: &'static [u8]) -> Self {
         let map = std::fs::read(path)
             .ok()
-            .and_then(|b| super::unseal::<Vec<Record<V>>>(&b, magic))
+            .and_then(|b| super::entry::unseal::<Vec<Record<V>>>(&b, magic))
             .map(|(records, _)| records.into_iter().map(|r| (r.key, r)).collect())
             .unwrap_or_default();
         Table {
@@ -91,10 +91,23 @@ impl<V: Clone + PartialEq + Serialize + DeserializeOwned> Table<V> {
         let mut records: Vec<&Record<V>> = state.map.values().collect();
         records.sort_by_key(|r| std::cmp::Reverse(r.written_ns));
         records.truncate(MAX_ENTRIES);
-        super::write_table(&self.path, &super::seal(&records, self.magic)?)?;
+        write_table(&self.path, &super::entry::seal(&records, self.magic)?)?;
         state.changed = false;
         Ok(())
     }
+}
+
+/// Writes a whole-file table (the stat memo, the module facts) at `path`
+/// through a temp file in the store's `tmp/`, which trimming sweeps: a
+/// save cut short leaves nothing elsewhere (issue 8).
+pub(super) fn write_table(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().expect("tables have a parent").join("tmp");
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,9 +15,6 @@ pub struct ExecArgs {
     pub dir: Vec<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// Time limit, in Go duration syntax: of the whole run, or of each case when cases run from the cache (default: none, or the test binary's own -test.timeout).
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
     /// Always run the module directly: never serve or fill the cache.
     #[arg(long)]
     pub no_cache: bool,

@@ -13,7 +13,7 @@ pub use compile::CompileArgs;
 pub use exec::ExecArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
-pub use test::{FrameworkArg, IsolateArg, TestArgs};
+pub use test::{FrameworkArg, IsolateArg, TestArgs, TestFlags};
 
 use clap::{Parser, Subcommand};
 

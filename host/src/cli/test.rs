@@ -1,4 +1,6 @@
-//! `cachet test [flags] [packages] [-- args for the test binary]`
+//! `cachet test [flags] [packages] [-- args for the test binary]`. Its
+//! flags ([`TestFlags`]) are also every flag of `cachet inputs`, which
+//! must build the same configuration to find what a run stored.
 
 use clap::{Args, ValueEnum};
 
@@ -6,6 +8,17 @@ use super::SandboxArgs;
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
+    #[command(flatten)]
+    pub flags: TestFlags,
+    /// Packages: .wasm files, directories, DIR/... (every package below), cargo package dirs.
+    pub packages: Vec<String>,
+    /// Arguments passed to every test binary.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct TestFlags {
     /// Run only the cases whose name matches this regular expression (unanchored, as go test -run).
     #[arg(long, value_name = "REGEX")]
     pub run: Option<String>,
@@ -15,9 +28,6 @@ pub struct TestArgs {
     /// Start no new case after the first failure.
     #[arg(long)]
     pub failfast: bool,
-    /// Per-case time limit, in Go duration syntax (10m, 1m30s, 500ms); 0 means none, and wasm then runs without time checks (faster; Ctrl-C stops a case at its next host call) (default 10m).
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
     /// Run each case N times.
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,
@@ -38,8 +48,6 @@ pub struct TestArgs {
     /// Run each case in its own instance (test), or each module in one (module).
     #[arg(long, value_enum)]
     pub isolate: Option<IsolateArg>,
-    /// Packages: .wasm files, directories, DIR/... (every package below), cargo package dirs.
-    pub packages: Vec<String>,
     /// Say why each case ran instead of using its cached result.
     #[arg(long)]
     pub explain: bool,
@@ -83,9 +91,6 @@ pub struct TestArgs {
     /// The cachet.toml profile to use (default: `default`; also CACHET_PROFILE).
     #[arg(long, value_name = "NAME", env = "CACHET_PROFILE")]
     pub profile: Option<String>,
-    /// Arguments passed to every test binary.
-    #[arg(last = true)]
-    pub args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::{secs, Format};
-use crate::event::{CaseResult, PackageOutcome, Verdict};
+use crate::event::PackageOutcome;
+use crate::framework::{CaseResult, Verdict};
 
 #[derive(Serialize)]
 struct Ev<'a> {
@@ -71,7 +72,7 @@ impl JsonFormat {
         if r.in_module_output && r.reason.is_none() {
             return s; // its events are in another case's output
         }
-        let events = crate::go::test2json::convert(&r.output, false);
+        let events = crate::framework::test2json::convert(&r.output, false);
         let reported = events.iter().any(|e| {
             e.test.as_deref() == Some(r.name.as_str())
                 && matches!(e.action, "pass" | "fail" | "skip")
@@ -135,7 +136,7 @@ impl Format for JsonFormat {
                 )
             })
             .collect();
-        if r.framed {
+        if r.framed() {
             return flaky + &self.framed(pkg, r, at);
         }
         let t = Some(r.name.as_str());

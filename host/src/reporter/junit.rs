@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::event::{CaseResult, Event, Verdict};
+use crate::event::Event;
+use crate::framework::{CaseResult, Verdict};
 
 pub struct Junit {
     names: Vec<String>,
@@ -107,12 +108,24 @@ impl Junit {
     }
 
     /// Writes the report; an error is one line for the user.
-    pub fn write(&self, path: &Path) -> Result<(), String> {
+    pub fn write(&self, path: &Path) -> Result<(), JunitError> {
+        let error = |e| JunitError {
+            path: path.display().to_string(),
+            error: e,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("--junit {}: {e}", path.display()))?;
+            std::fs::create_dir_all(dir).map_err(error)?;
         }
-        std::fs::write(path, self.render()).map_err(|e| format!("--junit {}: {e}", path.display()))
+        std::fs::write(path, self.render()).map_err(error)
     }
+}
+
+/// The report could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("--junit {path}: {error}")]
+pub struct JunitError {
+    path: String,
+    error: std::io::Error,
 }
 
 fn case(package: &str, r: &CaseResult) -> String {

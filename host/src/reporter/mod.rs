@@ -1,18 +1,21 @@
 //! Reporters: Go's text format (`text.rs`) or test2json events (`json.rs`),
-//! printed per package in command-line order. The head package prints as
+//! printed per package in command-line order; JUnit XML (`junit.rs`); and
+//! `cachet exec`'s test binary's own format (`native.rs`). The head package prints as
 //! its events arrive (so one package or `-p 1` streams); later packages
 //! buffer until every package before them is done.
 
 mod json;
 pub mod junit;
+pub mod native;
 mod progress;
 mod text;
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use crate::event::{CaseResult, Event, PackageOutcome, Verdict};
+use crate::event::{Event, PackageOutcome};
 use crate::exit;
+use crate::framework::{CaseResult, Verdict};
 
 pub use json::JsonFormat;
 pub use progress::Progress;

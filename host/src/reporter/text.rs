@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use super::{secs, Format};
-use crate::event::{CaseResult, PackageOutcome, Verdict};
+use crate::event::PackageOutcome;
+use crate::framework::OutputMode;
+use crate::framework::{CaseResult, Verdict};
 
 pub struct TextFormat {
     pub verbose: bool,
@@ -45,22 +47,27 @@ impl TextFormat {
             // Its lines are in another case's output; only cachet's notes.
             return stop_lines(r, "    ");
         }
-        let own_line = crate::go::harness::result_of(&r.output, &r.name).is_some();
+        let harness = r.framework.harness();
+        let own_line = crate::framework::test2json::reports(&r.output, &r.name);
         let missing = if !own_line && r.verdict == Verdict::Fail {
             format!("--- FAIL: {} ({})\n", r.name, secs(r.elapsed, 2))
         } else {
             String::new()
         };
+        let failed = r.verdict == Verdict::Fail;
         if self.verbose {
             let shown = if self.streamed.remove(&r.name) {
-                let rest = r.live_rest.as_deref().unwrap_or(&r.output);
-                self.switch_to(&r.name) + rest
+                let rest = match &r.live_rest {
+                    Some(rest) => rest.clone(),
+                    None => harness.render(&r.output, OutputMode::Verbose, failed),
+                };
+                self.switch_to(&r.name) + &rest
             } else {
-                r.output.clone()
+                harness.render(&r.output, OutputMode::Verbose, failed)
             };
             shown + &stop_lines(r, "    ") + &missing
-        } else if r.verdict == Verdict::Fail {
-            missing + &r.output + &stop_lines(r, "    ")
+        } else if failed {
+            missing + &harness.render(&r.output, OutputMode::Quiet, true) + &stop_lines(r, "    ")
         } else {
             r.not_saved
                 .as_ref()
@@ -70,7 +77,7 @@ impl TextFormat {
     }
 
     fn case_lines(&mut self, r: &CaseResult) -> String {
-        if r.framed {
+        if r.framed() {
             return self.framed_lines(r);
         }
         let word = match r.verdict {

@@ -6,7 +6,7 @@
 //!   test binaries, built with `cargo test --no-run`), else the `.wasm`
 //!   files directly in it.
 //! - `dir` with `.go` files: a Go package, its test binary built with
-//!   `go test -c` for wasip1 (`go/build.rs`) and reported by import path.
+//!   `go test -c` for wasip1 (`go.rs`) and reported by import path.
 //! - `dir/...`: every such package at or below `dir` (skipping `target`,
 //!   `testdata`, `vendor`, `node_modules` and directories starting with `.`
 //!   or `_`).
@@ -16,6 +16,9 @@
 //! Building runs cargo on the host, outside the sandbox: a package's build
 //! scripts and proc macros are ordinary host programs. With `--prebuilt`
 //! nothing is built and a cargo package is an error that says so.
+
+mod cargo;
+pub mod go;
 
 use std::path::{Path, PathBuf};
 
@@ -103,7 +106,7 @@ pub fn discover(patterns: &[String], build: Build, go_cache: Option<&Path>) -> V
             }
         }
     }
-    crate::go::build::resolve(&mut out, go_cache);
+    go::resolve(&mut out, go_cache);
     out
 }
 
@@ -195,7 +198,7 @@ fn package_at(dir: &Path, explicit: bool, build: Build) -> Option<Package> {
                 format!("is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/{TARGET}/debug/deps/*.wasm)"),
             ));
         }
-        return Some(crate::cargo::build(name, dir));
+        return Some(cargo::build(name, dir));
     }
     let files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -214,7 +217,7 @@ fn package_at(dir: &Path, explicit: bool, build: Build) -> Option<Package> {
                 "is a Go package, and --prebuilt never runs the Go toolchain; build its test binary yourself (GOOS=wasip1 GOARCH=wasm go test -c) and pass the .wasm file".into(),
             ));
         }
-        // Built, and named by import path, in `go::build::resolve`.
+        // Built, and named by import path, in `go::resolve`.
         let mut p = Package::wasm(name, dir.to_path_buf(), Vec::new());
         p.go = Some(GoMeta::pending());
         return Some(p);

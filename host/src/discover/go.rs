@@ -22,6 +22,28 @@ use crate::discover::{GoMeta, Package};
 /// The oldest Go with `GOOS=wasip1`.
 const MIN_MINOR: u32 = 21;
 
+/// Why Go packages cannot be described; each is one line with its fix.
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("a Go package, but no Go toolchain is on PATH; install Go 1.21 or newer (GOOS=wasip1) and put `go` on PATH")]
+    NoToolchain,
+    #[error("`go env` printed nothing; is the Go toolchain on PATH working?")]
+    EnvEmpty,
+    #[error("the Go toolchain on PATH is {0}; GOOS=wasip1 needs Go 1.21 or newer")]
+    TooOld(String),
+    #[error("cannot run go list: {0}")]
+    ListRun(std::io::Error),
+    #[error("go list failed: {0}")]
+    ListFailed(String),
+    #[error("go list printed what cachet cannot read: {0}")]
+    ListUnreadable(serde_json::Error),
+    #[error("{0}: go list does not know this package")]
+    Unknown(String),
+    /// The package's own error, as go list gives it.
+    #[error("{0}")]
+    Package(String),
+}
+
 /// The Go toolchain on PATH.
 #[derive(Clone, Debug)]
 pub struct Toolchain {
@@ -36,27 +58,23 @@ const BUILD_ENV: &[&str] = &["GOFLAGS", "GOEXPERIMENT", "GOWASM"];
 impl Toolchain {
     /// Finds `go` on PATH and checks its version; one line saying what to do
     /// when there is none (or it is too old).
-    pub fn find() -> Result<Toolchain, String> {
+    pub fn find() -> Result<Toolchain, GoError> {
         let go = PathBuf::from(std::env::var_os("CACHET_GO").unwrap_or_else(|| "go".into()));
         let out = Command::new(&go)
             .args(["env", "GOVERSION", "GOROOT"])
             .output()
-            .map_err(|_| {
-                "a Go package, but no Go toolchain is on PATH; install Go 1.21 or newer (GOOS=wasip1) and put `go` on PATH".to_string()
-            })?;
+            .map_err(|_| GoError::NoToolchain)?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut lines = text.lines();
         let (Some(version), Some(goroot)) = (lines.next(), lines.next()) else {
-            return Err("`go env` printed nothing; is the Go toolchain on PATH working?".into());
+            return Err(GoError::EnvEmpty);
         };
         let minor = version
             .strip_prefix("go1.")
             .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|m| m.parse::<u32>().ok());
         if minor.is_none_or(|m| m < MIN_MINOR) {
-            return Err(format!(
-                "the Go toolchain on PATH is {version}; GOOS=wasip1 needs Go 1.21 or newer"
-            ));
+            return Err(GoError::TooOld(version.to_string()));
         }
         Ok(Toolchain {
             go,
@@ -166,7 +184,7 @@ pub fn describe_memoized(
     root: &Path,
     dirs: &[PathBuf],
     cache_dir: &Path,
-) -> Result<Vec<GoPackage>, String> {
+) -> Result<Vec<GoPackage>, GoError> {
     let mut h = Sha256::new();
     h.update(toolchain_key(tc, root));
     h.update(root.as_os_str().as_encoded_bytes());
@@ -217,7 +235,7 @@ pub fn describe(
     tc: &Toolchain,
     root: &Path,
     dirs: &[PathBuf],
-) -> Result<(Vec<GoPackage>, Vec<PathBuf>), String> {
+) -> Result<(Vec<GoPackage>, Vec<PathBuf>), GoError> {
     let rel: Vec<String> = dirs
         .iter()
         .map(|d| {
@@ -234,19 +252,15 @@ pub fn describe(
         .args(["list", "-e", "-deps", "-test", "-json"])
         .args(&rel)
         .output()
-        .map_err(|e| format!("cannot run go list: {e}"))?;
+        .map_err(GoError::ListRun)?;
     if !out.status.success() {
-        return Err(format!(
-            "go list failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-        ));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or("");
+        return Err(GoError::ListFailed(first.to_string()));
     }
     let mut listed = Vec::new();
     for item in serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Listed>() {
-        listed.push(item.map_err(|e| format!("go list printed what cachet cannot read: {e}"))?);
+        listed.push(item.map_err(GoError::ListUnreadable)?);
     }
     let by_path: HashMap<&str, &Listed> =
         listed.iter().map(|l| (l.import_path.as_str(), l)).collect();
@@ -266,13 +280,11 @@ pub fn describe(
         let Some(p) = listed.iter().find(|l| {
             l.for_test.is_empty() && Path::new(&l.dir) == abs && !l.import_path.ends_with(".test")
         }) else {
-            return Err(format!(
-                "{}: go list does not know this package",
-                dir.display()
-            ));
+            return Err(GoError::Unknown(dir.display().to_string()));
         };
         if let Some(e) = &p.error {
-            return Err(e.err.lines().next().unwrap_or("").to_string());
+            let first = e.err.lines().next().unwrap_or("");
+            return Err(GoError::Package(first.to_string()));
         }
         let has_tests = !(p.test_go_files.is_empty() && p.x_test_go_files.is_empty());
         // The test variants of the package carry the whole dependency set.
@@ -402,7 +414,7 @@ pub fn resolve(packages: &mut [Package], cache: Option<&Path>) {
     };
     let tc = match Toolchain::find() {
         Ok(t) => t,
-        Err(e) => return fail(packages, &pending, &e),
+        Err(e) => return fail(packages, &pending, &e.to_string()),
     };
     let Some(cache) = cache else {
         return fail(
@@ -424,7 +436,7 @@ pub fn resolve(packages: &mut [Package], cache: Option<&Path>) {
     for (root, ids) in by_module {
         let dirs: Vec<PathBuf> = ids.iter().map(|&i| packages[i].dir.clone()).collect();
         match describe_memoized(&tc, &root, &dirs, cache) {
-            Err(e) => fail(packages, &ids, &e),
+            Err(e) => fail(packages, &ids, &e.to_string()),
             Ok(described) => {
                 for (i, gp) in ids.into_iter().zip(described) {
                     let p = &mut packages[i];

@@ -4,6 +4,12 @@
 //! `^O` and `^N` is error output, and `=== NAME` lines say which test the
 //! following output belongs to. Subtests get events of their own.
 
+/// Whether the output holds `name`'s own result line (`--- PASS: name (…)`).
+pub fn reports(raw: &str, name: &str) -> bool {
+    raw.lines()
+        .any(|l| result_line(l.trim_start_matches(FRAME)).is_some_and(|(_, n, _)| n == name))
+}
+
 /// One event, without the time and package the reporter adds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {

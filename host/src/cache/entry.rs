@@ -1,0 +1,237 @@
+//! What the cache stores, as data: the two levels of a local entry (a test
+//! key's logs, the results by inputs), what a remote entry holds (a
+//! [`Bundle`]: a key's logs with their results; a [`Pack`]: a module's
+//! bundles), the facts learnt from a module's bytes, and the sealed
+//! encoding remote entries and tables share. No I/O: `local.rs` keeps
+//! these in the store, `remote.rs` sends them over a transport.
+
+use std::time::Duration;
+
+use cachet_runtime::{InputLog, Sha256Digest};
+use serde::{Deserialize, Serialize};
+
+use super::key::{KeyParts, TestKey};
+
+/// `magic`, the sha256 of the JSON in hex and a newline, the JSON: how
+/// remote entries and the module-facts table are written.
+pub(crate) fn seal<T: Serialize>(value: &T, magic: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(value)?;
+    let mut out = magic.to_vec();
+    out.extend_from_slice(cachet_runtime::Sha256Digest::of(&json).hex().as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// The value and its JSON's sha256, if the bytes are [`seal`]ed under
+/// `magic` and their checksum holds.
+pub(crate) fn unseal<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    magic: &[u8],
+) -> Option<(T, cachet_runtime::Sha256Digest)> {
+    let rest = bytes.strip_prefix(magic)?;
+    let (hex, json) = (rest.get(..64)?, rest.get(65..)?);
+    let digest = cachet_runtime::Sha256Digest::of(json);
+    if rest.get(64) != Some(&b'\n') || digest.hex().as_bytes() != hex {
+        return None;
+    }
+    serde_json::from_slice(json).ok().map(|v| (v, digest))
+}
+
+/// A bundle's entries, `package`'s own (hashed) first.
+pub(super) fn ordered_entries<'a>(
+    entries: &'a [BundleEntry],
+    package: &'a str,
+) -> impl Iterator<Item = &'a BundleEntry> {
+    entries
+        .iter()
+        .filter(move |e| e.package == package)
+        .chain(entries.iter().filter(move |e| e.package != package))
+}
+
+/// `package`'s own log first, then the others, most recent first.
+pub(super) fn ordered<'a>(
+    logs: &'a [PackageLog],
+    package: &'a str,
+) -> impl Iterator<Item = &'a PackageLog> {
+    logs.iter()
+        .filter(move |l| l.package == package)
+        .chain(logs.iter().filter(move |l| l.package != package))
+}
+
+/// Level 1: a test key's last passing input logs, most recent first, each
+/// with the package it ran in, and the key's parts (for `cachet inputs` and
+/// `--explain`).
+#[derive(Serialize, Deserialize)]
+pub(super) struct LogEntry {
+    pub(super) parts: KeyParts,
+    pub(super) logs: Vec<PackageLog>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct PackageLog {
+    pub(super) package: String,
+    pub(super) log: InputLog,
+}
+
+/// Logs kept per test key: packages holding the same module.
+pub(super) const MAX_LOGS: usize = 8;
+
+/// Level 2: the result of a passing run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CachedResult {
+    /// The case's own output (framing removed).
+    pub output: String,
+    pub elapsed: Duration,
+    /// libtest reported the case as ignored.
+    pub skipped: bool,
+    /// For a listing: the case names.
+    pub cases: Vec<String>,
+    /// The sha256 of the case's whole output (framing removed), of which
+    /// `output` may keep only the head and tail: what `--verify` compares.
+    #[serde(default)]
+    pub output_digest: Option<cachet_runtime::Sha256Digest>,
+    /// For a module's cases run in one instance: each case's result.
+    #[serde(default)]
+    pub module_cases: Vec<CachedCase>,
+}
+
+/// One case of a module run in one instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CachedCase {
+    pub name: String,
+    pub skipped: bool,
+    pub elapsed: Duration,
+    pub output: String,
+    /// Its output is part of another case's (Go prints a module's run as
+    /// one output).
+    pub in_module_output: bool,
+}
+
+/// Why a case ran instead of hitting the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The cache is off for this run (`--count`, `--isolate=module`).
+    Bypassed(&'static str),
+    /// No entry, with what changed in the key when a run under the same name
+    /// is known (`module changed`, `args changed`, ...).
+    NoEntry(&'static str),
+    /// The first observation of the log that differs today.
+    Changed(String),
+    /// An entry was damaged; it is ignored (and replaced after the run).
+    Corrupt(EntryError),
+}
+
+/// A stored entry that cannot be used: one warning, and it counts as absent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The store's checksum or framing failed (see `store::Corrupt`).
+    #[error("{0}")]
+    Corrupt(String),
+    /// It verified but is not what this version of cachet writes.
+    #[error("cache entry {entry} does not parse ({error}); it is ignored")]
+    Parse { entry: String, error: String },
+}
+
+impl From<super::store::Corrupt> for EntryError {
+    fn from(c: super::store::Corrupt) -> Self {
+        EntryError::Corrupt(c.to_string())
+    }
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Miss::Bypassed(why) => write!(f, "cache not used: {why}"),
+            Miss::NoEntry(why) => f.write_str(why),
+            Miss::Changed(change) => f.write_str(change),
+            Miss::Corrupt(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub enum Lookup {
+    Hit(CachedResult),
+    Miss(Miss),
+}
+
+pub(super) const LOGS: &str = "logs";
+pub(super) const RESULTS: &str = "results";
+pub(super) const NAMES: &str = "names";
+
+/// What was learnt from a module's bytes, so an unchanged module need not be
+/// read again: kept by module digest (and package dir, which the embedded
+/// path is searched for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleFacts {
+    pub(super) framework: String,
+    pub embeds_dir: bool,
+}
+
+impl ModuleFacts {
+    pub fn new(framework: crate::framework::Framework, embeds_dir: bool) -> Self {
+        ModuleFacts {
+            framework: framework.name().to_string(),
+            embeds_dir,
+        }
+    }
+
+    /// The framework detected from the bytes.
+    pub fn framework(&self) -> crate::framework::Framework {
+        crate::framework::Framework::from_name(&self.framework).expect("checked when read")
+    }
+}
+
+pub(super) fn facts_key(
+    digest: &cachet_runtime::ModuleDigest,
+    dir: Option<&str>,
+) -> cachet_runtime::Sha256Digest {
+    let mut bytes = digest.0 .0.to_vec();
+    bytes.extend_from_slice(dir.unwrap_or("").as_bytes());
+    cachet_runtime::Sha256Digest::of(&bytes)
+}
+
+/// What one action-cache entry holds: a test key's logs with their results.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bundle {
+    pub parts: KeyParts,
+    pub entries: Vec<BundleEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleEntry {
+    /// sha256 of the package name: which package's log this is, without naming it.
+    pub package: String,
+    pub log: InputLog,
+    pub result: CachedResult,
+}
+
+/// A module's bundles for the cases one run selected of it, so a machine
+/// with an empty local cache gets a package with one request: filed under
+/// [`pack_key`] of those cases' keys, each bundle checked against its key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pack {
+    pub bundles: Vec<Bundle>,
+}
+
+/// Where the pack of these test keys is filed: the same selection of the
+/// same module (same flags, same shard) finds it again, and shards, which
+/// select different cases, never overwrite each other's.
+pub fn pack_key(keys: &[TestKey]) -> Sha256Digest {
+    let mut sorted: Vec<_> = keys.iter().map(|k| k.0.hex()).collect();
+    sorted.sort();
+    sorted.dedup();
+    Sha256Digest::of(format!("cachet pack v1\n{}", sorted.join("\n")).as_bytes())
+}
+
+/// The package as a bundle names it.
+pub fn package_id(package: &str) -> String {
+    Sha256Digest::of(package.as_bytes()).hex()
+}
+
+impl Pack {
+    /// The sha256 of its encoding's JSON (what the encoding's checksum is).
+    pub fn digest(&self) -> Option<Sha256Digest> {
+        serde_json::to_vec(self).ok().map(|b| Sha256Digest::of(&b))
+    }
+}
