@@ -80,7 +80,11 @@ fn prepare(args: ExecArgs) -> Result<Exec, ConfigError> {
         compile_memory: cachet_runtime::DEFAULT_COMPILE_MEMORY,
         parallel,
         cache: !args.no_cache,
-        layout: Layout::Exec { cwd, guest_cwd },
+        layout: Layout::Exec {
+            cwd,
+            guest_cwd,
+            test_binary: false,
+        },
         ..TestConfig::default()
     };
     let cache = config.cache.then(crate::home::open_cache).flatten();
@@ -103,15 +107,20 @@ impl Exec {
                 return crate::exit::SETUP_ERROR;
             }
         };
+        // A test binary (a harness with a native format: cargo's runner and
+        // `go test -exec` run these) gets the directory and variables those
+        // runners assume, whatever its arguments; anything else exactly what
+        // the flags ask for, as under `wasmtime run`.
+        let harness = artifact.framework.harness();
+        if let Layout::Exec { test_binary, .. } = &mut self.config.layout {
+            *test_binary = harness.native().is_some();
+        }
+        let invocation = harness.invocation(&self.args);
         let own_tmp = !self
             .config
             .sandbox
             .mounts_at(cachet_runtime::SCRATCH_GUEST_PATH);
-        let invocation = if self.cache.is_some() && own_tmp {
-            artifact.framework.harness().invocation(&self.args)
-        } else {
-            None
-        };
+        let invocation = invocation.filter(|_| self.cache.is_some() && own_tmp);
         match invocation {
             Some(inv) => {
                 self.config.framework = Some(artifact.framework);
@@ -193,7 +202,7 @@ impl Exec {
                 return crate::exit::SETUP_ERROR;
             }
         };
-        let Layout::Exec { cwd, guest_cwd } = &self.config.layout else {
+        let Layout::Exec { cwd, guest_cwd, .. } = &self.config.layout else {
             unreachable!("exec's layout")
         };
         let package = Package::wasm(guest_cwd.clone(), cwd.clone(), vec![self.module.clone()]);

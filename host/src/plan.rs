@@ -72,12 +72,18 @@ pub fn policy(
     }
     let sandbox = config.sandbox_for(&package.name);
     match &config.layout {
-        Layout::Exec { cwd, guest_cwd } => {
+        Layout::Exec {
+            cwd,
+            guest_cwd,
+            test_binary,
+        } => {
             // As a program run directly: wasm32's whole address space, and
             // no time limit unless one is asked for.
             p.memory_limit(EXEC_MEMORY).timeout(NO_TIME_LIMIT);
             sandbox.apply(&mut p);
-            exec_mounts(&mut p, &sandbox, cwd, guest_cwd, scratch);
+            if *test_binary {
+                test_binary_mounts(&mut p, &sandbox, cwd, guest_cwd, scratch);
+            }
         }
         Layout::Package => {
             package_mounts(&mut p, package, scratch, embedded);
@@ -87,12 +93,12 @@ pub fn policy(
     p
 }
 
-/// `cachet exec`: the mounts asked for (already in `p`), then the current
-/// directory read-only at its absolute path and at `.` (unless a mount is
-/// already there, or at `/`), a scratch `/tmp` (unless one is), and only
-/// the variables given, with `PWD`. No `TMPDIR`: a program run directly
-/// has none either.
-fn exec_mounts(
+/// `cachet exec` of a test binary: after the mounts asked for (already in
+/// `p`), the current directory read-only at its absolute path and at `.`
+/// (unless a mount is already there, or at `/`), a scratch `/tmp` (unless
+/// one is), and `PWD`, which Go's tests and cargo's runner assume. No
+/// `TMPDIR`: a program run directly has none either.
+fn test_binary_mounts(
     p: &mut Policy,
     sandbox: &crate::config::SandboxConfig,
     cwd: &Path,

@@ -31,6 +31,7 @@ use wasmtime_wasi::runtime::in_tokio;
 use wiggle::GuestMemory;
 
 use crate::clock::{self, Plan, Stop, Subscription, EVENT_SIZE, SUBSCRIPTION_SIZE};
+use crate::dirents;
 use crate::guest_abi;
 use crate::log::{DeniedOp, Fact, ReadOp};
 use crate::quota::{RealStat, INODE_CHARGE};
@@ -100,6 +101,38 @@ macro_rules! define {
             $body
         })?;
     };
+}
+
+/// `EFAULT`: a pointer outside the guest's memory.
+const ERRNO_FAULT: i32 = 21;
+/// `ENOMEM`: a listing larger than [`MAX_LISTING`].
+const ERRNO_NOMEM: i32 = 48;
+/// The largest listing read into host memory (about a million entries).
+const MAX_LISTING: usize = 64 << 20;
+
+/// The whole listing of directory `fd` from the stock `fd_readdir`, read
+/// into host memory in the host's order; `Err` is the stock call's errno.
+fn stock_listing(
+    st: &mut RunState,
+    fd: i32,
+) -> wasmtime::Result<Result<Vec<dirents::Dirent>, i32>> {
+    let mut host = vec![0u8; 64 << 10];
+    loop {
+        // The answer in the front, the count of bytes used in the last 4.
+        let cap = host.len() - 4;
+        let e = stock!(async fd_readdir(st, &mut host, fd, 0, cap as i32, 0, cap as i32));
+        if e != 0 {
+            return Ok(Err(e));
+        }
+        let used = u32::from_le_bytes(host[cap..].try_into().expect("4 bytes")) as usize;
+        if used < cap {
+            return Ok(dirents::parse(&host[..used]).ok_or(ERRNO_NOMEM));
+        }
+        if host.len() >= MAX_LISTING {
+            return Ok(Err(ERRNO_NOMEM));
+        }
+        host = vec![0u8; host.len() * 4];
+    }
 }
 
 /// The stock `filestat` of `fd`, read into host memory: real metadata.
@@ -273,13 +306,27 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     });
     define!(linker, fd_readdir(fd: i32, buf: i32, buf_len: i32, cookie: i64, used: i32), |mem, st| {
         st.recorder.fd_readdir(fd);
-        let e = stock!(async fd_readdir(st, mem, fd, buf, buf_len, cookie, used));
-        if e == 0 {
-            if let Some(used) = guest_u32(mem, used) {
-                st.recorder.virtualize_dirents(mem, buf, used as usize, fd);
-            }
+        let reading_on = matches!(&st.listing, Some((f, _)) if *f == fd) && cookie != 0;
+        if !reading_on {
+            let mut entries = match stock_listing(st, fd)? {
+                Ok(entries) => entries,
+                Err(errno) => return Ok(errno),
+            };
+            dirents::sort(&mut entries);
+            st.listing = Some((fd, entries));
         }
-        Ok(e)
+        let entries = &st.listing.as_ref().expect("just read").1;
+        let (start, len) = (buf as u32 as usize, buf_len as u32 as usize);
+        let Some(out) = mem.get_mut(start..start.saturating_add(len)) else {
+            return Ok(ERRNO_FAULT);
+        };
+        let n = dirents::encode(entries, cookie as u64, out);
+        let Some(at) = mem.get_mut(used as u32 as usize..).and_then(|m| m.get_mut(..4)) else {
+            return Ok(ERRNO_FAULT);
+        };
+        at.copy_from_slice(&(n as u32).to_le_bytes());
+        st.recorder.virtualize_dirents(mem, buf, n, fd);
+        Ok(0)
     });
     define!(linker, path_readlink(fd: i32, path: i32, path_len: i32, buf: i32, buf_len: i32, used: i32), |mem, st| {
         st.recorder.read(ReadOp::Readlink, DeniedOp::Readlink, fd, guest_str(mem, path, path_len));
@@ -288,6 +335,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     define!(linker, fd_close(fd: i32), |mem, st| {
         let e = stock!(async fd_close(st, mem, fd));
         if e == 0 {
+            st.listing = None;
             st.recorder.closed(fd);
             st.quota.closed(fd as u32);
             st.appending.remove(&(fd as u32));
@@ -297,6 +345,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     define!(linker, fd_renumber(from: i32, to: i32), |mem, st| {
         let e = stock!(async fd_renumber(st, mem, from, to));
         if e == 0 {
+            st.listing = None;
             st.recorder.renumbered(from, to);
             st.quota.renumbered(from as u32, to as u32);
             if st.appending.remove(&(from as u32)) {

@@ -14,6 +14,7 @@
 //! wasmtime types. Design note: `docs/design/sandbox.md`.
 
 mod clock;
+mod dirents;
 mod engine;
 mod error;
 mod guest_thread;

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::dirents::DIRENT_SIZE;
 use crate::log::{DeniedOp, Entry, EntryKey, Fact, FileKind, InputLog, Observation, ReadOp};
 use crate::observe::MountMode;
 use crate::observe::{
@@ -56,8 +57,6 @@ pub(crate) struct Recorder {
 /// `filestat` layout (WASI p1): dev, ino, filetype (u8, padded), nlink, size,
 /// atim, mtim, ctim; 64 bytes.
 const FILESTAT_SIZE: usize = 64;
-/// `dirent` header layout: d_next, d_ino, d_namlen (u32), d_type (u8); 24 bytes.
-const DIRENT_SIZE: usize = 24;
 const FILETYPE_DIRECTORY: u8 = 3;
 
 /// The right that makes an open a write (WASI p1 `rights` bit fd_write): the

@@ -147,6 +147,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         deadline: start.checked_add(policy.timeout),
         stop: None,
         fuel: 0,
+        listing: None,
     };
     let mut store = Store::new(&shared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -169,7 +170,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
     let status = match shared.interrupt.check(None) {
         Some(_) => Status::Interrupted,
         None => match module.inner.pre.instantiate(&mut store) {
-            Err(e) => classify_instantiate(e, &store, policy),
+            Err(e) => classify_instantiate(e, &store, &sink, policy),
             Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
                 Err(_) => Status::Invalid("the module exports no `_start` function; build it as a WASI command (a test binary), not a library".into()),
                 Ok(start_fn) => match start_fn.call(&mut store, ()) {
@@ -240,7 +241,22 @@ fn limit_behind(status: Status, store: &Store<RunState>, policy: &Policy) -> Sta
     }
 }
 
-fn classify_instantiate(e: wasmtime::Error, store: &Store<RunState>, policy: &Policy) -> Status {
+/// A failed instantiation: the module's start function ran and failed (a
+/// trap, a stop, an exit), which is reported as any run's end, with its
+/// reason and frames; or the module could not be set up at all.
+fn classify_instantiate(
+    e: wasmtime::Error,
+    store: &Store<RunState>,
+    sink: &OutputSink,
+    policy: &Policy,
+) -> Status {
+    let ran = e.downcast_ref::<Trap>().is_some()
+        || e.downcast_ref::<WasmBacktrace>().is_some()
+        || e.downcast_ref::<I32Exit>().is_some()
+        || e.downcast_ref::<OutputOverflow>().is_some();
+    if ran {
+        return classify(e, store, sink, policy);
+    }
     if store.data().limiter.memory_refused {
         return Status::MemoryLimit(policy.memory_limit);
     }

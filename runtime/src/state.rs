@@ -32,6 +32,10 @@ pub(crate) struct RunState {
     pub stop: Option<Stop>,
     /// The hostcall fuel of the current call (see `intercept.rs`).
     pub fuel: usize,
+    /// The listing a guest is reading with `fd_readdir`, in cachet's order:
+    /// read at cookie 0, served from here for the calls that go on (one
+    /// read of the directory per listing, and one consistent snapshot).
+    pub listing: Option<(i32, Vec<crate::dirents::Dirent>)>,
 }
 
 /// Enforces the policy's memory and table limits, and remembers a refusal so

@@ -391,3 +391,78 @@ fn issue_8_a_fresh_clone_of_a_cargo_package_hits_the_cache() {
         "{out}"
     );
 }
+
+/// A plain WASI program that finds its package's preopen (`.`) among fds
+/// 3 to 8 and prints that directory's listing as `fd_readdir` gives it,
+/// one name a line, in the order given.
+const LISTS_DOT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; 0: iovec; 16: nwritten; 32: "\n"; 36: bytes used; 40: prestat;
+  ;; 64: a preopen's name; 8192: the listing
+  (data (i32.const 32) "\0a")
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16))))
+  (func (export "_start") (local $fd i32) (local $at i32) (local $end i32) (local $len i32)
+    (local.set $fd (i32.const 3))
+    (block $found (loop $next
+      (if (i32.gt_u (local.get $fd) (i32.const 8)) (then unreachable))
+      (if (i32.eqz (call $prestat (local.get $fd) (i32.const 40)))
+        (then (if (i32.eq (i32.load (i32.const 44)) (i32.const 1))
+          (then
+            (drop (call $name (local.get $fd) (i32.const 64) (i32.const 1)))
+            (br_if $found (i32.eq (i32.load8_u (i32.const 64)) (i32.const 46)))))))
+      (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+      (br $next)))
+    (if (call $readdir (local.get $fd) (i32.const 8192) (i32.const 8192) (i64.const 0) (i32.const 36))
+      (then unreachable))
+    (local.set $at (i32.const 8192))
+    (local.set $end (i32.add (i32.const 8192) (i32.load (i32.const 36))))
+    (block $done (loop $next
+      (br_if $done (i32.gt_u (i32.add (local.get $at) (i32.const 24)) (local.get $end)))
+      (local.set $len (i32.load (i32.add (local.get $at) (i32.const 16))))
+      (call $print (i32.add (local.get $at) (i32.const 24)) (local.get $len))
+      (call $print (i32.const 32) (i32.const 1))
+      (local.set $at (i32.add (local.get $at) (i32.add (i32.const 24) (local.get $len))))
+      (br $next)))))
+"#;
+
+#[test]
+fn issue_16_a_guest_sees_a_directory_in_cachets_order_not_the_hosts() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+    let pkg = work.path().join("order");
+    let make = |names: &[&str]| {
+        let _ = std::fs::remove_dir_all(&pkg);
+        std::fs::create_dir(&pkg).unwrap();
+        std::fs::write(pkg.join("lists.wasm"), wat::parse_str(LISTS_DOT).unwrap()).unwrap();
+        for n in names {
+            std::fs::write(pkg.join(n), n).unwrap();
+        }
+    };
+    let listing = |args: &[&str]| {
+        let mut all = vec!["test", "-v"];
+        all.extend(args);
+        all.push("./order");
+        let o = cachet_with(work.path(), &all, &env);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    };
+    let sorted = ".\n..\na\nb\nc\nf\nk\nlists.wasm\nm\nq\nx\nz\n";
+    // Made in an order that is neither the sorted one nor its reverse (the
+    // host lists newest first on tmpfs, in hash order on ext4).
+    make(&["m", "c", "x", "a", "q", "f", "z", "b", "k"]);
+    let first = listing(&[]);
+    assert!(first.contains(sorted), "{first}");
+    // The same entries made again in another order: the cached output is
+    // what a fresh run prints.
+    make(&["k", "z", "a", "f", "b", "x", "c", "q", "m"]);
+    assert!(listing(&[]).contains("(cached)"));
+    assert!(listing(&["--count", "1"]).contains(sorted));
+}

@@ -111,6 +111,93 @@ fn exec_mounts_exactly_what_is_asked() {
     }
 }
 
+/// A plain WASI program that prints its environment (`environ_get`, one
+/// variable a line) and, for fds 3 to 6, its preopen's name or the errno of
+/// `fd_prestat_get` (8 is EBADF), as `fd N: NAME` / `fd N: errno E`.
+const SEES: &str = r#"(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; 0: iovec; 16: nwritten; 32: counts; 64: line "fd N: "; 128: environ
+  ;; pointers; 1024: environ strings; 4096: a preopen's name
+  (data (i32.const 64) "fd 0: errno 0\0a")
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16))))
+  (func $strlen (param $at i32) (result i32) (local $n i32)
+    (block $done (loop $next
+      (br_if $done (i32.eqz (i32.load8_u (i32.add (local.get $at) (local.get $n)))))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $next)))
+    (local.get $n))
+  (func (export "_start") (local $i i32) (local $at i32) (local $fd i32) (local $err i32)
+    (drop (call $sizes (i32.const 32) (i32.const 36)))
+    (drop (call $environ (i32.const 128) (i32.const 1024)))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (i32.load (i32.const 32))))
+      (local.set $at (i32.load (i32.add (i32.const 128) (i32.mul (local.get $i) (i32.const 4)))))
+      (call $print (local.get $at) (call $strlen (local.get $at)))
+      (i32.store8 (i32.const 48) (i32.const 10))
+      (call $print (i32.const 48) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (local.set $fd (i32.const 3))
+    (block $done (loop $next
+      (br_if $done (i32.gt_u (local.get $fd) (i32.const 6)))
+      (i32.store8 (i32.const 67) (i32.add (i32.const 48) (local.get $fd)))
+      (local.set $err (call $prestat (local.get $fd) (i32.const 40)))
+      (if (i32.eqz (local.get $err))
+        (then
+          (drop (call $name (local.get $fd) (i32.const 4096) (i32.load (i32.const 44))))
+          (call $print (i32.const 64) (i32.const 6))
+          (call $print (i32.const 4096) (i32.load (i32.const 44)))
+          (call $print (i32.const 77) (i32.const 1)))
+        (else
+          (i32.store8 (i32.const 76) (i32.add (i32.const 48) (local.get $err)))
+          (call $print (i32.const 64) (i32.const 14))))
+      (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+      (br $next)))))
+"#;
+
+#[test]
+fn issue_16_exec_gives_a_program_exactly_the_flags() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("sees.wasm"), wat::parse_str(SEES).unwrap()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let at_data = format!("{}::/data", data.path().display());
+    // As `wasmtime run` gives it: no PWD, no TMPDIR, no current directory,
+    // no /tmp; the preopens in the order given, from fd 3.
+    let o = exec(work.path(), &["sees.wasm"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "fd 3: errno 8\nfd 4: errno 8\nfd 5: errno 8\nfd 6: errno 8\n"
+    );
+    let o = exec(
+        work.path(),
+        &[
+            "--env",
+            "A=1",
+            "--env",
+            "B=two",
+            "--dir",
+            &at_data,
+            "--dir",
+            "/::/",
+            "sees.wasm",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "A=1\nB=two\nfd 3: /data\nfd 4: /\nfd 5: errno 8\nfd 6: errno 8\n"
+    );
+}
+
 #[test]
 fn mount_names_do_not_collide_and_root_is_refused_clearly() {
     let wasm = fixture("scratch_write_read").wasm.to_str().unwrap();

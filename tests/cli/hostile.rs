@@ -571,3 +571,31 @@ fn prebuilt_mode_never_runs_cargo() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(marker.exists());
 }
+
+#[test]
+fn issue_16_a_start_function_that_traps_or_spins_is_reported_like_any_run() {
+    let work = tempfile::tempdir().unwrap();
+    let pkg = work.path().join("start");
+    std::fs::create_dir(&pkg).unwrap();
+    let module = |name: &str, start: &str| {
+        let wat = format!(
+            "(module (memory (export \"memory\") 1) {start} (start $init) (func (export \"_start\")))"
+        );
+        std::fs::write(pkg.join(name), wat::parse_str(&wat).unwrap()).unwrap();
+    };
+    module(
+        "traps.wasm",
+        "(func $boom unreachable) (func $init call $boom)",
+    );
+    module("spins.wasm", "(func $init (loop $l (br $l)))");
+    let o = cachet_with(work.path(), &["test", "--timeout", "1s", "./start"], &[]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    for want in [
+        "cachet: trapped: wasm `unreachable` instruction executed\n        at boom\n        at init",
+        "*** Test killed: ran too long (1s).",
+    ] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+    assert!(!out.contains("cannot run module"), "{out}");
+}

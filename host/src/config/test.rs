@@ -29,10 +29,17 @@ pub enum Layout {
     /// and GOROOT at fixed paths, see `plan.rs`), `TMPDIR` set, `--mount`s.
     #[default]
     Package,
-    /// `cachet exec`: exactly the mounts asked for, then the current
-    /// directory read-only at `guest_cwd` (its absolute path) and at `.`,
-    /// and exactly the environment given.
-    Exec { cwd: PathBuf, guest_cwd: String },
+    /// `cachet exec`: exactly the mounts and the environment asked for, as
+    /// under `wasmtime run`. A test binary (`test_binary`: a libtest or Go
+    /// module, which cargo's runner and `go test -exec` run) also gets what
+    /// those runners assume: the current directory
+    /// read-only at `guest_cwd` (its absolute path) and at `.`, `PWD`, and
+    /// a scratch `/tmp`.
+    Exec {
+        cwd: PathBuf,
+        guest_cwd: String,
+        test_binary: bool,
+    },
 }
 
 /// What `cachet.toml` changes for some packages.
