@@ -11,7 +11,8 @@ use cachet_runtime::{DigestMemo, Policy};
 use crate::artifact::Artifact;
 use crate::cache::{KeyParts, NameKey, LIST_CASE};
 use crate::config::{
-    Isolate, Layout, TestConfig, GOROOT_MOUNT, GO_MODULE_MOUNT, NO_TIME_LIMIT, PACKAGE_MOUNT,
+    Isolate, Layout, TestConfig, DEV_MOUNT, GOROOT_MOUNT, GO_MODULE_MOUNT, NO_TIME_LIMIT,
+    PACKAGE_MOUNT,
 };
 use crate::discover::Package;
 use crate::framework::Framework;
@@ -83,14 +84,26 @@ pub fn policy(
             sandbox.apply(&mut p);
             if *test_binary {
                 test_binary_mounts(&mut p, &sandbox, cwd, guest_cwd, scratch);
+                devices(&mut p, &sandbox, scratch);
             }
         }
         Layout::Package => {
             package_mounts(&mut p, package, scratch, embedded);
             sandbox.apply(&mut p);
+            devices(&mut p, &sandbox, scratch);
         }
     }
     p
+}
+
+/// `/dev/null`, unless a mount is at `/dev`: the run directory's empty
+/// `null` (see `workdir.rs`), which the runtime makes the null device.
+/// No other device: `/dev/zero` and `/dev/urandom` are not found.
+fn devices(p: &mut Policy, sandbox: &crate::config::SandboxConfig, scratch: &Path) {
+    if !sandbox.mounts_at("/dev") {
+        p.mount_read_only(DEV_MOUNT, scratch.join(crate::workdir::DEVICES), &["/dev"])
+            .null_device(DEV_MOUNT);
+    }
 }
 
 /// `cachet exec` of a test binary: after the mounts asked for (already in

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 const PREFIX: &str = "cachet-";
 const LOCK: &str = ".cachet-lock";
+/// The devices every run sees at `/dev` (an empty `null`, which the
+/// runtime makes the null device), inside the run's directory.
+pub const DEVICES: &str = ".dev";
 
 pub struct Workdir {
     dir: PathBuf,
@@ -34,6 +37,8 @@ impl Workdir {
         let lock = File::create(&staged)?;
         lock.lock()?;
         std::fs::rename(&staged, dir.join(LOCK))?;
+        std::fs::create_dir(dir.join(DEVICES))?;
+        File::create(dir.join(DEVICES).join("null"))?;
         Ok(Workdir { dir, _lock: lock })
     }
 

@@ -103,6 +103,34 @@ macro_rules! define {
     };
 }
 
+/// What an open of the null device may not ask of the file underneath:
+/// `O_CREAT`, `O_EXCL`, `O_TRUNC`; the rights to write, sync, allocate,
+/// resize or retime.
+const NULL_OFLAGS: i32 = 1 | 4 | 8;
+const NULL_RIGHTS: i64 = 1 | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 22) | (1 << 23);
+
+/// A write to the null device: every byte of the iovecs taken, none kept.
+fn discard(mem: &mut [u8], iovs: i32, iovs_len: i32, written: i32) -> i32 {
+    let mut total = 0u32;
+    for i in 0..iovs_len.max(0) as u32 {
+        let at = (iovs as u32).wrapping_add(i * 8) as i32;
+        match guest_u32(mem, at.wrapping_add(4)) {
+            Some(len) => total = total.saturating_add(len),
+            None => return ERRNO_FAULT,
+        }
+    }
+    match mem
+        .get_mut(written as u32 as usize..)
+        .and_then(|m| m.get_mut(..4))
+    {
+        Some(out) => {
+            out.copy_from_slice(&total.to_le_bytes());
+            0
+        }
+        None => ERRNO_FAULT,
+    }
+}
+
 /// `EFAULT`: a pointer outside the guest's memory.
 const ERRNO_FAULT: i32 = 21;
 /// `ENOMEM`: a listing larger than [`MAX_LISTING`].
@@ -261,6 +289,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         if !st.quota.may_open() {
             return Ok(errno::MFILE);
         }
+        // The null device opens read-only underneath, whatever was asked;
+        // its writes are discarded (`fd_write`).
+        let null = st
+            .null_mount
+            .is_some_and(|m| st.recorder.names(fd, name.as_deref(), m, "null"));
+        let (oflags, rights, fdflags) = if null {
+            (oflags & !NULL_OFLAGS, rights & !NULL_RIGHTS, 0)
+        } else {
+            (oflags, rights, fdflags)
+        };
         let call = OpenCall { lookup, oflags, rights };
         if let Err(e) = st.recorder.before_open(fd, call, name.as_deref()) {
             return Ok(i32::from(e));
@@ -274,6 +312,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let opened = if e == 0 { guest_u32(mem, fd_out) } else { None };
         st.recorder.after_open(fd, call, name.as_deref(), opened);
         if let Some(new_fd) = opened {
+            if null {
+                st.null_fds.insert(new_fd);
+            } else {
+                st.null_fds.remove(&new_fd);
+            }
             let stat = if scratch { fd_real_stat(st, new_fd as i32)? } else { None };
             st.quota.opened(new_fd, stat);
             const APPEND: i32 = 1;
@@ -336,6 +379,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let e = stock!(async fd_close(st, mem, fd));
         if e == 0 {
             st.listing = None;
+            st.null_fds.remove(&(fd as u32));
             st.recorder.closed(fd);
             st.quota.closed(fd as u32);
             st.appending.remove(&(fd as u32));
@@ -346,6 +390,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let e = stock!(async fd_renumber(st, mem, from, to));
         if e == 0 {
             st.listing = None;
+            if st.null_fds.remove(&(from as u32)) {
+                st.null_fds.insert(to as u32);
+            } else {
+                st.null_fds.remove(&(to as u32));
+            }
             st.recorder.renumbered(from, to);
             st.quota.renumbered(from as u32, to as u32);
             if st.appending.remove(&(from as u32)) {
@@ -359,6 +408,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
 
     // Writes: checked against the scratch quota before, charged after.
     define!(linker, fd_write(fd: i32, iovs: i32, iovs_len: i32, written: i32), |mem, st| {
+        if st.null_fds.contains(&(fd as u32)) {
+            return Ok(discard(mem, iovs, iovs_len, written));
+        }
         if st.quota.scratch_inode(fd as u32).is_some() {
             let len = first_iov_len(mem, iovs, iovs_len);
             if let Some(e) = check_growth(st, fd, |st| Ok(write_position(st, fd)?.saturating_add(len)))? {
@@ -370,6 +422,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         Ok(e)
     });
     define!(linker, fd_pwrite(fd: i32, iovs: i32, iovs_len: i32, offset: i64, written: i32), |mem, st| {
+        if st.null_fds.contains(&(fd as u32)) {
+            return Ok(discard(mem, iovs, iovs_len, written));
+        }
         let end = (offset as u64).saturating_add(first_iov_len(mem, iovs, iovs_len));
         if let Some(e) = check_growth(st, fd, |_| Ok(end))? {
             return Ok(e);

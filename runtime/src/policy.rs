@@ -107,6 +107,7 @@ pub struct Policy {
     pub(crate) hermetic: Option<u64>,
     pub(crate) collect: Option<String>,
     pub(crate) inherit_stdio: bool,
+    pub(crate) null_device: Option<String>,
 }
 
 impl Default for Policy {
@@ -135,6 +136,7 @@ impl Policy {
             hermetic: None,
             collect: None,
             inherit_stdio: false,
+            null_device: None,
         }
     }
 
@@ -181,6 +183,17 @@ impl Policy {
         self.scratch_base = Some(base.into());
         self.env
             .insert("TMPDIR".to_string(), SCRATCH_GUEST_PATH.to_string());
+        self
+    }
+
+    /// Makes the empty file `null` at the root of the read-only mount
+    /// `mount` the guest's null device: it opens for reading (end of file
+    /// at once) and for writing, and whatever is written to it is
+    /// discarded. Mounted at `/dev`, it is `/dev/null` (Go's `os.DevNull`).
+    /// Nothing else of the mount is writable; the open is logged as the
+    /// read of an empty file, the same on every machine.
+    pub fn null_device(&mut self, mount: &str) -> &mut Self {
+        self.null_device = Some(mount.to_string());
         self
     }
 

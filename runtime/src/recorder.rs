@@ -303,6 +303,11 @@ impl Recorder {
         }
     }
 
+    /// Whether `fd` + `path` names `name` at the root of `mount`.
+    pub fn names(&self, fd: i32, path: Option<&str>, mount: usize, name: &str) -> bool {
+        matches!(self.resolve(fd, path), Target::Path { mount: m, rel } if m == mount && rel == name)
+    }
+
     /// Whether `mount` is the run's scratch dir.
     pub fn is_scratch(&self, mount: usize) -> bool {
         Some(mount) == self.scratch

@@ -127,6 +127,11 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, mount);
     }
 
+    let null_mount = policy.null_device.as_ref().and_then(|name| {
+        mounts
+            .iter()
+            .position(|m| m.0 == *name && m.2 == MountMode::ReadOnly)
+    });
     let start = Instant::now();
     let state = RunState {
         wasi: wasi.build_p1(),
@@ -148,6 +153,8 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         stop: None,
         fuel: 0,
         listing: None,
+        null_mount,
+        null_fds: HashSet::new(),
     };
     let mut store = Store::new(&shared.engine, state);
     store.limiter(|s| &mut s.limiter);

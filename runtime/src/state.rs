@@ -36,6 +36,10 @@ pub(crate) struct RunState {
     /// read at cookie 0, served from here for the calls that go on (one
     /// read of the directory per listing, and one consistent snapshot).
     pub listing: Option<(i32, Vec<crate::dirents::Dirent>)>,
+    /// The mount holding the null device (`Policy::null_device`), and the
+    /// fds open on it: their writes are discarded.
+    pub null_mount: Option<usize>,
+    pub null_fds: HashSet<u32>,
 }
 
 /// Enforces the policy's memory and table limits, and remembers a refusal so

@@ -466,3 +466,73 @@ fn issue_16_a_guest_sees_a_directory_in_cachets_order_not_the_hosts() {
     assert!(listing(&[]).contains("(cached)"));
     assert!(listing(&["--count", "1"]).contains(sorted));
 }
+
+/// A plain WASI program that opens `/dev/null` (through the `/dev`
+/// preopen, as wasi-libc and Go resolve it) for reading and writing,
+/// writes 5 bytes (all taken), reads (end of file at once) and prints
+/// `null: ok`; it traps on anything else.
+const DEV_NULL: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; 0: iovec; 16: count; 20: the opened fd; 40: prestat; 64: a name;
+  ;; 128: "null"; 160: "hello"; 192: "null: ok\n"; 256: read buffer
+  (data (i32.const 128) "null")
+  (data (i32.const 160) "hello")
+  (data (i32.const 192) "null: ok\0a")
+  (func (export "_start") (local $fd i32) (local $null i32)
+    (local.set $fd (i32.const 3))
+    (block $found (loop $next
+      (if (i32.gt_u (local.get $fd) (i32.const 9)) (then unreachable))
+      (if (i32.eqz (call $prestat (local.get $fd) (i32.const 40)))
+        (then (if (i32.eq (i32.load (i32.const 44)) (i32.const 4))
+          (then
+            (drop (call $name (local.get $fd) (i32.const 64) (i32.const 4)))
+            (br_if $found (i32.eq (i32.load (i32.const 64)) (i32.const 0x7665642f)))))))
+      (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+      (br $next)))
+    ;; O_CREAT|O_TRUNC, rights read and write, as a program writing to it asks
+    (if (call $open (local.get $fd) (i32.const 0) (i32.const 128) (i32.const 4)
+          (i32.const 9) (i64.const 0x42) (i64.const 0) (i32.const 0) (i32.const 20))
+      (then unreachable))
+    (local.set $null (i32.load (i32.const 20)))
+    (i32.store (i32.const 0) (i32.const 160))
+    (i32.store (i32.const 4) (i32.const 5))
+    (if (call $write (local.get $null) (i32.const 0) (i32.const 1) (i32.const 16)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 16)) (i32.const 5)) (then unreachable))
+    (i32.store (i32.const 0) (i32.const 256))
+    (i32.store (i32.const 4) (i32.const 64))
+    (if (call $read (local.get $null) (i32.const 0) (i32.const 1) (i32.const 16)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 16)) (i32.const 0)) (then unreachable))
+    (i32.store (i32.const 0) (i32.const 192))
+    (i32.store (i32.const 4) (i32.const 9))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))
+"#;
+
+#[test]
+fn issue_16_dev_null_opens_reads_empty_and_discards_writes() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+    let pkg = work.path().join("devnull");
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::write(pkg.join("null.wasm"), wat::parse_str(DEV_NULL).unwrap()).unwrap();
+    let o = cachet_with(work.path(), &["test", "-v", "./devnull"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("null: ok\n"), "{}", stdout(&o));
+    // Each run has its own run directory, and the open reads the same
+    // empty file in each: the result is cached.
+    let o = cachet_with(work.path(), &["test", "./devnull"], &env);
+    assert_eq!(stdout(&o), "ok  \tdevnull\t(cached)\n");
+    let o = cachet_with(work.path(), &["inputs", "./devnull"], &env);
+    assert!(
+        stdout(&o).contains(
+            "dev/null sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        ),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -306,6 +306,10 @@ fn without_a_time_limit_ctrl_c_stops_cases_at_host_calls() {
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let first = lines.next().unwrap().unwrap();
     assert_eq!(first, "=== RUN   spins_forever");
+    // cachet prints that line as the case starts; the guest's own start-up
+    // makes host calls (preopens, environment), where Ctrl-C would stop it.
+    // Let it reach its loop first.
+    std::thread::sleep(Duration::from_secs(1));
     sigint(child.id());
     std::thread::sleep(Duration::from_secs(1));
     assert!(

@@ -19,7 +19,7 @@ pub use parse::one_line;
 pub use partition::Partition;
 pub use sandbox::{
     check_distinct, mount_name, normal_guest, parse_dir, parse_mount, ExtraMount, MountRules,
-    SandboxConfig, GOROOT_MOUNT, GO_MODULE_MOUNT, NO_TIME_LIMIT, PACKAGE_MOUNT,
+    SandboxConfig, DEV_MOUNT, GOROOT_MOUNT, GO_MODULE_MOUNT, NO_TIME_LIMIT, PACKAGE_MOUNT,
 };
 pub use test::{cores, Isolate, Layout, PackageOverride, TestConfig};
 

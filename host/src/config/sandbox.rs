@@ -22,6 +22,8 @@ pub const PACKAGE_MOUNT: &str = "pkg";
 /// Logical names of a Go package's module and of GOROOT in input logs.
 pub const GO_MODULE_MOUNT: &str = "mod";
 pub const GOROOT_MOUNT: &str = "goroot";
+/// Logical name of the devices mount (`/dev`, holding `null`) in input logs.
+pub const DEV_MOUNT: &str = "dev";
 
 /// A time limit long enough to be none.
 pub const NO_TIME_LIMIT: Duration = Duration::from_secs(u64::MAX / 4);
@@ -257,10 +259,11 @@ pub fn normal_guest(guest: &str) -> Option<String> {
 }
 
 /// Names cachet gives its own mounts in input logs.
-const RESERVED_NAMES: [&str; 4] = [
+const RESERVED_NAMES: [&str; 5] = [
     PACKAGE_MOUNT,
     GO_MODULE_MOUNT,
     GOROOT_MOUNT,
+    DEV_MOUNT,
     cachet_runtime::SCRATCH_MOUNT_NAME,
 ];
 
