@@ -35,7 +35,7 @@ use crate::dirents;
 use crate::guest_abi;
 use crate::log::{DeniedOp, Fact, ReadOp};
 use crate::quota::{RealStat, INODE_CHARGE};
-use crate::recorder::{guest_str, guest_u32, OpenCall, Precondition};
+use crate::recorder::{guest_str, guest_u32, put_guest_u32, OpenCall, Precondition};
 use crate::state::RunState;
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -46,6 +46,7 @@ mod errno {
     pub const FAULT: i32 = 21;
     pub const INVAL: i32 = 28;
     pub const MFILE: i32 = 33;
+    pub const NOMEM: i32 = 48;
     pub const NOSPC: i32 = 51;
     pub const PERM: i32 = 63;
     pub const XDEV: i32 = 75;
@@ -116,26 +117,17 @@ fn discard(mem: &mut [u8], iovs: i32, iovs_len: i32, written: i32) -> i32 {
         let at = (iovs as u32).wrapping_add(i * 8) as i32;
         match guest_u32(mem, at.wrapping_add(4)) {
             Some(len) => total = total.saturating_add(len),
-            None => return ERRNO_FAULT,
+            None => return errno::FAULT,
         }
     }
-    match mem
-        .get_mut(written as u32 as usize..)
-        .and_then(|m| m.get_mut(..4))
-    {
-        Some(out) => {
-            out.copy_from_slice(&total.to_le_bytes());
-            0
-        }
-        None => ERRNO_FAULT,
+    match put_guest_u32(mem, written, total) {
+        Some(()) => 0,
+        None => errno::FAULT,
     }
 }
 
-/// `EFAULT`: a pointer outside the guest's memory.
-const ERRNO_FAULT: i32 = 21;
-/// `ENOMEM`: a listing larger than [`MAX_LISTING`].
-const ERRNO_NOMEM: i32 = 48;
-/// The largest listing read into host memory (about a million entries).
+/// The largest listing read into host memory (about a million entries);
+/// a larger one fails with `ENOMEM`.
 const MAX_LISTING: usize = 64 << 20;
 
 /// The whole listing of directory `fd` from the stock `fd_readdir`, read
@@ -154,10 +146,10 @@ fn stock_listing(
         }
         let used = u32::from_le_bytes(host[cap..].try_into().expect("4 bytes")) as usize;
         if used < cap {
-            return Ok(dirents::parse(&host[..used]).ok_or(ERRNO_NOMEM));
+            return Ok(dirents::parse(&host[..used]).ok_or(errno::NOMEM));
         }
         if host.len() >= MAX_LISTING {
-            return Ok(Err(ERRNO_NOMEM));
+            return Ok(Err(errno::NOMEM));
         }
         host = vec![0u8; host.len() * 4];
     }
@@ -361,13 +353,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let entries = &st.listing.as_ref().expect("just read").1;
         let (start, len) = (buf as u32 as usize, buf_len as u32 as usize);
         let Some(out) = mem.get_mut(start..start.saturating_add(len)) else {
-            return Ok(ERRNO_FAULT);
+            return Ok(errno::FAULT);
         };
         let n = dirents::encode(entries, cookie as u64, out);
-        let Some(at) = mem.get_mut(used as u32 as usize..).and_then(|m| m.get_mut(..4)) else {
-            return Ok(ERRNO_FAULT);
-        };
-        at.copy_from_slice(&(n as u32).to_le_bytes());
+        if put_guest_u32(mem, used, n as u32).is_none() {
+            return Ok(errno::FAULT);
+        }
         st.recorder.virtualize_dirents(mem, buf, n, fd);
         Ok(0)
     });

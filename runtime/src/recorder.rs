@@ -586,3 +586,11 @@ pub(crate) fn guest_u32(mem: &[u8], ptr: i32) -> Option<u32> {
         mem.get(start..start.checked_add(4)?)?.try_into().ok()?,
     ))
 }
+
+/// Writes `value` at `ptr` in guest memory; `None` if it is out of bounds.
+pub(crate) fn put_guest_u32(mem: &mut [u8], ptr: i32, value: u32) -> Option<()> {
+    let start = ptr as u32 as usize;
+    mem.get_mut(start..start.checked_add(4)?)?
+        .copy_from_slice(&value.to_le_bytes());
+    Some(())
+}
