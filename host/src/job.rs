@@ -557,7 +557,49 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
             result.live_rest = end.rest;
         }
     }
+    if job.isolate == Isolate::Module {
+        rerun_not_started(env, job, &mut results, &outcome, &raw);
+    }
     (results, Some(outcome))
+}
+
+/// A shared instance that stopped in one case (a panic, an exit, a limit)
+/// never ran the cases after it: they run again in a fresh instance, so
+/// each case's verdict is the one it gets alone, whatever cut the module
+/// into instances. Only where another case failed: the job is then never
+/// saved, and its input log (the first instance's) need not cover them.
+fn rerun_not_started(
+    env: &Env,
+    job: &Job,
+    results: &mut [CaseResult],
+    outcome: &RunOutcome,
+    raw: &str,
+) {
+    let pending = job
+        .framework
+        .harness()
+        .not_started(&job.cases, outcome, raw);
+    let culprit = results
+        .iter()
+        .any(|r| r.verdict == Verdict::Fail && !pending.contains(&r.name));
+    if pending.is_empty()
+        || pending.len() >= job.cases.len()
+        || !culprit
+        || env.runtime.interrupted()
+    {
+        return;
+    }
+    let again = Job {
+        run_cases: pending.clone(),
+        cases: pending,
+        ..job.clone()
+    };
+    let (rerun, _) = run_uncached(env, &again);
+    for r in rerun {
+        if let Some(slot) = results.iter_mut().find(|s| s.name == r.name) {
+            *slot = r;
+        }
+    }
 }
 
 /// Saves a job's results when every case passed (or was skipped), unless an

@@ -19,6 +19,7 @@ use crate::framework::Framework;
 use crate::framework::RunFlags;
 
 /// One instance to run.
+#[derive(Clone)]
 pub struct Job {
     pub pkg: usize,
     /// The package's name, which identifies its cases across rebuilds.

@@ -112,6 +112,20 @@ fn go_verdicts_equal_native_go_test_one_test_at_a_time() {
         native.extend(verdicts(&String::from_utf8_lossy(&out.stdout)));
     }
     assert_eq!(cachet, native);
+    // The same when all cases share one instance (as cachet chooses for a
+    // module whose init is slow): the cases after the one that panicked
+    // run again in a fresh instance instead of failing unrun.
+    let o = m.cachet(&[
+        "test",
+        "--json",
+        "--isolate",
+        "module",
+        "--env",
+        "CACHET_GREETING=hello",
+        "./mixed",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(verdicts(&stdout(&o)), native, "one instance");
     for (test, want) in [
         ("TestPasses", "pass"),
         ("TestFails", "fail"),

@@ -168,6 +168,20 @@ impl Harness for Go {
         results
     }
 
+    /// Cases with no result line that were not running when the instance
+    /// stopped (a panic, `os.Exit`, a limit); never after Ctrl-C.
+    fn not_started(&self, cases: &[String], outcome: &RunOutcome, raw: &str) -> Vec<String> {
+        if matches!(outcome.status, Status::Exited(0 | 1) | Status::Interrupted) {
+            return Vec::new();
+        }
+        let running = go_output::in_flight(raw);
+        cases
+            .iter()
+            .filter(|c| result_of(raw, c).is_none() && !running.contains(c))
+            .cloned()
+            .collect()
+    }
+
     fn render(&self, output: &str, mode: OutputMode, failed: bool) -> String {
         match mode {
             OutputMode::Json => output.to_string(),

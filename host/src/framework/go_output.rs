@@ -73,6 +73,24 @@ fn classify(line: &str) -> Line<'_> {
     Line::Frame(frame)
 }
 
+/// The tests that were running when the output ends: the last of `=== RUN`,
+/// `=== PAUSE` and `=== CONT` said so, and no result line followed. When an
+/// instance stops mid-run, these are the ones it stopped in; a paused test
+/// was only waiting its turn.
+pub fn in_flight(output: &str) -> Vec<String> {
+    let mut running: Vec<String> = Vec::new();
+    for line in output.lines() {
+        match classify(line) {
+            Line::Run(n) | Line::Cont(n) if !running.iter().any(|r| r == n) => {
+                running.push(n.to_string());
+            }
+            Line::Pause(n) | Line::Result(_, n, _) => running.retain(|r| r != n),
+            _ => {}
+        }
+    }
+    running
+}
+
 /// The test whose subtest `name` is: the longest started test that is a
 /// prefix of it at a `/`.
 fn parent_of<'a>(name: &str, started: &'a [String]) -> Option<&'a String> {
@@ -327,6 +345,13 @@ mod tests {
     /// Captured from Go 1.27's `fixtures/go/mixed` (`-test.v=test2json`),
     /// with what `-test.v=true` and quiet runs printed.
     const SUBTESTS: &str = "\u{16}=== RUN   TestSubtests\n\u{16}=== RUN   TestSubtests/good\n\u{16}--- PASS: TestSubtests/good (0.00s)\n\u{16}=== NAME  TestSubtests\n\u{16}=== RUN   TestSubtests/bad\n\u{0f}    mixed_test.go:30: the bad one\u{0e}\n\u{16}--- FAIL: TestSubtests/bad (0.00s)\n\u{16}=== NAME  TestSubtests\n\u{16}--- FAIL: TestSubtests (0.00s)\n";
+
+    #[test]
+    fn a_stopped_instance_was_in_the_tests_still_running() {
+        assert!(in_flight(SUBTESTS).is_empty());
+        let stopped = "\u{16}=== RUN   TestA\n\u{16}=== PAUSE TestA\n\u{16}=== RUN   TestB\n\u{16}=== RUN   TestB/x\n\u{16}--- FAIL: TestB/x (0.00s)\n\u{16}=== RUN   TestC\n\u{16}=== PAUSE TestC\n\u{16}=== CONT  TestC\npanic: boom\n";
+        assert_eq!(in_flight(stopped), ["TestB", "TestC"]);
+    }
 
     #[test]
     fn subtests_render_as_go_prints_them() {

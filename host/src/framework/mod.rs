@@ -202,6 +202,14 @@ pub trait Harness: Sync {
             .unwrap_or_default()
     }
 
+    /// Of `cases`, which ran in one instance, those the instance never
+    /// started because it stopped in another case: they run again in a
+    /// fresh instance, so a crash in one case never decides another's
+    /// verdict.
+    fn not_started(&self, _cases: &[String], _outcome: &RunOutcome, _raw: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// A case's stored output as `mode` shows it (`failed`: the case
     /// failed). Only for harnesses that frame themselves.
     fn render(&self, output: &str, _mode: OutputMode, _failed: bool) -> String {
