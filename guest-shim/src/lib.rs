@@ -9,6 +9,12 @@
 //! or listed it (`std::env::vars`), wasi-libc's `environ` is initialised and
 //! this `getenv` reads it, as libc would: the host has then logged `environ`.
 //!
+//! It defines `unsetenv` too, which would otherwise load the whole
+//! environment to remove one name (libtest's child mode removes the variable
+//! that names its test): before the environment is loaded the name is just
+//! remembered as unset. A variable removed so comes back if the program
+//! later sets another one or lists them all (libc then loads the host's).
+//!
 //! Without this crate a guest still works; its reads are logged as `environ`.
 //! On targets other than WASI the crate is empty.
 
@@ -105,6 +111,51 @@ mod shim {
                 None => std::ptr::null_mut(),
             }
         })
+    }
+
+    /// `unsetenv` without reading the whole environment: libc's would load
+    /// it all (`environ_get`, logged as `environ`) to remove one name.
+    /// libtest's child mode removes `__RUST_TEST_INVOKE` as it starts, so
+    /// every test run by cachet would otherwise log the whole environment.
+    /// Before libc's `environ` exists, the name is remembered as unset;
+    /// after, it is removed from `environ` as libc would.
+    ///
+    /// # Safety
+    /// `name` must be a valid NUL-terminated string, as C's `unsetenv`
+    /// requires.
+    #[no_mangle]
+    pub unsafe extern "C" fn unsetenv(name: *const c_char) -> i32 {
+        if name.is_null() {
+            return -1;
+        }
+        let name = CStr::from_ptr(name).to_bytes();
+        if name.is_empty() || name.contains(&b'=') {
+            return -1;
+        }
+        if !environ_initialised() {
+            VALUES.with(|values| values.borrow_mut().insert(name.to_vec(), None));
+            return 0;
+        }
+        // SAFETY: environ is a NULL-terminated array of NUL-terminated
+        // strings owned by libc; entries are only moved down over the
+        // removed ones, as musl's unsetenv does.
+        let mut read = __wasilibc_environ;
+        let mut write = read;
+        if read.is_null() {
+            return 0;
+        }
+        while !(*read).is_null() {
+            let entry = CStr::from_ptr(*read).to_bytes();
+            let named =
+                entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'=';
+            if !named {
+                *write = *read;
+                write = write.add(1);
+            }
+            read = read.add(1);
+        }
+        *write = std::ptr::null_mut();
+        0
     }
 
     // Keep the constants honest: the import above spells them out because

@@ -74,7 +74,7 @@ impl Artifact {
                     return Ok(Artifact {
                         path,
                         digest,
-                        framework: forced.unwrap_or(facts.framework()),
+                        framework: Framework::chosen(forced, facts.framework()),
                         embeds_dir: facts.embeds_dir,
                         bytes: None,
                         compiled: OnceLock::new(),
@@ -104,7 +104,7 @@ impl Artifact {
         Ok(Artifact {
             digest,
             path,
-            framework: forced.unwrap_or(detected),
+            framework: Framework::chosen(forced, detected),
             embeds_dir,
             bytes: cache.is_none().then(|| buffer.0.clone()),
             compiled: OnceLock::new(),

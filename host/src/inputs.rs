@@ -79,10 +79,13 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
                 None => Some(Listing {
                     cases: vec![a.file_name()],
                     init: std::time::Duration::ZERO,
+                    ignored: Vec::new(),
                 }),
-                Some((parts, _)) => cache
-                    .listing(&parts, &package.name)
-                    .map(|(cases, init)| Listing { cases, init }),
+                Some((parts, _)) => cache.listing(&parts, &package.name).map(|r| Listing {
+                    cases: r.cases,
+                    init: r.elapsed,
+                    ignored: r.ignored,
+                }),
             };
             match listing {
                 Some(l) => modules.push((a, l)),
@@ -105,8 +108,12 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
             {
                 continue;
             }
-            let (parts, _) = plan::job_key(&job, &config.flags, &config.args, stack);
             let _ = writeln!(out, "== {} {}", package.name, job.cases.join(" "));
+            if job.ignored {
+                let _ = writeln!(out, "(ignored: never runs, so it reads nothing)");
+                continue;
+            }
+            let (parts, _) = plan::job_key(&job, &config.flags, &config.args, stack);
             let _ = match cache.log(&parts, &package.name) {
                 Ok(Some(log)) => write!(out, "{}", log.render()),
                 Ok(None) => writeln!(out, "(no passing run recorded)"),

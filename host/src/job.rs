@@ -144,6 +144,7 @@ pub fn cached_listing(env: &Env, package: &str, m: &Artifact, policy: &Policy) -
         Lookup::Hit(r) => Some(Listing {
             cases: r.cases,
             init: r.elapsed,
+            ignored: r.ignored,
         }),
         Lookup::Miss(Miss::Corrupt(e)) => {
             let message = e.to_string();
@@ -167,33 +168,45 @@ pub fn list_module(
     let file = m.path.display().to_string();
     let runtime = env.runtime.get()?;
     let module = m.module(runtime)?;
-    let Some(args) = m.framework.harness().list_args() else {
+    let harness = m.framework.harness();
+    let Some(args) = harness.list_args() else {
         return Ok(Listing {
             cases: vec![m.file_name()],
             init: Duration::ZERO,
+            ignored: Vec::new(),
         });
     };
     let (parts, name) =
         crate::plan::listing_key(package, m, policy, env.config.sandbox.stack_bytes())
             .expect("a harness with list arguments has a listing key");
-    let mut p = policy.clone();
-    p.args(&args);
-    let outcome = runtime.run(&module, &p).map_err(|e| SetupError::Run {
-        file: file.clone(),
-        error: Arc::new(e),
-    })?;
-    if !outcome.status.passed() {
-        return Err(SetupError::Listing {
-            file,
-            args: args.join(" "),
-            status: outcome.status.to_string(),
-            framework: m.framework.name(),
-        });
+    let list = |args: &[String]| -> Result<(Vec<String>, RunOutcome), SetupError> {
+        let mut p = policy.clone();
+        p.args(args);
+        let outcome = runtime.run(&module, &p).map_err(|e| SetupError::Run {
+            file: file.clone(),
+            error: Arc::new(e),
+        })?;
+        if !outcome.status.passed() {
+            return Err(SetupError::Listing {
+                file: file.clone(),
+                args: args.join(" "),
+                status: outcome.status.to_string(),
+                framework: m.framework.name(),
+            });
+        }
+        let cases = harness.parse_list(&String::from_utf8_lossy(&outcome.output));
+        Ok((cases, outcome))
+    };
+    let (cases, mut outcome) = list(&args)?;
+    // The ignored ones take a second listing; its inputs join the first's.
+    let mut ignored = Vec::new();
+    if let Some(args) = harness.ignored_list_args() {
+        let (listed, second) = list(&args)?;
+        ignored = listed;
+        ignored.sort();
+        outcome.log.entries.extend(second.log.entries);
+        outcome.changed_during_run = outcome.changed_during_run.or(second.changed_during_run);
     }
-    let cases = m
-        .framework
-        .harness()
-        .parse_list(&String::from_utf8_lossy(&outcome.output));
     if let (Some(cache), None) = (env.cache, &outcome.changed_during_run) {
         let result = CachedResult {
             output: String::new(),
@@ -202,6 +215,7 @@ pub fn list_module(
             cases: cases.clone(),
             output_digest: None,
             module_cases: Vec::new(),
+            ignored: ignored.clone(),
         };
         let share = !m.embeds_dir && env.config.shares_results();
         let _ = cache.save(name, package, &parts, &outcome.log, &result, share);
@@ -209,6 +223,7 @@ pub fn list_module(
     Ok(Listing {
         cases,
         init: outcome.elapsed,
+        ignored,
     })
 }
 
@@ -242,6 +257,7 @@ pub fn look_up_package(env: &Env, jobs: Vec<Job>) -> Vec<Looked> {
     let Some(cache) = env.cache else {
         return jobs.into_iter().map(|j| look_up(env, j, None)).collect();
     };
+    let (ignored, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.ignored);
     let queries: Vec<cache::Query> = jobs
         .iter()
         .map(|j| {
@@ -260,6 +276,7 @@ pub fn look_up_package(env: &Env, jobs: Vec<Job>) -> Vec<Looked> {
         .zip(queries)
         .zip(found)
         .map(|((j, q), l)| look_up(env, j, Some(((q.parts, q.name), l))))
+        .chain(ignored.into_iter().map(|j| look_up(env, j, None)))
         .collect()
 }
 
@@ -274,6 +291,9 @@ pub fn look_up(env: &Env, job: Job, found: Option<((KeyParts, NameKey), Lookup)>
     if let Some(Lookup::Miss(Miss::Corrupt(e))) = &lookup {
         let message = e.to_string();
         let _ = env.tx.send(Event::Warning { message });
+    }
+    if job.ignored {
+        return Ok(vec![ignored_result(&job)]);
     }
     let (explain, cached) = match lookup {
         Some(Lookup::Hit(r)) if !env.config.verify => return Ok(cached_results(&job, r)),
@@ -397,6 +417,21 @@ fn explained(miss: &Miss, job: &Job) -> String {
     why
 }
 
+/// An ignored case's result: skipped, known from its module's listing
+/// without running anything.
+fn ignored_result(job: &Job) -> CaseResult {
+    CaseResult {
+        ignored: true,
+        ..CaseResult::new(
+            &job.cases[0],
+            job.framework,
+            Verdict::Skip,
+            Duration::ZERO,
+            String::new(),
+        )
+    }
+}
+
 /// A job's results as the cache holds them.
 fn cached_results(job: &Job, r: CachedResult) -> Vec<CaseResult> {
     let verdict = |skipped| {
@@ -449,6 +484,7 @@ fn verify(now: &mut [CaseResult], before: &CachedResult) {
             cases: Vec::new(),
             output_digest: None,
             module_cases: Vec::new(),
+            ignored: Vec::new(),
         };
         verify_case(r, &b);
     }
@@ -646,6 +682,7 @@ fn save(
         cases: Vec::new(),
         output_digest: first.output_digest,
         module_cases,
+        ignored: Vec::new(),
     };
     let _ = cache.save(name, package, parts, &outcome.log, &cached, share);
 }

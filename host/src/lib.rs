@@ -46,6 +46,10 @@ use crate::reporter::{JsonFormat, Progress, Reporter, TextFormat};
 /// Parses `args`, runs the command, and returns its exit status.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let mut args: Vec<OsString> = args.into_iter().collect();
+    // Run by cargo as its rustc wrapper while cachet builds a package.
+    if let Some(code) = discover::wrap_rustc(&args) {
+        return code;
+    }
     // Installed as Go's wasip1 runner, it is `cachet exec`.
     if args
         .first()

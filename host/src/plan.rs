@@ -33,6 +33,9 @@ pub struct Job {
     pub run_cases: Vec<String>,
     /// Why its cases share one instance when cachet chose so.
     pub shared_because: Option<String>,
+    /// Its one case is one the harness listed as ignored (`#[ignore]`): it
+    /// is reported skipped and never runs.
+    pub ignored: bool,
     pub policy: Arc<Policy>,
 }
 
@@ -43,6 +46,8 @@ pub struct Job {
 pub struct Listing {
     pub cases: Vec<String>,
     pub init: Duration,
+    /// Of the cases, those the harness skips without running them (sorted).
+    pub ignored: Vec<String>,
 }
 
 /// Where a Go package's module is mounted: `/go/src/<module path>`, a path
@@ -86,6 +91,12 @@ pub fn policy(
             if *test_binary {
                 test_binary_mounts(&mut p, &sandbox, cwd, guest_cwd, scratch);
                 devices(&mut p, &sandbox, scratch);
+            } else if sandbox.mounts_at("/") {
+                // A program given the host's `/` would find its `/dev/null`
+                // there, which is refused as any special file: the devices
+                // are shown at `/dev` instead (wasi-libc and Go resolve a
+                // path by its longest preopen).
+                devices(&mut p, &sandbox, scratch);
             }
         }
         Layout::Package => {
@@ -97,13 +108,13 @@ pub fn policy(
     p
 }
 
-/// `/dev/null`, unless a mount is at `/dev`: the run directory's empty
-/// `null` (see `workdir.rs`), which the runtime makes the null device.
-/// No other device: `/dev/zero` and `/dev/urandom` are not found.
+/// `/dev/null`, `/dev/zero`, `/dev/random` and `/dev/urandom`, unless a
+/// mount is at `/dev`: the run directory's empty files (see `workdir.rs`),
+/// which the runtime makes the devices. Nothing else is under `/dev`.
 fn devices(p: &mut Policy, sandbox: &crate::config::SandboxConfig, scratch: &Path) {
     if !sandbox.mounts_at("/dev") {
         p.mount_read_only(DEV_MOUNT, scratch.join(crate::workdir::DEVICES), &["/dev"])
-            .null_device(DEV_MOUNT);
+            .devices(DEV_MOUNT);
     }
 }
 
@@ -216,6 +227,9 @@ fn isolate_for(
     listing: &Listing,
     selected: usize,
 ) -> (Isolate, Option<String>) {
+    if module.framework.harness().one_case_per_instance() {
+        return (Isolate::Test, None);
+    }
     if let Some(i) = config.isolate {
         return (i, None);
     }
@@ -227,6 +241,21 @@ fn isolate_for(
         Some(why) => (Isolate::Module, Some(why)),
         None => (Isolate::Test, None),
     }
+}
+
+/// The policy of a job that runs `run_cases`: the module's, with the
+/// variables its harness names cases by (libtest's child mode), which
+/// are then in its key and its log like any other.
+fn case_policy(module: &Arc<Policy>, framework: Framework, run_cases: &[String]) -> Arc<Policy> {
+    let env = framework.harness().case_env(run_cases);
+    if env.is_empty() {
+        return module.clone();
+    }
+    let mut p = (**module).clone();
+    for (name, value) in env {
+        p.env(&name, &value);
+    }
+    Arc::new(p)
 }
 
 /// The jobs of one package, in order: per case (the default where the
@@ -242,13 +271,18 @@ pub fn jobs(
     for _ in 0..config.count {
         for (module, listing) in modules {
             let policy_for = Arc::new(module_policy(policy, module));
-            let selected: Vec<String> = listing
+            let is_ignored = |c: &String| listing.ignored.binary_search(c).is_ok();
+            let chosen: Vec<&String> = listing
                 .cases
                 .iter()
                 .filter(|c| config.run.as_ref().is_none_or(|re| re.is_match(c)))
-                .cloned()
                 .collect();
-            if selected.is_empty() {
+            let selected: Vec<String> = chosen
+                .iter()
+                .filter(|c| !is_ignored(c))
+                .map(|c| c.to_string())
+                .collect();
+            if chosen.is_empty() {
                 continue;
             }
             let listed = module.framework.harness().list_args().is_some();
@@ -257,20 +291,44 @@ pub fn jobs(
             } else {
                 (Isolate::Test, None)
             };
-            let job = |cases: Vec<String>| Job {
-                pkg,
-                package: package.to_string(),
-                module: module.clone(),
-                framework: module.framework,
-                isolate,
-                run_cases: if listed { cases.clone() } else { Vec::new() },
-                shared_because: shared_because.clone(),
-                cases,
-                policy: policy_for.clone(),
+            let job = |cases: Vec<String>| {
+                let run_cases = if listed { cases.clone() } else { Vec::new() };
+                Job {
+                    pkg,
+                    package: package.to_string(),
+                    module: module.clone(),
+                    framework: module.framework,
+                    isolate,
+                    policy: case_policy(&policy_for, module.framework, &run_cases),
+                    run_cases,
+                    shared_because: shared_because.clone(),
+                    cases,
+                    ignored: false,
+                }
+            };
+            let ignored_job = |c: String| Job {
+                isolate: Isolate::Test,
+                shared_because: None,
+                ignored: true,
+                ..job(vec![c])
             };
             match isolate {
-                Isolate::Test => jobs.extend(selected.into_iter().map(|c| job(vec![c]))),
-                Isolate::Module => jobs.push(job(selected)),
+                // In the listing's order, ignored cases among the others.
+                Isolate::Test => jobs.extend(chosen.into_iter().map(|c| {
+                    if is_ignored(c) {
+                        ignored_job(c.clone())
+                    } else {
+                        job(vec![c.clone()])
+                    }
+                })),
+                Isolate::Module => {
+                    let ignored = chosen.into_iter().filter(|c| is_ignored(c));
+                    let ignored: Vec<Job> = ignored.map(|c| ignored_job(c.clone())).collect();
+                    if !selected.is_empty() {
+                        jobs.push(job(selected));
+                    }
+                    jobs.extend(ignored);
+                }
             }
         }
     }
@@ -286,7 +344,9 @@ pub fn listing_key(
     policy: &Policy,
     stack: usize,
 ) -> Option<(KeyParts, NameKey)> {
-    let args = module.framework.harness().list_args()?;
+    let harness = module.framework.harness();
+    let mut args = harness.list_args()?;
+    args.extend(harness.ignored_list_args().unwrap_or_default());
     let parts = KeyParts::new(
         module.digest,
         module.framework.name(),

@@ -490,7 +490,7 @@ fn finish_case(ctx: &Ctx, pkg: usize, state: &Mutex<PackageRun>, tx: &Tx, result
     }
     let mut s = state.lock().expect("package state");
     s.failed |= failed;
-    s.all_cached &= result.cached;
+    s.all_cached &= result.cached || result.ignored;
     s.ran += 1;
     drop(s);
     let _ = tx.send(Event::CaseFinished {

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 const PREFIX: &str = "cachet-";
 const LOCK: &str = ".cachet-lock";
-/// The devices every run sees at `/dev` (an empty `null`, which the
-/// runtime makes the null device), inside the run's directory.
+/// The devices every run sees at `/dev` (empty files the runtime makes
+/// `null`, `zero`, `random` and `urandom`), inside the run's directory.
 pub const DEVICES: &str = ".dev";
 
 pub struct Workdir {
@@ -38,7 +38,9 @@ impl Workdir {
         lock.lock()?;
         std::fs::rename(&staged, dir.join(LOCK))?;
         std::fs::create_dir(dir.join(DEVICES))?;
-        File::create(dir.join(DEVICES).join("null"))?;
+        for device in cachet_runtime::DEVICE_FILES {
+            File::create(dir.join(DEVICES).join(device))?;
+        }
         Ok(Workdir { dir, _lock: lock })
     }
 

@@ -31,6 +31,7 @@ use wasmtime_wasi::runtime::in_tokio;
 use wiggle::GuestMemory;
 
 use crate::clock::{self, Plan, Stop, Subscription, EVENT_SIZE, SUBSCRIPTION_SIZE};
+use crate::devices::{self, Device, DEVICES};
 use crate::dirents;
 use crate::guest_abi;
 use crate::log::{DeniedOp, Fact, ReadOp};
@@ -104,13 +105,7 @@ macro_rules! define {
     };
 }
 
-/// What an open of the null device may not ask of the file underneath:
-/// `O_CREAT`, `O_EXCL`, `O_TRUNC`; the rights to write, sync, allocate,
-/// resize or retime.
-const NULL_OFLAGS: i32 = 1 | 4 | 8;
-const NULL_RIGHTS: i64 = 1 | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 22) | (1 << 23);
-
-/// A write to the null device: every byte of the iovecs taken, none kept.
+/// A write to a device: every byte of the iovecs taken, none kept.
 fn discard(mem: &mut [u8], iovs: i32, iovs_len: i32, written: i32) -> i32 {
     let mut total = 0u32;
     for i in 0..iovs_len.max(0) as u32 {
@@ -124,6 +119,50 @@ fn discard(mem: &mut [u8], iovs: i32, iovs_len: i32, written: i32) -> i32 {
         Some(()) => 0,
         None => errno::FAULT,
     }
+}
+
+/// A read of `zero` or `random` (`devices.rs`): every iovec filled.
+fn fill(
+    mem: &mut [u8],
+    st: &mut RunState,
+    device: Device,
+    iovs: i32,
+    iovs_len: i32,
+    read: i32,
+) -> wasmtime::Result<i32> {
+    if device == Device::Random {
+        st.recorder.uses(Fact::Random);
+    }
+    let mut total = 0u32;
+    for i in 0..iovs_len.max(0) as u32 {
+        let at = (iovs as u32).wrapping_add(i * 8) as i32;
+        let (Some(buf), Some(len)) = (guest_u32(mem, at), guest_u32(mem, at.wrapping_add(4)))
+        else {
+            return Ok(errno::FAULT);
+        };
+        let start = buf as usize;
+        let Some(dest) = start
+            .checked_add(len as usize)
+            .and_then(|end| mem.get_mut(start..end))
+        else {
+            return Ok(errno::FAULT);
+        };
+        if device == Device::Zero {
+            dest.fill(0);
+        } else if let Some(rng) = &mut st.random {
+            rng.fill(dest);
+        } else {
+            let e = stock!(sync random_get(st, mem, buf as i32, len as i32));
+            if e != 0 {
+                return Ok(e);
+            }
+        }
+        total = total.saturating_add(len);
+    }
+    Ok(match put_guest_u32(mem, read, total) {
+        Some(()) => 0,
+        None => errno::FAULT,
+    })
 }
 
 /// The largest listing read into host memory (about a million entries);
@@ -281,13 +320,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         if !st.quota.may_open() {
             return Ok(errno::MFILE);
         }
-        // The null device opens read-only underneath, whatever was asked;
-        // its writes are discarded (`fd_write`).
-        let null = st
-            .null_mount
-            .is_some_and(|m| st.recorder.names(fd, name.as_deref(), m, "null"));
-        let (oflags, rights, fdflags) = if null {
-            (oflags & !NULL_OFLAGS, rights & !NULL_RIGHTS, 0)
+        // A device opens read-only underneath, whatever was asked; the fd
+        // then reads and writes as the device (`devices.rs`).
+        let device = st.device_mount.and_then(|m| {
+            DEVICES
+                .iter()
+                .find(|(file, _)| st.recorder.names(fd, name.as_deref(), m, file))
+                .map(|(_, d)| *d)
+        });
+        let (oflags, rights, fdflags) = if device.is_some() {
+            (oflags & !devices::OFLAGS_DROPPED, rights & !devices::RIGHTS_DROPPED, 0)
         } else {
             (oflags, rights, fdflags)
         };
@@ -304,11 +346,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let opened = if e == 0 { guest_u32(mem, fd_out) } else { None };
         st.recorder.after_open(fd, call, name.as_deref(), opened);
         if let Some(new_fd) = opened {
-            if null {
-                st.null_fds.insert(new_fd);
-            } else {
-                st.null_fds.remove(&new_fd);
-            }
+            match device {
+                Some(d) => st.devices.insert(new_fd, d),
+                None => st.devices.remove(&new_fd),
+            };
             let stat = if scratch { fd_real_stat(st, new_fd as i32)? } else { None };
             st.quota.opened(new_fd, stat);
             const APPEND: i32 = 1;
@@ -370,7 +411,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let e = stock!(async fd_close(st, mem, fd));
         if e == 0 {
             st.listing = None;
-            st.null_fds.remove(&(fd as u32));
+            st.devices.remove(&(fd as u32));
             st.recorder.closed(fd);
             st.quota.closed(fd as u32);
             st.appending.remove(&(fd as u32));
@@ -381,11 +422,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         let e = stock!(async fd_renumber(st, mem, from, to));
         if e == 0 {
             st.listing = None;
-            if st.null_fds.remove(&(from as u32)) {
-                st.null_fds.insert(to as u32);
-            } else {
-                st.null_fds.remove(&(to as u32));
-            }
+            match st.devices.remove(&(from as u32)) {
+                Some(d) => st.devices.insert(to as u32, d),
+                None => st.devices.remove(&(to as u32)),
+            };
             st.recorder.renumbered(from, to);
             st.quota.renumbered(from as u32, to as u32);
             if st.appending.remove(&(from as u32)) {
@@ -398,8 +438,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     });
 
     // Writes: checked against the scratch quota before, charged after.
+    define!(linker, fd_read(fd: i32, iovs: i32, iovs_len: i32, read: i32), |mem, st| {
+        match st.devices.get(&(fd as u32)) {
+            Some(&d) if d != Device::Null => fill(mem, st, d, iovs, iovs_len, read),
+            _ => Ok(stock!(async fd_read(st, mem, fd, iovs, iovs_len, read))),
+        }
+    });
+    define!(linker, fd_pread(fd: i32, iovs: i32, iovs_len: i32, offset: i64, read: i32), |mem, st| {
+        match st.devices.get(&(fd as u32)) {
+            Some(&d) if d != Device::Null => fill(mem, st, d, iovs, iovs_len, read),
+            _ => Ok(stock!(async fd_pread(st, mem, fd, iovs, iovs_len, offset, read))),
+        }
+    });
     define!(linker, fd_write(fd: i32, iovs: i32, iovs_len: i32, written: i32), |mem, st| {
-        if st.null_fds.contains(&(fd as u32)) {
+        if st.devices.contains_key(&(fd as u32)) {
             return Ok(discard(mem, iovs, iovs_len, written));
         }
         if st.quota.scratch_inode(fd as u32).is_some() {
@@ -413,7 +465,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         Ok(e)
     });
     define!(linker, fd_pwrite(fd: i32, iovs: i32, iovs_len: i32, offset: i64, written: i32), |mem, st| {
-        if st.null_fds.contains(&(fd as u32)) {
+        if st.devices.contains_key(&(fd as u32)) {
             return Ok(discard(mem, iovs, iovs_len, written));
         }
         let end = (offset as u64).saturating_add(first_iov_len(mem, iovs, iovs_len));

@@ -14,6 +14,7 @@
 //! wasmtime types. Design note: `docs/design/sandbox.md`.
 
 mod clock;
+mod devices;
 mod dirents;
 mod engine;
 mod error;
@@ -35,6 +36,7 @@ mod state;
 pub mod guest_abi;
 
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
+pub use devices::DEVICE_FILES;
 pub use engine::{
     check_header, compile_child, data_contains, trim_compiled, CompileGuard, LoadStats, Module,
     ModuleDigest, Runtime, RuntimeConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT,

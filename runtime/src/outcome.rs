@@ -17,6 +17,10 @@ pub enum Status {
     Trapped {
         message: String,
         frames: Vec<String>,
+        /// A frame of the stack (not only the innermost shown) is Rust's
+        /// `catch_unwind`: the program meant to catch a panic, which aborts
+        /// on wasm32-wasip1 instead.
+        catch_unwind: bool,
     },
     /// The guest's wasm stack passed its limit (deep or endless recursion).
     StackOverflow { limit: usize, frames: Vec<String> },

@@ -107,7 +107,7 @@ pub struct Policy {
     pub(crate) hermetic: Option<u64>,
     pub(crate) collect: Option<String>,
     pub(crate) inherit_stdio: bool,
-    pub(crate) null_device: Option<String>,
+    pub(crate) devices: Option<String>,
 }
 
 impl Default for Policy {
@@ -136,7 +136,7 @@ impl Policy {
             hermetic: None,
             collect: None,
             inherit_stdio: false,
-            null_device: None,
+            devices: None,
         }
     }
 
@@ -186,14 +186,15 @@ impl Policy {
         self
     }
 
-    /// Makes the empty file `null` at the root of the read-only mount
-    /// `mount` the guest's null device: it opens for reading (end of file
-    /// at once) and for writing, and whatever is written to it is
-    /// discarded. Mounted at `/dev`, it is `/dev/null` (Go's `os.DevNull`).
-    /// Nothing else of the mount is writable; the open is logged as the
+    /// Makes the empty files [`crate::DEVICE_FILES`] at the root of the
+    /// read-only mount `mount` the guest's devices (`devices.rs`): `null`
+    /// reads nothing and discards writes, `zero` reads zeros, `random` and
+    /// `urandom` read the run's random bytes (seeded under `--hermetic`).
+    /// Mounted at `/dev`, they are `/dev/null` (Go's `os.DevNull`) and the
+    /// rest. Nothing of the mount is writable; an open is logged as the
     /// read of an empty file, the same on every machine.
-    pub fn null_device(&mut self, mount: &str) -> &mut Self {
-        self.null_device = Some(mount.to_string());
+    pub fn devices(&mut self, mount: &str) -> &mut Self {
+        self.devices = Some(mount.to_string());
         self
     }
 

@@ -3,7 +3,7 @@
 //! a guest thread (`guest_thread.rs`), and turn however it ended into a
 //! `Status`. Only this file and `engine.rs` downcast wasmtime errors.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
@@ -127,7 +127,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, mount);
     }
 
-    let null_mount = policy.null_device.as_ref().and_then(|name| {
+    let device_mount = policy.devices.as_ref().and_then(|name| {
         mounts
             .iter()
             .position(|m| m.0 == *name && m.2 == MountMode::ReadOnly)
@@ -153,8 +153,8 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         stop: None,
         fuel: 0,
         listing: None,
-        null_mount,
-        null_fds: HashSet::new(),
+        device_mount,
+        devices: HashMap::new(),
     };
     let mut store = Store::new(&shared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -292,6 +292,7 @@ fn classify(
         return Status::MemoryLimit(policy.memory_limit);
     }
     let frames = frames(&e);
+    let catch_unwind = in_catch_unwind(&e);
     match e.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => Status::StackOverflow {
             limit: crate::engine::MAX_WASM_STACK,
@@ -303,6 +304,7 @@ fn classify(
                 .trim_start_matches("wasm trap: ")
                 .to_string(),
             frames,
+            catch_unwind,
         },
         None if e.downcast_ref::<NoMemoryExport>().is_some() => {
             Status::Invalid(NoMemoryExport.to_string())
@@ -310,8 +312,29 @@ fn classify(
         None => Status::Trapped {
             message: e.root_cause().to_string(),
             frames,
+            catch_unwind,
         },
     }
+}
+
+/// Whether any frame of a trap's wasm backtrace is in Rust's
+/// `std::panic::catch_unwind` (`std::panicking::catch_unwind` inside it).
+fn in_catch_unwind(e: &wasmtime::Error) -> bool {
+    let Some(bt) = e.downcast_ref::<WasmBacktrace>() else {
+        return false;
+    };
+    bt.frames().iter().any(|f| {
+        f.func_name().is_some_and(|name| {
+            // Most frames are not: demangle only the candidates.
+            if !name.contains("catch_unwind") && !name.contains("panicking") {
+                return false;
+            }
+            let name = format!("{:#}", rustc_demangle::demangle(name));
+            name.starts_with("std::panic::catch_unwind")
+                || name.starts_with("std::panicking::catch_unwind")
+                || name.starts_with("std::panicking::try")
+        })
+    })
 }
 
 /// The innermost frames of a trap's wasm backtrace, with demangled names.

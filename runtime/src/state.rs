@@ -3,7 +3,7 @@
 //! `InstancePre`s are typed by it), the interceptors and the run can each
 //! name it without naming one another.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,10 +36,10 @@ pub(crate) struct RunState {
     /// read at cookie 0, served from here for the calls that go on (one
     /// read of the directory per listing, and one consistent snapshot).
     pub listing: Option<(i32, Vec<crate::dirents::Dirent>)>,
-    /// The mount holding the null device (`Policy::null_device`), and the
-    /// fds open on it: their writes are discarded.
-    pub null_mount: Option<usize>,
-    pub null_fds: HashSet<u32>,
+    /// The mount holding the devices (`Policy::devices`), and the fds open
+    /// on one (`devices.rs`).
+    pub device_mount: Option<usize>,
+    pub devices: HashMap<u32, crate::devices::Device>,
 }
 
 /// Enforces the policy's memory and table limits, and remembers a refusal so

@@ -11,6 +11,32 @@ use std::sync::OnceLock;
 /// The WASI preview 1 target every guest is built for.
 pub const TARGET: &str = "wasm32-wasip1";
 
+/// A WAT function, `$find_dev`, that returns the fd of the preopen named
+/// `/dev` (traps if there is none among fds 3-9). Its module imports
+/// `fd_prestat_get` as `$prestat` and `fd_prestat_dir_name` as `$name`, and
+/// lets it use memory 40..48 and 64..68; put it where the module text says
+/// `;; FIND_DEV` with [`with_find_dev`].
+pub const WAT_FIND_DEV: &str = r#"
+  (func $find_dev (result i32) (local $fd i32)
+    (local.set $fd (i32.const 3))
+    (block $found (loop $next
+      (if (i32.gt_u (local.get $fd) (i32.const 9)) (then unreachable))
+      (if (i32.eqz (call $prestat (local.get $fd) (i32.const 40)))
+        (then (if (i32.eq (i32.load (i32.const 44)) (i32.const 4))
+          (then
+            (drop (call $name (local.get $fd) (i32.const 64) (i32.const 4)))
+            (br_if $found (i32.eq (i32.load (i32.const 64)) (i32.const 0x7665642f)))))))
+      (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+      (br $next)))
+    (local.get $fd))
+"#;
+
+/// `module` (WAT text) with [`WAT_FIND_DEV`] in place of `;; FIND_DEV`.
+pub fn with_find_dev(module: &str) -> String {
+    assert!(module.contains(";; FIND_DEV"), "no place for $find_dev");
+    module.replace(";; FIND_DEV", WAT_FIND_DEV)
+}
+
 /// The trivial WASI command of the runtime tests and benchmarks: writes "ok\n".
 pub const HELLO_WAT: &str = r#"
 (module

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cachet_testkit::fixture;
+use cachet_testkit::{fixture, with_find_dev};
 
 use crate::{cachet_with, stderr, stdout};
 
@@ -483,17 +483,9 @@ const DEV_NULL: &str = r#"(module
   (data (i32.const 128) "null")
   (data (i32.const 160) "hello")
   (data (i32.const 192) "null: ok\0a")
+  ;; FIND_DEV
   (func (export "_start") (local $fd i32) (local $null i32)
-    (local.set $fd (i32.const 3))
-    (block $found (loop $next
-      (if (i32.gt_u (local.get $fd) (i32.const 9)) (then unreachable))
-      (if (i32.eqz (call $prestat (local.get $fd) (i32.const 40)))
-        (then (if (i32.eq (i32.load (i32.const 44)) (i32.const 4))
-          (then
-            (drop (call $name (local.get $fd) (i32.const 64) (i32.const 4)))
-            (br_if $found (i32.eq (i32.load (i32.const 64)) (i32.const 0x7665642f)))))))
-      (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
-      (br $next)))
+    (local.set $fd (call $find_dev))
     ;; O_CREAT|O_TRUNC, rights read and write, as a program writing to it asks
     (if (call $open (local.get $fd) (i32.const 0) (i32.const 128) (i32.const 4)
           (i32.const 9) (i64.const 0x42) (i64.const 0) (i32.const 0) (i32.const 20))
@@ -519,7 +511,11 @@ fn issue_16_dev_null_opens_reads_empty_and_discards_writes() {
     let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
     let pkg = work.path().join("devnull");
     std::fs::create_dir(&pkg).unwrap();
-    std::fs::write(pkg.join("null.wasm"), wat::parse_str(DEV_NULL).unwrap()).unwrap();
+    std::fs::write(
+        pkg.join("null.wasm"),
+        wat::parse_str(with_find_dev(DEV_NULL)).unwrap(),
+    )
+    .unwrap();
     let o = cachet_with(work.path(), &["test", "-v", "./devnull"], &env);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("null: ok\n"), "{}", stdout(&o));
@@ -535,4 +531,95 @@ fn issue_16_dev_null_opens_reads_empty_and_discards_writes() {
         "{}",
         stdout(&o)
     );
+}
+
+/// A plain WASI program that reads 16 bytes from `/dev/zero` (all zero, or
+/// it traps) and 16 from `/dev/urandom`, and prints the latter in hex.
+const DEV_ZERO_URANDOM: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; 0: iovec; 16: count; 20: the opened fd; 40: prestat; 64: a name;
+  ;; 128: "zero"; 136: "urandom"; 144: hex digits; 256: read buffer; 300: hex out
+  (data (i32.const 128) "zero")
+  (data (i32.const 136) "urandom")
+  (data (i32.const 144) "0123456789abcdef")
+  (func $read16 (param $fd i32)
+    (i64.store (i32.const 256) (i64.const -1))
+    (i64.store (i32.const 264) (i64.const -1))
+    (i32.store (i32.const 0) (i32.const 256))
+    (i32.store (i32.const 4) (i32.const 16))
+    (if (call $read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 16)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 16)) (i32.const 16)) (then unreachable)))
+  ;; FIND_DEV
+  (func (export "_start") (local $fd i32) (local $i i32) (local $b i32)
+    (local.set $fd (call $find_dev))
+    (if (call $open (local.get $fd) (i32.const 0) (i32.const 128) (i32.const 4)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 20))
+      (then unreachable))
+    (call $read16 (i32.load (i32.const 20)))
+    (if (i64.ne (i64.or (i64.load (i32.const 256)) (i64.load (i32.const 264))) (i64.const 0))
+      (then unreachable))
+    (if (call $open (local.get $fd) (i32.const 0) (i32.const 136) (i32.const 7)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 20))
+      (then unreachable))
+    (call $read16 (i32.load (i32.const 20)))
+    (loop $hex
+      (local.set $b (i32.load8_u (i32.add (i32.const 256) (local.get $i))))
+      (i32.store8 (i32.add (i32.const 300) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 144) (i32.shr_u (local.get $b) (i32.const 4)))))
+      (i32.store8 (i32.add (i32.const 301) (i32.shl (local.get $i) (i32.const 1)))
+        (i32.load8_u (i32.add (i32.const 144) (i32.and (local.get $b) (i32.const 15)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $hex (i32.lt_u (local.get $i) (i32.const 16))))
+    (i32.store8 (i32.const 332) (i32.const 10))
+    (i32.store (i32.const 0) (i32.const 300))
+    (i32.store (i32.const 4) (i32.const 33))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))
+"#;
+
+#[test]
+fn issue_16_dev_zero_reads_zeros_and_dev_urandom_follows_the_seed() {
+    let work = tempfile::tempdir().unwrap();
+    let pkg = work.path().join("devices");
+    std::fs::create_dir(&pkg).unwrap();
+    let module = wat::parse_str(with_find_dev(DEV_ZERO_URANDOM)).unwrap();
+    std::fs::write(pkg.join("devices.wasm"), module).unwrap();
+    let bytes = |flags: &[&str]| {
+        let mut args = vec!["test", "-v", "--count", "1"];
+        args.extend(flags);
+        args.push("./devices");
+        let o = cachet_with(work.path(), &args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        let out = stdout(&o);
+        let line = out
+            .lines()
+            .find(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or_else(|| panic!("no random bytes in\n{out}"))
+            .to_string();
+        line
+    };
+    let seeded = bytes(&["--hermetic", "--seed", "7"]);
+    assert_eq!(bytes(&["--hermetic", "--seed", "7"]), seeded);
+    assert_ne!(bytes(&["--hermetic", "--seed", "8"]), seeded);
+    assert_ne!(bytes(&[]), bytes(&[]), "real randomness otherwise");
+}
+
+#[test]
+fn issue_16_dev_null_opens_under_a_root_mount() {
+    // A program given the host's `/` (as Go's stock runner mounts it) under
+    // `cachet exec` opens `/dev/null` too: the longest preopen, `/dev`, is
+    // cachet's devices, not the host's device files, which stay refused.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("null.wasm"),
+        wat::parse_str(with_find_dev(DEV_NULL)).unwrap(),
+    )
+    .unwrap();
+    let o = cachet_with(work.path(), &["exec", "--dir", "/::/", "null.wasm"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), "null: ok\n");
 }

@@ -192,9 +192,20 @@ fn issue_16_exec_gives_a_program_exactly_the_flags() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // One addition, after the preopens asked for: a program given the
+    // host's `/` finds cachet's devices at `/dev` (the host's device files
+    // are refused), where `wasmtime run` would give it the host's.
     assert_eq!(
         stdout(&o),
-        "A=1\nB=two\nfd 3: /data\nfd 4: /\nfd 5: errno 8\nfd 6: errno 8\n"
+        "A=1\nB=two\nfd 3: /data\nfd 4: /\nfd 5: /dev\nfd 6: errno 8\n"
+    );
+    let o = exec(
+        work.path(),
+        &["--env", "A=1", "--dir", &at_data, "sees.wasm"],
+    );
+    assert_eq!(
+        stdout(&o),
+        "A=1\nfd 3: /data\nfd 4: errno 8\nfd 5: errno 8\nfd 6: errno 8\n"
     );
 }
 

@@ -14,6 +14,7 @@ mod house;
 mod json;
 mod report;
 mod select;
+mod should_panic;
 
 use std::path::Path;
 use std::process::Output;

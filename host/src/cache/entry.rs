@@ -94,6 +94,9 @@ pub struct CachedResult {
     /// For a module's cases run in one instance: each case's result.
     #[serde(default)]
     pub module_cases: Vec<CachedCase>,
+    /// For a listing: the cases the harness skips without running them.
+    #[serde(default)]
+    pub ignored: Vec<String>,
 }
 
 /// One case of a module run in one instance.

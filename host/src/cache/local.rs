@@ -228,9 +228,9 @@ impl Cache {
 
     /// The case names of a cached listing whose log is recorded (whatever
     /// today's world says), and how long its run took, for `cachet inputs`.
-    pub fn listing(&self, parts: &KeyParts, package: &str) -> Option<(Vec<String>, Duration)> {
+    pub fn listing(&self, parts: &KeyParts, package: &str) -> Option<CachedResult> {
         let (_, result) = self.last_run(parts, package).ok()??;
-        Some((result.cases, result.elapsed))
+        Some(result)
     }
 
     /// The last passing log of `parts` (the one of `package`, if it has

@@ -2,10 +2,13 @@
 //! --no-run`: on the host, outside the sandbox (a package's build scripts
 //! and proc macros are host programs; `--prebuilt` turns this off), made
 //! independent of the checkout's location so that every clone builds the
-//! same module bytes.
+//! same module bytes, and with the test crates (only they) built for
+//! libtest's child mode so that `#[should_panic]` tests run (see
+//! [`wrap_rustc`]).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use crate::discover::{Package, TARGET};
 
@@ -26,6 +29,7 @@ pub(crate) fn build(name: String, dir: &Path) -> Package {
     if let Some(root) = workspace_root(&cargo, &manifest) {
         portable(&mut cmd, &root);
     }
+    child_mode(&mut cmd);
     let output = cmd.output();
     let output = match output {
         Ok(o) => o,
@@ -76,6 +80,56 @@ pub(crate) fn build(name: String, dir: &Path) -> Package {
     let mut p = Package::wasm(name, dir.to_path_buf(), modules);
     p.cargo = true;
     p
+}
+
+/// Set (to the user's own workspace wrapper, or empty) when cargo runs
+/// cachet as its `RUSTC_WORKSPACE_WRAPPER`.
+const WRAPPING: &str = "CACHET_WRAPS_RUSTC";
+
+/// Builds the workspace's test crates with `-Zpanic-abort-tests`: cargo
+/// runs cachet itself as the workspace wrapper (members only, never
+/// dependencies), which adds the flag to `--test` compiles for wasm (see
+/// [`wrap_rustc`]). A wrapper the user set is kept and runs inside.
+fn child_mode(cmd: &mut Command) {
+    let Ok(me) = std::env::current_exe() else {
+        return;
+    };
+    let user = std::env::var_os("RUSTC_WORKSPACE_WRAPPER").unwrap_or_default();
+    cmd.env(WRAPPING, user).env("RUSTC_WORKSPACE_WRAPPER", me);
+}
+
+/// When cargo runs cachet as its workspace wrapper (`cachet RUSTC ARGS`,
+/// with [`WRAPPING`] set), runs the compile and returns its exit status.
+/// A test crate for wasm gets `-Zpanic-abort-tests` (the target panics
+/// with abort already), which links libtest's `test_main_static_abort`:
+/// its child mode runs one named test, `#[should_panic]` ones included.
+/// The flag is unstable: `RUSTC_BOOTSTRAP=1` allows it, for that compile
+/// only, so no dependency sees a nightly compiler.
+pub fn wrap_rustc(args: &[OsString]) -> Option<ExitCode> {
+    let inner = std::env::var_os(WRAPPING)?;
+    let (rustc, rest) = args.get(1..)?.split_first()?;
+    let mut cmd = if inner.is_empty() {
+        Command::new(rustc)
+    } else {
+        let mut c = Command::new(&inner);
+        c.arg(rustc);
+        c
+    };
+    cmd.args(rest).env_remove(WRAPPING);
+    let test_crate = rest.iter().any(|a| a == "--test");
+    let wasm = rest
+        .windows(2)
+        .any(|w| w[0] == "--target" && w[1].to_string_lossy().starts_with("wasm32-"));
+    if test_crate && wasm {
+        cmd.arg("-Zpanic-abort-tests").env("RUSTC_BOOTSTRAP", "1");
+    }
+    Some(match cmd.status() {
+        Ok(s) => ExitCode::from(s.code().map_or(1, |c| c as u8)),
+        Err(e) => {
+            eprintln!("cachet: cannot run {}: {e}", rustc.to_string_lossy());
+            ExitCode::from(1)
+        }
+    })
 }
 
 /// The root of the cargo workspace `manifest` belongs to.

@@ -20,6 +20,8 @@
 mod cargo;
 pub mod go;
 
+pub use cargo::wrap_rustc;
+
 use std::path::{Path, PathBuf};
 
 /// A package to test.

@@ -11,6 +11,10 @@ use super::{CaseResult, Verdict};
 
 pub struct Libtest;
 
+/// Why a `#[should_panic]` test of a module built without
+/// `-Zpanic-abort-tests` is skipped, and how to get it run.
+pub(super) const SHOULD_PANIC_SKIPPED: &str = "a #[should_panic] test: libtest skips these on wasm unless the test binary is built with -Zpanic-abort-tests (cachet builds the cargo packages it runs so; for a prebuilt module, build it with RUSTC_BOOTSTRAP=1 RUSTFLAGS=-Zpanic-abort-tests cargo test --no-run --target wasm32-wasip1)";
+
 impl Harness for Libtest {
     fn name(&self) -> &'static str {
         "libtest"
@@ -23,6 +27,11 @@ impl Harness for Libtest {
 
     fn list_args(&self) -> Option<Vec<String>> {
         Some(args(&["--list", "--format", "terse"]))
+    }
+
+    /// `#[ignore]` tests, as nextest lists them.
+    fn ignored_list_args(&self) -> Option<Vec<String>> {
+        Some(args(&["--list", "--format", "terse", "--ignored"]))
     }
 
     /// `NAME: test` lines; benchmarks are left out.
@@ -74,6 +83,22 @@ impl Harness for Libtest {
             body: body.to_string(),
             skipped,
         }
+    }
+
+    /// `#[ignore]` tests are never run, so a case libtest skips is a
+    /// `#[should_panic]` test, which libtest skips on wasm in this mode.
+    fn case_result(&self, name: &str, outcome: &RunOutcome, raw: &str) -> CaseResult {
+        let mut r = generic_case_result(
+            Framework::Libtest,
+            self.case_output(name, raw),
+            name,
+            outcome,
+            raw,
+        );
+        if r.verdict == Verdict::Skip {
+            r.reason = Some(SHOULD_PANIC_SKIPPED.to_string());
+        }
+        r
     }
 
     /// A case that started but has no verdict failed (the instance trapped
@@ -214,7 +239,7 @@ fn verdict_line(out: &mut [(String, Option<Verdict>, String)], text: &str) {
 
 /// libtest's own report: `running N tests`, a line (or a mark with `-q`)
 /// per case, the failures' output, `test result: ...`; exit 101 on failure.
-struct LibtestNative;
+pub(super) struct LibtestNative;
 
 impl Native for LibtestNative {
     fn banner(&self, planned: usize) -> String {

@@ -2,6 +2,9 @@
 //! test binary lives in that harness's file, behind [`Harness`]:
 //!
 //! - `libtest.rs`: Rust's harness (`cargo test --target wasm32-wasip1`);
+//! - `libtest_child.rs`: the same harness built with `-Zpanic-abort-tests`,
+//!   run in libtest's own child mode, one test per instance (how
+//!   `#[should_panic]` tests run on wasm);
 //! - `go.rs`: Go's `testing` (`GOOS=wasip1 go test -c`), with its output
 //!   rendering (`go_output.rs`), `go test -json` events (`test2json.rs`)
 //!   and precise environment reads from its test log (`testlog.rs`);
@@ -18,6 +21,7 @@ mod go;
 mod go_output;
 pub mod invocation;
 mod libtest;
+mod libtest_child;
 mod plain;
 mod result;
 mod stream;
@@ -37,18 +41,25 @@ pub use stream::{CaseStream, StreamEnd};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Framework {
     Libtest,
+    LibtestChild,
     Go,
     Plain,
 }
 
 impl Framework {
     /// Every framework, in the order detection tries them.
-    pub const ALL: [Framework; 3] = [Framework::Libtest, Framework::Go, Framework::Plain];
+    pub const ALL: [Framework; 4] = [
+        Framework::LibtestChild,
+        Framework::Libtest,
+        Framework::Go,
+        Framework::Plain,
+    ];
 
     /// The harness that knows this framework.
     pub fn harness(self) -> &'static dyn Harness {
         match self {
             Framework::Libtest => &libtest::Libtest,
+            Framework::LibtestChild => &libtest_child::LibtestChild,
             Framework::Go => &go::Go,
             Framework::Plain => &plain::Plain,
         }
@@ -60,6 +71,16 @@ impl Framework {
             .into_iter()
             .find(|f| f.harness().detect(module))
             .unwrap_or(Framework::Plain)
+    }
+
+    /// The framework of a module said to be `forced` (by `--framework` or
+    /// its package's kind) that detection found to be `detected`: libtest
+    /// built for its child mode runs only in that mode.
+    pub fn chosen(forced: Option<Framework>, detected: Framework) -> Framework {
+        match (forced, detected) {
+            (Some(Framework::Libtest), Framework::LibtestChild) | (None, _) => detected,
+            (Some(f), _) => f,
+        }
     }
 
     /// The framework of [`Framework::name`].
@@ -139,6 +160,25 @@ pub trait Harness: Sync {
     /// Case names from the list output.
     fn parse_list(&self, _output: &str) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Arguments that make the module print only the cases it would skip
+    /// without running them (libtest's `#[ignore]`), if it can: those are
+    /// reported skipped and never run.
+    fn ignored_list_args(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Environment variables that, with [`Harness::case_args`], run exactly
+    /// these cases (libtest's child mode names its one test here).
+    fn case_env(&self, _cases: &[String]) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Whether an instance can run only one case, whatever `--isolate`
+    /// says (libtest's child mode runs one test and exits).
+    fn one_case_per_instance(&self) -> bool {
+        false
     }
 
     /// The arguments `flags` add to every run (before the user's): part of

@@ -43,6 +43,9 @@ pub struct CaseResult {
     pub in_module_output: bool,
     /// The result came from the cache.
     pub cached: bool,
+    /// Skipped without running: its harness listed it as ignored. Like a
+    /// cached result, it leaves a package `(cached)`.
+    pub ignored: bool,
     /// `--explain`: why the case ran instead of hitting the cache.
     pub explain: Option<String>,
     /// Why a passing result was not saved (an input changed during the run).
@@ -75,6 +78,7 @@ impl CaseResult {
             framework,
             in_module_output: false,
             cached: false,
+            ignored: false,
             explain: None,
             not_saved: None,
             flaky: None,

@@ -90,7 +90,7 @@ fn hostile_modules_end_as_their_own_outcomes_on_time() {
         let ok = match want {
             Want::Exit(c) => *s == Status::Exited(c),
             Want::Trap(cause, frame) => {
-                matches!(s, Status::Trapped { message, frames } if message == cause && frames.first().is_some_and(|f| f == frame))
+                matches!(s, Status::Trapped { message, frames, .. } if message == cause && frames.first().is_some_and(|f| f == frame))
             }
             Want::StackOverflow(frame) => {
                 matches!(s, Status::StackOverflow { frames, .. } if frames.first().is_some_and(|f| f == frame))

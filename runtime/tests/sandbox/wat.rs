@@ -9,7 +9,7 @@ fn module(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
 
-use cachet_testkit::HELLO_WAT as HELLO;
+use cachet_testkit::{with_find_dev, HELLO_WAT as HELLO};
 
 #[test]
 fn a_trivial_command_runs_and_writes() {
@@ -114,4 +114,91 @@ fn getenv_abi_edges() {
         run(getenv_module(70000, 64, 64), &policy).status,
         Status::Exited(8)
     );
+}
+
+/// A guest that attacks the devices (`Policy::devices`) and cachet's own
+/// `fd_readdir`: rights the device drops, pointers out of bounds, a file
+/// made beside the devices. Each call must fail with an errno (the guest
+/// traps if one succeeds) and leave the devices' files as they were.
+const DEVICE_ATTACKS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_allocate" (func $allocate (param i32 i64 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_set_size" (func $set_size (param i32 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_readdir" (func $readdir (param i32 i32 i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; 0: iovec; 16: count; 20: opened fd; 40: prestat; 64: a name;
+  ;; 128: "null"; 136: "zero"; 144: "evil"; 160: "ok\n"
+  (data (i32.const 128) "null")
+  (data (i32.const 136) "zero")
+  (data (i32.const 144) "evil")
+  (data (i32.const 160) "ok\0a")
+  (func $fails (param $errno i32)
+    (if (i32.eqz (local.get $errno)) (then unreachable)))
+  (func $open_dev (param $dev i32) (param $path i32) (param $oflags i32) (param $rights i64) (result i32)
+    (call $open (local.get $dev) (i32.const 0) (local.get $path) (i32.const 4)
+      (local.get $oflags) (local.get $rights) (i64.const 0) (i32.const 0) (i32.const 20)))
+  ;; FIND_DEV
+  (func (export "_start") (local $dev i32) (local $null i32) (local $zero i32)
+    (local.set $dev (call $find_dev))
+    ;; null, asking for read, write, allocate and set_size, with O_TRUNC
+    (if (call $open_dev (local.get $dev) (i32.const 128) (i32.const 8) (i64.const 0x400142))
+      (then unreachable))
+    (local.set $null (i32.load (i32.const 20)))
+    (call $fails (call $allocate (local.get $null) (i64.const 0) (i64.const 100)))
+    (call $fails (call $set_size (local.get $null) (i64.const 100)))
+    ;; iovecs out of bounds, and an iovec whose buffer is
+    (call $fails (call $write (local.get $null) (i32.const 65532) (i32.const 1) (i32.const 16)))
+    (if (call $open_dev (local.get $dev) (i32.const 136) (i32.const 0) (i64.const 2))
+      (then unreachable))
+    (local.set $zero (i32.load (i32.const 20)))
+    (i32.store (i32.const 0) (i32.const 65530))
+    (i32.store (i32.const 4) (i32.const 100))
+    (call $fails (call $read (local.get $zero) (i32.const 0) (i32.const 1) (i32.const 16)))
+    (call $fails (call $read (local.get $zero) (i32.const 65532) (i32.const 1) (i32.const 16)))
+    (call $fails (call $read (local.get $zero) (i32.const 0) (i32.const 1) (i32.const 65534)))
+    ;; a file made beside the devices, and a listing into no memory
+    (call $fails (call $open_dev (local.get $dev) (i32.const 144) (i32.const 1) (i64.const 0x42)))
+    (call $fails (call $readdir (local.get $dev) (i32.const 65530) (i32.const 100) (i64.const 0) (i32.const 16)))
+    (call $fails (call $readdir (local.get $dev) (i32.const 256) (i32.const 100) (i64.const 0) (i32.const 65534)))
+    (i32.store (i32.const 0) (i32.const 160))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))
+"#;
+
+#[test]
+fn devices_and_listings_refuse_hostile_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in cachet_runtime::DEVICE_FILES {
+        std::fs::write(dir.path().join(name), b"").unwrap();
+    }
+    let m = runtime()
+        .load(&module(&with_find_dev(DEVICE_ATTACKS)))
+        .unwrap();
+    let mut policy = Policy::new();
+    policy
+        .mount_read_only("dev", dir.path(), &["/dev"])
+        .devices("dev");
+    let outcome = runtime().run(&m, &policy).unwrap();
+    assert_eq!(outcome.status, Status::Exited(0), "{:?}", outcome.status);
+    assert_eq!(outcome.output, b"ok\n");
+    let mut left: Vec<(String, u64)> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    left.sort();
+    let want: Vec<(String, u64)> = ["null", "random", "urandom", "zero"]
+        .iter()
+        .map(|n| (n.to_string(), 0))
+        .collect();
+    assert_eq!(left, want);
 }

@@ -1,0 +1,188 @@
+//! Rust's libtest in its child mode. A test binary built with
+//! `-Zpanic-abort-tests` (cachet builds the cargo packages it runs so) runs
+//! one test when `__RUST_TEST_INVOKE` names it: libtest's own panic hook
+//! and `#[should_panic(expected = "...")]` check judge it, and it exits 50
+//! when the test passed, or prints libtest's message ("test did not panic
+//! as expected") and aborts. It is how libtest itself runs tests under
+//! `panic = "abort"` (the parent spawns one child per test), and the only
+//! way a `#[should_panic]` test runs on wasm, where a panic cannot be
+//! caught. cachet runs one instance per case anyway, so it is the parent.
+//!
+//! Listing, `cachet exec`'s invocations and the native report are
+//! libtest's; only how a case runs and what its outcome means differ.
+
+use cachet_runtime::{RunOutcome, Status};
+
+use super::invocation::{Invocation, Native};
+use super::libtest::{Libtest, LibtestNative};
+use super::{contains, stop_reason, CaseOutput, Framework, Harness};
+use super::{CaseResult, Verdict};
+
+pub struct LibtestChild;
+
+/// The variable that names the one test a child runs (libtest's
+/// `SECONDARY_TEST_INVOKER_VAR`).
+const INVOKE: &str = "__RUST_TEST_INVOKE";
+
+/// A child's exit status when its test passed (libtest's `TR_OK`).
+const TR_OK: i32 = 50;
+
+/// Lines libtest prints for a test it failed without a panic of its own.
+const LIBTEST_VERDICTS: [&str; 3] = [
+    "test did not panic as expected",
+    "panic did not contain expected string",
+    "expected panic with string value",
+];
+
+impl Harness for LibtestChild {
+    fn name(&self) -> &'static str {
+        "libtest-child"
+    }
+
+    /// A libtest binary that can run in child mode: `test_main_static_abort`
+    /// (linked only with `-Zpanic-abort-tests`) carries its own messages.
+    fn detect(&self, module: &[u8]) -> bool {
+        Libtest.detect(module) && contains(module, b"couldn't find a test with the provided name")
+    }
+
+    fn list_args(&self) -> Option<Vec<String>> {
+        Libtest.list_args()
+    }
+
+    fn ignored_list_args(&self) -> Option<Vec<String>> {
+        Libtest.ignored_list_args()
+    }
+
+    fn parse_list(&self, output: &str) -> Vec<String> {
+        Libtest.parse_list(output)
+    }
+
+    fn case_env(&self, cases: &[String]) -> Vec<(String, String)> {
+        cases
+            .first()
+            .map(|c| vec![(INVOKE.to_string(), c.clone())])
+            .unwrap_or_default()
+    }
+
+    fn one_case_per_instance(&self) -> bool {
+        true
+    }
+
+    /// A child prints only what its test prints (and libtest's message).
+    fn case_output(&self, _case: &str, raw: &str) -> CaseOutput {
+        CaseOutput {
+            body: raw.trim_matches('\n').to_string(),
+            skipped: false,
+        }
+    }
+
+    /// Exit 50 passes; another exit fails, as libtest's parent fails it
+    /// ("got unexpected return code"); an abort fails with libtest's own message,
+    /// or, for a panic inside `catch_unwind`, with why it could not be
+    /// caught.
+    fn case_result(&self, name: &str, outcome: &RunOutcome, raw: &str) -> CaseResult {
+        let body = self.case_output(name, raw).body;
+        let (timed_out, mut reason) = stop_reason(&outcome.status, raw);
+        let verdict = match &outcome.status {
+            Status::Exited(TR_OK) => {
+                reason = None;
+                Verdict::Pass
+            }
+            Status::Exited(code) => {
+                reason = Some(format!(
+                    "exit status {code} (a test libtest runs alone exits {TR_OK} when it passes: did it call process::exit?)"
+                ));
+                Verdict::Fail
+            }
+            Status::Trapped { catch_unwind, .. } => {
+                if *catch_unwind {
+                    reason = Some(
+                        "the test panicked inside catch_unwind, which needs unwinding: panics abort on wasm32-wasip1, so it cannot catch them there".into(),
+                    );
+                } else if LIBTEST_VERDICTS.iter().any(|m| raw.contains(m)) {
+                    reason = None;
+                }
+                Verdict::Fail
+            }
+            _ => Verdict::Fail,
+        };
+        CaseResult {
+            timed_out,
+            reason,
+            ..CaseResult::new(
+                name,
+                Framework::LibtestChild,
+                verdict,
+                outcome.elapsed,
+                body,
+            )
+        }
+    }
+
+    fn invocation(&self, args: &[String]) -> Option<Invocation> {
+        Libtest.invocation(args)
+    }
+
+    fn native(&self) -> Option<&'static dyn Native> {
+        Some(&LibtestNative)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cachet_runtime::InputLog;
+    use std::time::Duration;
+
+    fn outcome(status: Status) -> RunOutcome {
+        RunOutcome {
+            status,
+            output: Vec::new(),
+            elapsed: Duration::ZERO,
+            log: InputLog::default(),
+            changed_during_run: None,
+            cleanup_error: None,
+            collected: None,
+        }
+    }
+
+    fn trapped(catch_unwind: bool) -> Status {
+        Status::Trapped {
+            message: "wasm `unreachable` instruction executed".into(),
+            frames: vec!["abort".into()],
+            catch_unwind,
+        }
+    }
+
+    #[test]
+    fn exit_50_passes_and_libtest_explains_its_own_failures() {
+        let pass = LibtestChild.case_result("t", &outcome(Status::Exited(TR_OK)), "hi\n");
+        assert_eq!((pass.verdict, pass.output.as_str()), (Verdict::Pass, "hi"));
+        assert!(pass.reason.is_none());
+        let zero = LibtestChild.case_result("t", &outcome(Status::Exited(0)), "");
+        assert_eq!(zero.verdict, Verdict::Fail);
+        assert!(zero.reason.unwrap().starts_with("exit status 0 ("));
+        let no_panic = "test did not panic as expected at src/lib.rs:3:5\n";
+        let r = LibtestChild.case_result("t", &outcome(trapped(false)), no_panic);
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.reason.is_none(), "libtest's line says it all");
+        let r = LibtestChild.case_result("t", &outcome(trapped(false)), "");
+        assert!(r.reason.unwrap().contains("unreachable"), "a bare trap");
+        let r = LibtestChild.case_result("t", &outcome(trapped(true)), "panicked at x\n");
+        assert!(r.reason.unwrap().contains("catch_unwind"));
+    }
+
+    #[test]
+    fn the_child_is_named_by_its_variable() {
+        assert_eq!(
+            LibtestChild.case_env(&["a::b".into()]),
+            [(INVOKE.to_string(), "a::b".to_string())]
+        );
+        let both = b"RUST_TEST_THREADS --format couldn't find a test with the provided name";
+        assert_eq!(Framework::detect(both), Framework::LibtestChild);
+        assert_eq!(
+            Framework::chosen(Some(Framework::Libtest), Framework::LibtestChild),
+            Framework::LibtestChild
+        );
+    }
+}
