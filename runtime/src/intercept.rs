@@ -322,12 +322,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         }
         // A device opens read-only underneath, whatever was asked; the fd
         // then reads and writes as the device (`devices.rs`).
-        let device = st.device_mount.and_then(|m| {
-            DEVICES
-                .iter()
-                .find(|(file, _)| st.recorder.names(fd, name.as_deref(), m, file))
-                .map(|(_, d)| *d)
-        });
+        let device = st
+            .device_mount
+            .and_then(|m| st.recorder.path_on(fd, name.as_deref(), m))
+            .and_then(|rel| DEVICES.iter().find(|(file, _)| *file == rel).map(|(_, d)| *d));
         let (oflags, rights, fdflags) = if device.is_some() {
             (oflags & !devices::OFLAGS_DROPPED, rights & !devices::RIGHTS_DROPPED, 0)
         } else {

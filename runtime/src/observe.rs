@@ -482,19 +482,28 @@ const fn libc_eloop() -> i32 {
 /// Drops `.` and empty components, keeping `..` (see the module documentation).
 /// `None` when the path is absolute or climbs above the mount from its start:
 /// those escape in every world, so they are facts, not observations.
+///
+/// `base` is a path this function made (or empty): its components are
+/// never empty or `.`, and the first is never `..`. Only `path` is split,
+/// so a guest walking down a deep tree fd by fd pays for the copy of its
+/// base, not for re-reading every component of it on each call.
 pub(crate) fn join(base: &str, path: &str) -> Option<String> {
     if path.starts_with('/') {
         return None;
     }
-    let parts: Vec<&str> = base
-        .split('/')
-        .chain(path.split('/'))
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    if parts.first() == Some(&"..") {
-        return None;
+    let mut out = String::with_capacity(base.len() + 1 + path.len());
+    out.push_str(base);
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if out.is_empty() {
+            if c == ".." {
+                return None;
+            }
+        } else {
+            out.push('/');
+        }
+        out.push_str(c);
     }
-    Some(parts.join("/"))
+    Some(out)
 }
 
 /// `mount-name/rel`, or `mount-name` for the mount's root.
@@ -520,6 +529,9 @@ mod tests {
         assert_eq!(join("", "../secret").as_deref(), None);
         assert_eq!(join("", "/etc/passwd").as_deref(), None);
         assert_eq!(join("", ".").as_deref(), Some(""));
+        assert_eq!(join("a/b", "c/./d//").as_deref(), Some("a/b/c/d"));
+        assert_eq!(join("a", "").as_deref(), Some("a"));
+        assert_eq!(join("a", "../..").as_deref(), Some("a/../.."));
     }
 
     #[test]

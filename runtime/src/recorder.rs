@@ -303,9 +303,16 @@ impl Recorder {
         }
     }
 
-    /// Whether `fd` + `path` names `name` at the root of `mount`.
-    pub fn names(&self, fd: i32, path: Option<&str>, mount: usize, name: &str) -> bool {
-        matches!(self.resolve(fd, path), Target::Path { mount: m, rel } if m == mount && rel == name)
+    /// The path `fd` + `path` leads to on `mount`, if it leads there (an fd
+    /// on another mount is told at once, without joining its path).
+    pub fn path_on(&self, fd: i32, path: Option<&str>, mount: usize) -> Option<String> {
+        if self.fds.get(&(fd as u32))?.mount != mount {
+            return None;
+        }
+        match self.resolve(fd, path) {
+            Target::Path { rel, .. } => Some(rel),
+            Target::Untracked | Target::Escape(_) => None,
+        }
     }
 
     /// Whether `mount` is the run's scratch dir.
