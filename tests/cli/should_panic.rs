@@ -126,3 +126,71 @@ fn issue_16_a_module_built_without_the_flag_skips_should_panic_and_says_how() {
     let at = text.find(ignored).unwrap_or_else(|| panic!("{text}"));
     assert!(!text[..at].ends_with("wasm32-wasip1)\n"), "{text}");
 }
+
+/// The suite built as the README tells users to build a prebuilt module so
+/// its `#[should_panic]` tests run, into its own target dir.
+fn built_for_child_mode(target: &std::path::Path) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "test",
+            "--no-run",
+            "--quiet",
+            "--target",
+            "wasm32-wasip1",
+            "--message-format=json",
+            "--manifest-path",
+        ])
+        .arg(repo_root().join(SUITE).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTFLAGS", "-Zpanic-abort-tests")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("a test executable")
+}
+
+#[test]
+fn issue_16_cachet_exec_as_cargos_runner_runs_should_panic_tests() {
+    let target = tempfile::tempdir().unwrap();
+    let module = built_for_child_mode(target.path());
+    let module = module.to_str().unwrap();
+    // As cargo's runner: the binary alone, then with a filter.
+    let o = cachet_with(&repo_root(), &["exec", module], &[]);
+    assert_eq!(o.status.code(), Some(101), "{}", stderr(&o));
+    let text = stdout(&o);
+    for line in [
+        "test tests::panics_as_expected ... ok\n",
+        "test tests::panics_with_any_message ... ok\n",
+        "test tests::does_not_panic ... FAILED\n",
+        "test tests::panics_with_another_message ... FAILED\n",
+        "test tests::ignored ... ignored\n",
+        "test did not panic as expected",
+        "test result: FAILED. 3 passed; 4 failed; 1 ignored;",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    let o = cachet_with(
+        &repo_root(),
+        &["exec", module, "tests::panics_as_expected", "--exact"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("test result: ok. 1 passed; 0 failed; 0 ignored;"),
+        "{}",
+        stdout(&o)
+    );
+}
