@@ -76,16 +76,8 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
         for a in artifacts {
             let module_policy = plan::module_policy(&policy, &a);
             let listing = match plan::listing_key(&package.name, &a, &module_policy, stack) {
-                None => Some(Listing {
-                    cases: vec![a.file_name()],
-                    init: std::time::Duration::ZERO,
-                    ignored: Vec::new(),
-                }),
-                Some((parts, _)) => cache.listing(&parts, &package.name).map(|r| Listing {
-                    cases: r.cases,
-                    init: r.elapsed,
-                    ignored: r.ignored,
-                }),
+                None => Some(Listing::whole(&a)),
+                Some((parts, _)) => cache.listing(&parts, &package.name).map(Listing::cached),
             };
             match listing {
                 Some(l) => modules.push((a, l)),

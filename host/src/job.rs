@@ -141,11 +141,7 @@ pub fn cached_listing(env: &Env, package: &str, m: &Artifact, policy: &Policy) -
     let (parts, name) =
         crate::plan::listing_key(package, m, policy, env.config.sandbox.stack_bytes())?;
     match cache.lookup(name, package, &parts, &policy.world()) {
-        Lookup::Hit(r) => Some(Listing {
-            cases: r.cases,
-            init: r.elapsed,
-            ignored: r.ignored,
-        }),
+        Lookup::Hit(r) => Some(Listing::cached(r)),
         Lookup::Miss(Miss::Corrupt(e)) => {
             let message = e.to_string();
             let _ = env.tx.send(Event::Warning { message });
@@ -170,11 +166,7 @@ pub fn list_module(
     let module = m.module(runtime)?;
     let harness = m.framework.harness();
     let Some(args) = harness.list_args() else {
-        return Ok(Listing {
-            cases: vec![m.file_name()],
-            init: Duration::ZERO,
-            ignored: Vec::new(),
-        });
+        return Ok(Listing::whole(m));
     };
     let (parts, name) =
         crate::plan::listing_key(package, m, policy, env.config.sandbox.stack_bytes())

@@ -50,6 +50,26 @@ pub struct Listing {
     pub ignored: Vec<String>,
 }
 
+impl Listing {
+    /// A module whose harness cannot list cases: it is its one case.
+    pub fn whole(module: &Artifact) -> Listing {
+        Listing {
+            cases: vec![module.file_name()],
+            init: Duration::ZERO,
+            ignored: Vec::new(),
+        }
+    }
+
+    /// A listing as the cache holds it.
+    pub fn cached(r: crate::cache::CachedResult) -> Listing {
+        Listing {
+            cases: r.cases,
+            init: r.elapsed,
+            ignored: r.ignored,
+        }
+    }
+}
+
 /// Where a Go package's module is mounted: `/go/src/<module path>`, a path
 /// that is the same on every machine (Go resolves relative paths against
 /// `PWD`, which is set below it).
