@@ -733,3 +733,51 @@ fn cachet_toml_profiles_set_defaults_that_flags_override() {
         stderr(&o)
     );
 }
+
+/// Issue 17, part 4: twenty packages holding the same module, each with its
+/// own testdata. A fresh machine gets every one of them from the remote,
+/// with the requests one package costs: a key's entry and its module's pack
+/// keep an input state per package, not the last few.
+#[test]
+fn twenty_packages_of_one_module_are_all_served_to_a_fresh_machine() {
+    const PACKAGES: usize = 20;
+    let nginx = Nginx::start(Serve::Dav);
+    let project = |name: &str| {
+        let root = tempfile::tempdir().unwrap();
+        for n in 1..=PACKAGES {
+            let p = root.path().join(name).join(format!("pkg{n:02}"));
+            std::fs::create_dir_all(p.join("testdata/listed")).unwrap();
+            std::fs::copy(&fixture("suite_cachecases").wasm, p.join("cases.wasm")).unwrap();
+            std::fs::write(p.join("testdata/a.txt"), format!("alpha {n}")).unwrap();
+            std::fs::write(p.join("testdata/b.txt"), format!("bravo {n}")).unwrap();
+            std::fs::write(p.join("testdata/listed/x"), "").unwrap();
+            std::os::unix::fs::symlink("a.txt", p.join("testdata/link")).unwrap();
+        }
+        root
+    };
+    let run = |root: &Path, name: &str, cache: &Path| {
+        let o = cachet_with(
+            &root.join(name),
+            &["test", "-p", "2", "--explain", "--remote-cache", &nginx.url, "./..."],
+            &[("CACHET_CACHE", cache.to_str().unwrap())],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        assert_eq!(stderr(&o), "", "no warning");
+        o
+    };
+    let (a, a_cache) = (project("a"), tempfile::tempdir().unwrap());
+    let first = run(a.path(), "a", a_cache.path());
+    let passed = |o: &Output| stdout(o).lines().filter(|l| l.starts_with("ok  \t")).count();
+    assert_eq!(passed(&first), PACKAGES, "{}", stdout(&first));
+
+    let (b, b_cache) = (project("b/elsewhere"), tempfile::tempdir().unwrap());
+    let gets = nginx.requests("GET");
+    let o = run(b.path(), "b/elsewhere", b_cache.path());
+    let cached = stdout(&o).matches("(cached)").count();
+    assert_eq!((passed(&o), cached), (PACKAGES, PACKAGES), "{}", stdout(&o));
+    assert_eq!(
+        nginx.requests("GET") - gets,
+        2,
+        "what one package costs: the listing's entry and the module's pack"
+    );
+}

@@ -74,8 +74,63 @@ pub(super) struct PackageLog {
     pub(super) log: InputLog,
 }
 
-/// Logs kept per test key: packages holding the same module.
-pub(super) const MAX_LOGS: usize = 8;
+/// Input states a test key keeps for one package in a bundle (its
+/// testdata on two branches, say). Locally a key keeps one log per package:
+/// the results stay filed by inputs, and any log of the same shape finds them.
+const STATES_PER_PACKAGE: usize = 2;
+/// Packages a test key keeps input states for: the packages holding the
+/// same module (one module copied into many packages, a workspace's
+/// crates sharing a test binary) each keep theirs, up to this many.
+const MAX_PACKAGES: usize = 64;
+
+/// `items` (most recent first) as a key keeps them: at most `per_package`
+/// of each package, of at most [`MAX_PACKAGES`] packages, the most recent.
+fn kept<T>(
+    items: impl IntoIterator<Item = T>,
+    package: impl Fn(&T) -> &str,
+    per_package: usize,
+) -> Vec<T> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut out = Vec::new();
+    for item in items {
+        let p = package(&item);
+        match counts.iter().position(|(q, _)| q == p) {
+            Some(i) if counts[i].1 >= per_package => continue,
+            Some(i) => counts[i].1 += 1,
+            None if counts.len() >= MAX_PACKAGES => continue,
+            None => counts.push((p.to_string(), 1)),
+        }
+        out.push(item);
+    }
+    out
+}
+
+/// A key's local logs after a run of `package` recorded `log`: it first,
+/// then the others' (one per package), as [`kept`].
+pub(super) fn with_log(logs: Vec<PackageLog>, package: &str, log: &InputLog) -> Vec<PackageLog> {
+    let new = PackageLog {
+        package: package.to_string(),
+        log: log.clone(),
+    };
+    let rest = logs
+        .into_iter()
+        .filter(|l| l.package != package && l.log != *log);
+    kept(std::iter::once(new).chain(rest), |l| &l.package, 1)
+}
+
+/// A key's bundle entries: those of `new`, then those of `old` for other
+/// input states, as [`kept`]. Where a server or a pack already held
+/// entries, what a run adds goes in front of them.
+pub fn merge(new: &[BundleEntry], old: &[BundleEntry]) -> Vec<BundleEntry> {
+    let mut digests = Vec::new();
+    let unique = new.iter().chain(old).filter(|e| {
+        let d = e.log.inputs_digest();
+        let first = !digests.contains(&d);
+        digests.push(d);
+        first
+    });
+    kept(unique.cloned(), |e| &e.package, STATES_PER_PACKAGE)
+}
 
 /// Level 2: the result of a passing run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -236,5 +291,69 @@ impl Pack {
     /// The sha256 of its encoding's JSON (what the encoding's checksum is).
     pub fn digest(&self) -> Option<Sha256Digest> {
         serde_json::to_vec(self).ok().map(|b| Sha256Digest::of(&b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(package: usize, state: usize) -> BundleEntry {
+        let text = format!(
+            "{}\nopen pkg/p{package}/s{state} notfound\n",
+            "cachet-input-log v2"
+        );
+        BundleEntry {
+            package: package_id(&format!("p{package}")),
+            log: InputLog::parse(&text).unwrap(),
+            result: CachedResult {
+                output: String::new(),
+                elapsed: Duration::ZERO,
+                skipped: false,
+                cases: Vec::new(),
+                output_digest: None,
+                module_cases: Vec::new(),
+                ignored: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_key_keeps_input_states_per_package() {
+        // Twenty packages of one module: all kept, whatever the order.
+        let twenty: Vec<_> = (0..20).map(|p| entry(p, 0)).collect();
+        assert_eq!(merge(&twenty[..1], &twenty[1..]).len(), 20);
+        assert_eq!(merge(&twenty[10..], &twenty[..10]).len(), 20);
+        // A package's newest states first, two of them; the same state once.
+        let states: Vec<_> = (0..4).map(|s| entry(7, s)).collect();
+        let kept = merge(
+            &states[..1],
+            &[states[1].clone(), states[0].clone(), states[2].clone()],
+        );
+        assert_eq!(kept, vec![states[0].clone(), states[1].clone()]);
+        // Past MAX_PACKAGES, the most recent packages.
+        let many: Vec<_> = (0..MAX_PACKAGES + 6).map(|p| entry(p, 0)).collect();
+        let kept = merge(&many, &[]);
+        assert_eq!(kept, many[..MAX_PACKAGES].to_vec());
+        // Locally, a package's new log replaces its old one.
+        let logs: Vec<_> = (0..3)
+            .map(|p| PackageLog {
+                package: format!("p{p}"),
+                log: entry(p, 0).log,
+            })
+            .collect();
+        let now = with_log(logs, "p1", &entry(1, 1).log);
+        let order: Vec<_> = now
+            .iter()
+            .map(|l| (l.package.as_str(), l.log.clone()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("p1", entry(1, 1).log),
+                ("p0", entry(0, 0).log),
+                ("p2", entry(2, 0).log)
+            ]
+        );
     }
 }

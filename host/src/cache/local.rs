@@ -11,8 +11,8 @@ use cachet_runtime::{first_change, reobserve, InputLog, World};
 use serde::Deserialize;
 
 use super::entry::{
-    facts_key, ordered, ordered_entries, package_id, CachedResult, EntryError, LogEntry, Lookup,
-    Miss, ModuleFacts, PackageLog, LOGS, MAX_LOGS, NAMES, RESULTS,
+    facts_key, ordered, ordered_entries, package_id, with_log, CachedResult, EntryError, LogEntry,
+    Lookup, Miss, ModuleFacts, PackageLog, LOGS, NAMES, RESULTS,
 };
 use super::key::{KeyParts, NameKey, TestKey};
 use super::shared::Selection;
@@ -278,22 +278,13 @@ impl Cache {
             &key.result(&log.inputs_digest()).0,
             &serde_json::to_vec(result)?,
         )?;
-        let mut logs = match self.read::<LogEntry>(LOGS, &key.0) {
+        let logs = match self.read::<LogEntry>(LOGS, &key.0) {
             Ok(Some(e)) => e.logs,
             _ => Vec::new(),
         };
-        logs.retain(|l| l.package != package && l.log != *log);
-        logs.insert(
-            0,
-            PackageLog {
-                package: package.to_string(),
-                log: log.clone(),
-            },
-        );
-        logs.truncate(MAX_LOGS);
         let entry = LogEntry {
             parts: parts.clone(),
-            logs,
+            logs: with_log(logs, package, log),
         };
         self.store.put(LOGS, &key.0, &serde_json::to_vec(&entry)?)?;
         self.store

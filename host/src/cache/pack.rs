@@ -16,12 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use cachet_runtime::Sha256Digest;
 
-use super::entry::{Bundle, BundleEntry, EntryError, Pack};
+use super::entry::{merge, Bundle, EntryError, Pack};
 use super::{Store, TestKey};
 
 const PACKS: &str = "packs";
-/// Input states kept per test key, as on the server.
-const MAX_ENTRIES: usize = 8;
 
 #[derive(Default)]
 struct LocalPack {
@@ -142,17 +140,4 @@ impl Packs {
             }
         }
     }
-}
-
-/// `new` then those of `old` for other input states, at most [`MAX_ENTRIES`].
-pub fn merge(new: &[BundleEntry], old: &[BundleEntry]) -> Vec<BundleEntry> {
-    let mut out: Vec<BundleEntry> = Vec::new();
-    for e in new.iter().chain(old) {
-        let digest = e.log.inputs_digest();
-        if !out.iter().any(|o| o.log.inputs_digest() == digest) {
-            out.push(e.clone());
-        }
-    }
-    out.truncate(MAX_ENTRIES);
-    out
 }

@@ -28,8 +28,9 @@
 //! the run (the run goes on with the local cache). Uploads run on a few
 //! threads while cases run and are waited for, bounded, at the end.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cachet_runtime::Sha256Digest;
@@ -117,16 +118,29 @@ pub struct Remote {
     uploads: Mutex<Option<Uploads>>,
     /// What the server held for the keys looked up, so an upload adds to
     /// it instead of replacing another machine's input states.
-    seen: Mutex<std::collections::HashMap<TestKey, Vec<BundleEntry>>>,
+    seen: Mutex<HashMap<TestKey, Vec<BundleEntry>>>,
+    /// The server's answer for each entry asked for in this run: packages
+    /// holding the same module ask for the same keys, often at once, and
+    /// one request answers them all.
+    answers: Mutex<HashMap<Sha256Digest, Arc<Answer>>>,
 }
 
-/// Input states kept per test key on the server (other packages, other
-/// checkouts' testdata), most recent first.
-const MAX_ENTRIES: usize = 8;
+/// An entry's bytes as the server gave them (`None`: it had none, or failed).
+type Answer = OnceLock<Option<Arc<[u8]>>>;
 
 struct Uploads {
-    tx: mpsc::Sender<(Sha256Digest, Vec<u8>)>,
+    queue: Arc<(Mutex<Queue>, Condvar)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Entries waiting for an upload thread. A newer entry for a key still
+/// waiting replaces it (within a run a key's entry only gains logs), so
+/// packages holding the same module do not upload a key once each.
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<Sha256Digest>,
+    bytes: HashMap<Sha256Digest, Vec<u8>>,
+    closed: bool,
 }
 
 impl Remote {
@@ -140,6 +154,7 @@ impl Remote {
             stats: RemoteStats::default(),
             uploads: Mutex::new(None),
             seen: Mutex::new(Default::default()),
+            answers: Mutex::new(Default::default()),
         })
     }
 
@@ -184,20 +199,31 @@ impl Remote {
         if self.off.load(Ordering::Relaxed) {
             return None;
         }
-        match self.try_fetch(key, magic) {
-            Ok(b) => b,
+        // Asked once per run: a second asker waits for the first's answer.
+        let answer = self
+            .answers
+            .lock()
+            .expect("answers")
+            .entry(*key)
+            .or_default()
+            .clone();
+        let bytes = answer.get_or_init(|| match self.try_fetch(key) {
+            Ok(bytes) => bytes.map(Arc::from),
             Err(e) => {
                 self.turn_off(e.to_string());
                 None
             }
+        });
+        let found = super::entry::unseal(bytes.as_deref()?, magic);
+        if found.is_none() {
+            self.turn_off(format!("entry {}: the entry is damaged", key.hex()));
         }
+        found
     }
 
-    fn try_fetch<T: for<'de> Deserialize<'de>>(
-        &self,
-        key: &Sha256Digest,
-        magic: &[u8],
-    ) -> Result<Option<(T, Sha256Digest)>, TransportError> {
+    /// The bytes of the entry under `key`, verified against their digest
+    /// where the server stores them by digest.
+    fn try_fetch(&self, key: &Sha256Digest) -> Result<Option<Vec<u8>>, TransportError> {
         let Some(action) = self.with_retries(|| self.transport.get_action(key))? else {
             return Ok(None);
         };
@@ -224,9 +250,7 @@ impl Remote {
             }
             _ => return Err(fatal(format!("entry {}: holds no cachet entry", key.hex()))),
         };
-        super::entry::unseal(&bytes, magic)
-            .map(Some)
-            .ok_or_else(|| fatal(format!("entry {}: the entry is damaged", key.hex())))
+        Ok(Some(bytes))
     }
 
     /// Queues `bundle` for upload under `key` (nothing when read-only or off).
@@ -235,18 +259,9 @@ impl Remote {
             return;
         }
         let mut bundle = bundle.clone();
+        // What the server held for other packages and inputs stays.
         if let Some(seen) = self.seen.lock().expect("seen").get(&key) {
-            let ours: Vec<_> = bundle
-                .entries
-                .iter()
-                .map(|e| e.log.inputs_digest())
-                .collect();
-            bundle.entries.extend(
-                seen.iter()
-                    .filter(|e| !ours.contains(&e.log.inputs_digest()))
-                    .cloned(),
-            );
-            bundle.entries.truncate(MAX_ENTRIES);
+            bundle.entries = super::entry::merge(&bundle.entries, seen);
         }
         if let Ok(bytes) = super::entry::seal(&bundle, MAGIC) {
             self.queue(key.0, bytes);
@@ -268,18 +283,34 @@ impl Remote {
     fn queue(self: &Arc<Self>, key: Sha256Digest, bytes: Vec<u8>) {
         let mut uploads = self.uploads.lock().expect("uploads");
         let up = uploads.get_or_insert_with(|| self.start_uploads());
-        let _ = up.tx.send((key, bytes));
+        let (queue, wake) = &*up.queue;
+        let mut q = queue.lock().expect("upload queue");
+        if q.bytes.insert(key, bytes).is_none() {
+            q.order.push_back(key);
+        }
+        wake.notify_one();
     }
 
     fn start_uploads(self: &Arc<Self>) -> Uploads {
-        let (tx, rx) = mpsc::channel::<(Sha256Digest, Vec<u8>)>();
-        let rx = Arc::new(Mutex::new(rx));
+        let queue: Arc<(Mutex<Queue>, Condvar)> = Default::default();
         let threads = (0..UPLOAD_THREADS)
             .map(|_| {
-                let (me, rx) = (self.clone(), rx.clone());
+                let (me, queue) = (self.clone(), queue.clone());
                 std::thread::spawn(move || loop {
-                    let next = rx.lock().expect("upload queue").recv();
-                    let Ok((key, bytes)) = next else { return };
+                    let (key, bytes) = {
+                        let (q, wake) = &*queue;
+                        let mut q = q.lock().expect("upload queue");
+                        loop {
+                            if let Some(key) = q.order.pop_front() {
+                                let bytes = q.bytes.remove(&key).unwrap_or_default();
+                                break (key, bytes);
+                            }
+                            if q.closed {
+                                return;
+                            }
+                            q = wake.wait(q).expect("upload queue");
+                        }
+                    };
                     if me.off.load(Ordering::Relaxed) {
                         continue;
                     }
@@ -292,7 +323,7 @@ impl Remote {
                 })
             })
             .collect();
-        Uploads { tx, threads }
+        Uploads { queue, threads }
     }
 
     fn put_entry(&self, key: &Sha256Digest, bytes: Vec<u8>) -> Result<(), TransportError> {
@@ -316,8 +347,9 @@ impl Remote {
     /// run, if the remote had a problem.
     pub fn finish(&self) -> Option<String> {
         let uploads = self.uploads.lock().expect("uploads").take();
-        if let Some(Uploads { tx, threads }) = uploads {
-            drop(tx);
+        if let Some(Uploads { queue, threads }) = uploads {
+            queue.0.lock().expect("upload queue").closed = true;
+            queue.1.notify_all();
             let deadline = Instant::now() + UPLOAD_WAIT;
             for t in threads {
                 while !t.is_finished() && Instant::now() < deadline {

@@ -8,12 +8,11 @@
 use cachet_runtime::{reobserve, InputLog, World};
 
 use super::entry::{
-    ordered_entries, pack_key, package_id, Bundle, BundleEntry, CachedResult, LogEntry, Lookup,
-    Miss, Pack, PackageLog, LOGS, RESULTS,
+    merge, ordered_entries, pack_key, package_id, Bundle, BundleEntry, CachedResult, LogEntry,
+    Lookup, Miss, Pack, PackageLog, LOGS, RESULTS,
 };
 use super::key::{KeyParts, NameKey, TestKey};
 use super::local::{Cache, Packed};
-use super::pack;
 
 /// One job to look up: its key, its package, the world its log is
 /// re-observed in, and whether its result may come from (and go to) a
@@ -152,7 +151,12 @@ impl Cache {
         };
         let selections = std::mem::take(&mut *self.selections.lock().expect("selections"));
         let saved = self.saved.lock().expect("saved").clone();
+        // Packages holding the same module select the same keys: one pack.
+        let mut done = std::collections::HashSet::new();
         for sel in selections {
+            if !done.insert(sel.pack) {
+                continue;
+            }
             // What the server gave, unchanged by this run.
             if sel.fetched.is_some() && sel.complete && !sel.keys.iter().any(|k| saved.contains(k))
             {
@@ -171,7 +175,7 @@ impl Cache {
                         Ok(Some(b)) => b.entries.clone(),
                         _ => Vec::new(),
                     };
-                    let entries = pack::merge(&own, &pack::merge(&packed, &remote.seen(&key)));
+                    let entries = merge(&own, &merge(&packed, &remote.seen(&key)));
                     (!entries.is_empty()).then_some(Bundle { parts, entries })
                 })
                 .collect();
