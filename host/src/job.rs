@@ -89,6 +89,27 @@ impl LazyRuntime {
             .map_err(Clone::clone)
     }
 
+    /// Looks for compiled modules in `store` too, and shares them there.
+    pub fn sharing_compiled(mut self, store: cachet_runtime::SharedCompiled) -> Self {
+        self.config.shared_compiled = Some(store);
+        self
+    }
+
+    /// Waits for the background compiles (`Runtime::finish_background`).
+    pub fn finish_background(&self) {
+        if let Some(Ok(rt)) = self.runtime.get() {
+            rt.finish_background();
+        }
+    }
+
+    /// How modules were compiled or loaded, if the runtime was made.
+    pub fn stats(&self) -> Option<cachet_runtime::LoadStats> {
+        match self.runtime.get() {
+            Some(Ok(rt)) => Some(rt.stats()),
+            _ => None,
+        }
+    }
+
     /// Whether Ctrl-C stopped the runs.
     pub fn interrupted(&self) -> bool {
         matches!(self.runtime.get(), Some(Ok(rt)) if rt.interrupted())
@@ -121,6 +142,8 @@ pub fn runtime_for(config: &TestConfig, uninterruptible: bool) -> LazyRuntime {
         max_wasm_stack: config.sandbox.stack,
         compile,
         uninterruptible,
+        tier: config.tier,
+        shared_compiled: None,
     })
 }
 
@@ -526,6 +549,10 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         Ok(m) => m,
         Err(e) => return (setup_failed(e.into()), None),
     };
+    if job.cases.len() > 1 {
+        // Many cases in one instance: a long run, for Cranelift's code.
+        runtime.settle(&module);
+    }
     let mut policy = (*job.policy).clone();
     let mut args = harness.case_args(&job.run_cases);
     args.extend(harness.flag_args(&env.config.flags));
@@ -548,6 +575,14 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
             });
         }
         let stream = Arc::new(Mutex::new(CaseStream::new(job.framework, &name, live)));
+        if !live {
+            // Nothing shown yet: a start over on Cranelift's code may
+            // forget the first start's output.
+            let (s, framework, name) = (stream.clone(), job.framework, name.clone());
+            policy.tee_restart(OutputTee(Arc::new(move |_: &[u8]| {
+                *s.lock().expect("case stream") = CaseStream::new(framework, &name, false);
+            })));
+        }
         let (tx, pkg, s) = (env.tx.clone(), job.pkg, stream.clone());
         policy.output_tee(OutputTee(Arc::new(move |bytes: &[u8]| {
             let text = s.lock().expect("case stream").push(bytes);

@@ -85,9 +85,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Inputs(args) => inputs::run(args, home::open_cache()),
         Command::Clean(args) => home::clean(args.results),
         Command::Compile(a) => {
-            let epochs = a.epochs != 0;
             match cachet_runtime::compile_child(
-                &a.input, &a.output, &a.key, a.stack, a.memory, epochs,
+                &a.input,
+                &a.output,
+                &a.key,
+                a.stack,
+                a.memory,
+                a.epochs != 0,
+                a.compiler == "winch",
             ) {
                 Ok(()) => exit::PASSED,
                 Err(e) => {
@@ -125,7 +130,6 @@ fn test(config: TestConfig) -> u8 {
         build,
         home::cache_dir().map(|d| d.join("go-test")).as_deref(),
     );
-    let runtime = Arc::new(job::runtime_for(&config, config.unlimited_time()));
     let scratch = match workdir::Workdir::create() {
         Ok(d) => d,
         Err(e) => {
@@ -140,6 +144,13 @@ fn test(config: TestConfig) -> u8 {
         Box::new(TextFormat::new(config.mode == OutputMode::Verbose))
     };
     let remote = config.remote.clone().map(cache::remote::Remote::new);
+    let mut runtime = job::runtime_for(&config, config.unlimited_time());
+    if let Some(r) = remote.as_ref().filter(|r| r.shares_compiled()) {
+        let store = cache::remote::RemoteCompiled(r.clone());
+        runtime = runtime.sharing_compiled(cachet_runtime::SharedCompiled(Arc::new(store)));
+    }
+    let runtime = Arc::new(runtime);
+    let explain_modules = (config.explain && !json).then(|| runtime.clone());
     let cache = match (home::open_cache(), &remote) {
         (Some(c), Some(r)) => Some(c.with_remote(r.clone())),
         (c, _) => c,
@@ -175,6 +186,12 @@ fn test(config: TestConfig) -> u8 {
         c.save_memo();
     }
     let mut code = reporter.finish();
+    if let Some(s) = explain_modules.and_then(|r| r.stats()) {
+        println!(
+            "cachet: explain: modules: {} compiled by Cranelift ({} after starting on Winch), {} by Winch, {} from the local cache, {} from the remote cache",
+            s.compiled, s.upgraded, s.winch, s.loaded_from_disk, s.fetched
+        );
+    }
     if let Some((path, j)) = junit {
         if let Err(e) = j.write(&path) {
             eprintln!("cachet: {e}");

@@ -105,11 +105,23 @@ pub fn run(
         // A weak sender: the event loop below ends when the driver's senders
         // are gone, whatever the signal watcher is waiting for.
         let signals = tokio::spawn(watch_signals(ctx.clone(), tx.downgrade()));
+        // Compiled modules shared through the remote serve every later
+        // machine: the background compiles are finished for them (Ctrl-C
+        // still stops them), not dropped with the run.
+        let finish = ctx
+            .config
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.compiled && !r.read_only)
+            .then(|| ctx.runtime.clone());
         let driver = tokio::spawn(drive(ctx, packages, tx));
         while let Some(event) = rx.recv().await {
             on_event(event);
         }
         driver.await.expect("the scheduler does not panic");
+        if let Some(runtime) = finish {
+            let _ = tokio::task::spawn_blocking(move || runtime.finish_background()).await;
+        }
         signals.abort();
     });
 }

@@ -13,6 +13,16 @@
 //! - Compiling can run in a child process (`RuntimeConfig::compile`) with a
 //!   time and memory limit, so a compile bomb fails its package's setup
 //!   instead of taking the host down.
+//! - Tiers (`Tier::Auto`): a module with no compiled code starts at once on
+//!   Winch, wasmtime's baseline compiler (6-7x faster to compile, code about
+//!   2x slower), while Cranelift compiles it in the background on a
+//!   low-priority child process; later runs use Cranelift's code, and a run
+//!   still going on Winch when it is ready starts over on it (`run.rs`).
+//!   Only Cranelift's code is kept on disk, and only for modules whose runs
+//!   lasted until it was ready: a background compile still going when the
+//!   runtime goes away is stopped (a module whose runs all end sooner is
+//!   cheaper to compile with Winch again). A module Winch cannot compile
+//!   (tail calls, exceptions, GC) goes straight to Cranelift.
 //! - Each module's `InstancePre` (imports resolved once) is reused by every run.
 //! - Guests run on threads whose stacks hold the wasm stack (`guest_thread.rs`).
 
@@ -21,7 +31,7 @@ use std::ffi::OsString;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,7 +97,54 @@ pub struct Module {
 
 pub(crate) struct ModuleInner {
     pub digest: ModuleDigest,
+    /// The code runs start with: Cranelift's, or Winch's (`tier`).
     pub pre: InstancePre<RunState>,
+    pub tier: Compiler,
+    /// Cranelift's code for a module that started on Winch, once compiled.
+    pub upgraded: OnceLock<InstancePre<RunState>>,
+    /// Its Cranelift compile is queued or running.
+    pub upgrading: AtomicBool,
+}
+
+impl ModuleInner {
+    /// The best code ready now, and its compiler.
+    pub fn current(&self) -> (&InstancePre<RunState>, Compiler) {
+        match self.upgraded.get() {
+            Some(pre) => (pre, Compiler::Cranelift),
+            None => (&self.pre, self.tier),
+        }
+    }
+}
+
+/// Which compilers make a module's code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tier {
+    /// Cranelift only: every module is compiled (or loaded) before it runs.
+    #[default]
+    Cranelift,
+    /// Winch only, nothing kept on disk: for comparing tiers.
+    Winch,
+    /// Winch first for a module with no compiled code, Cranelift in the
+    /// background; see the module docs.
+    Auto,
+}
+
+impl Tier {
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "auto" => Some(Tier::Auto),
+            "cranelift" => Some(Tier::Cranelift),
+            "winch" => Some(Tier::Winch),
+            _ => None,
+        }
+    }
+}
+
+/// The compiler of a piece of code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compiler {
+    Cranelift,
+    Winch,
 }
 
 impl std::fmt::Debug for Module {
@@ -102,6 +159,11 @@ impl Module {
     pub fn digest(&self) -> ModuleDigest {
         self.inner.digest
     }
+
+    /// The compiler of the code runs use now.
+    pub fn compiler(&self) -> Compiler {
+        self.inner.current().1
+    }
 }
 
 /// Counters of how modules were obtained, for tests and `--explain`.
@@ -113,11 +175,42 @@ pub struct LoadStats {
     pub loaded_from_disk: u64,
     /// Found already loaded in this process.
     pub reused: u64,
+    /// Compiled with Winch (to start at once, or under `Tier::Winch`).
+    pub winch: u64,
+    /// Switched to Cranelift's code after starting on Winch.
+    pub upgraded: u64,
+    /// Cranelift's code from the shared store ([`CompiledStore`]).
+    pub fetched: u64,
+}
+
+/// Cranelift's compiled files shared beyond this machine (the host's remote
+/// cache), by the file's key: module digest, engine fingerprint (compiler
+/// settings, target CPU features) and wasmtime version, so code never
+/// reaches an engine it was not made for. What `fetch` gives is used only
+/// when it is a whole compiled file bound to that key (header and BLAKE3
+/// trailer checked, as for a file on disk); loading it still trusts the
+/// server as much as a file in the local cache: native code.
+pub trait CompiledStore: Send + Sync {
+    fn fetch(&self, key: &Sha256Digest) -> Option<Vec<u8>>;
+    /// Shares a compiled file just made here.
+    fn store(&self, key: &Sha256Digest, file: Vec<u8>);
+}
+
+/// A [`CompiledStore`] in a [`RuntimeConfig`].
+#[derive(Clone)]
+pub struct SharedCompiled(pub Arc<dyn CompiledStore>);
+
+impl std::fmt::Debug for SharedCompiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedCompiled")
+    }
 }
 
 /// Settings of the one engine.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeConfig {
+    /// Where compiled files are also looked for and shared (a remote cache).
+    pub shared_compiled: Option<SharedCompiled>,
     /// Where compiled modules are kept; `None` keeps them in memory only.
     pub compiled_cache: Option<PathBuf>,
     /// The wasm stack of every run; `None` is [`MAX_WASM_STACK`].
@@ -129,10 +222,14 @@ pub struct RuntimeConfig {
     /// measured), and a run stops for its deadline or an interrupt only at
     /// its next host call, never inside a loop of wasm code.
     pub uninterruptible: bool,
+    /// Which compilers make code. `Tier::Auto` needs epoch checks (a run
+    /// switches to Cranelift at an epoch tick): with `uninterruptible` it is
+    /// `Tier::Cranelift`.
+    pub tier: Tier,
 }
 
 /// How to compile a module in a child process: `program args... IN OUT KEY
-/// STACK MEMORY EPOCHS` must call [`compile_child`]. The child gets `memory` bytes
+/// STACK MEMORY EPOCHS COMPILER` must call [`compile_child`]. The child gets `memory` bytes
 /// of address space and `timeout` of wall time; past either, the module is
 /// reported as a compile bomb.
 #[derive(Clone, Debug)]
@@ -154,7 +251,10 @@ pub const DEFAULT_COMPILE_MEMORY: u64 = 4 << 30;
 
 /// What every run of every guest thread shares.
 pub(crate) struct Shared {
+    /// Cranelift's engine.
     pub engine: Engine,
+    /// Winch's engine and linker, made when a module first needs them.
+    pub winch: OnceLock<Result<(Engine, Linker<RunState>), String>>,
     /// Wasm code checks the epoch in loops (see `RuntimeConfig::uninterruptible`).
     pub epochs: bool,
     pub scratch: ScratchPool,
@@ -165,21 +265,63 @@ pub(crate) struct Shared {
 pub struct Runtime {
     pub(crate) shared: Arc<Shared>,
     pub(crate) threads: GuestThreads,
-    pub(crate) linker: Linker<RunState>,
-    compiled_cache: Option<PathBuf>,
-    compile: Option<CompileGuard>,
+    compilers: Arc<Compilers>,
+    tier: Tier,
     modules: Mutex<HashMap<ModuleDigest, Module>>,
-    compiled: AtomicU64,
-    loaded_from_disk: AtomicU64,
-    reused: AtomicU64,
+    background: Background,
     stop_ticker: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
 }
 
+/// What compiling needs, shared with the background compiles.
+struct Compilers {
+    shared: Arc<Shared>,
+    linker: Linker<RunState>,
+    compiled_cache: Option<PathBuf>,
+    shared_compiled: Option<SharedCompiled>,
+    compile: Option<CompileGuard>,
+    compiled: AtomicU64,
+    fetched: AtomicU64,
+    loaded_from_disk: AtomicU64,
+    reused: AtomicU64,
+    winch: AtomicU64,
+    upgraded: AtomicU64,
+    /// Set when the runtime goes away: background compiles stop.
+    cancel: AtomicBool,
+}
+
+/// Cranelift compiles of modules that started on Winch, one at a time on a
+/// low-priority thread (and child process), so they take what the runs
+/// leave of the machine.
+#[derive(Default)]
+struct Background {
+    queue: Arc<(Mutex<BackgroundQueue>, Condvar)>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct BackgroundQueue {
+    jobs: std::collections::VecDeque<Upgrade>,
+    /// Jobs queued or compiling.
+    pending: usize,
+    closed: bool,
+}
+
+/// A module to compile with Cranelift and switch to.
+struct Upgrade {
+    bytes: Arc<[u8]>,
+    key: Sha256Digest,
+    cached: Option<PathBuf>,
+    inner: Arc<ModuleInner>,
+}
+
 /// The engine settings of every run, and of the compile child (which needs
 /// no instance pool, and must produce code the pooled engine accepts).
-fn engine_config(max_wasm_stack: usize, pooled: bool, epochs: bool) -> Config {
+fn engine_config(max_wasm_stack: usize, pooled: bool, epochs: bool, compiler: Compiler) -> Config {
     let mut wasm = Config::new();
+    if compiler == Compiler::Winch {
+        wasm.strategy(wasmtime::Strategy::Winch);
+    }
     wasm.epoch_interruption(epochs)
         .max_wasm_stack(max_wasm_stack)
         // wasmtime requires the async stack to hold the wasm stack even
@@ -207,24 +349,37 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let max_wasm_stack = config.max_wasm_stack.unwrap_or(MAX_WASM_STACK);
         let epochs = !config.uninterruptible;
-        let wasm = engine_config(max_wasm_stack, true, epochs);
+        let tier = match (config.tier, epochs) {
+            (Tier::Auto, false) => Tier::Cranelift,
+            (tier, _) => tier,
+        };
+        let wasm = engine_config(max_wasm_stack, true, epochs, Compiler::Cranelift);
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        crate::intercept::add_to_linker(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker = new_linker(&engine).map_err(RuntimeError::Engine)?;
+        let shared = Arc::new(Shared {
+            engine,
+            winch: OnceLock::new(),
+            epochs,
+            scratch: ScratchPool::default(),
+            interrupt: Arc::default(),
+            max_wasm_stack,
+        });
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker = match epochs {
             false => None,
             true => {
-                let engine = engine.clone();
+                let shared = shared.clone();
                 let stop = stop_ticker.clone();
                 let ticker = std::thread::Builder::new()
                     .name("cachet-epoch".into())
                     .spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             std::thread::sleep(TICK);
-                            engine.increment_epoch();
+                            shared.engine.increment_epoch();
+                            if let Some(Ok((winch, _))) = shared.winch.get() {
+                                winch.increment_epoch();
+                            }
                         }
                     })
                     .map_err(|e| {
@@ -234,25 +389,43 @@ impl Runtime {
             }
         };
         Ok(Runtime {
-            shared: Arc::new(Shared {
-                engine,
-                epochs,
-                scratch: ScratchPool::default(),
-                interrupt: Arc::default(),
-                max_wasm_stack,
-            }),
+            shared: shared.clone(),
             threads: GuestThreads::new(max_wasm_stack)
                 .map_err(|e| RuntimeError::Engine(format!("cannot start the WASI runtime: {e}")))?,
-            linker,
-            compiled_cache: config.compiled_cache,
-            compile: config.compile,
+            compilers: Arc::new(Compilers {
+                shared,
+                linker,
+                compiled_cache: config.compiled_cache,
+                shared_compiled: config.shared_compiled,
+                compile: config.compile,
+                compiled: AtomicU64::new(0),
+                fetched: AtomicU64::new(0),
+                loaded_from_disk: AtomicU64::new(0),
+                reused: AtomicU64::new(0),
+                winch: AtomicU64::new(0),
+                upgraded: AtomicU64::new(0),
+                cancel: AtomicBool::new(false),
+            }),
+            tier,
             modules: Mutex::default(),
-            compiled: AtomicU64::new(0),
-            loaded_from_disk: AtomicU64::new(0),
-            reused: AtomicU64::new(0),
+            background: Background::default(),
             stop_ticker,
             ticker,
         })
+    }
+
+    /// Waits for the background compiles still queued or running, so the
+    /// next run finds Cranelift's code on disk. Returns at once after an
+    /// interrupt.
+    pub fn finish_background(&self) {
+        let (queue, wake) = &*self.background.queue;
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        while q.pending > 0 && !self.interrupted() {
+            q = wake
+                .wait_timeout(q, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Stops every running guest (as `Status::Interrupted`) and every later
@@ -273,15 +446,20 @@ impl Runtime {
         self.shared.interrupt.is_set()
     }
 
+    #[cfg(test)]
     fn engine(&self) -> &Engine {
         &self.shared.engine
     }
 
     pub fn stats(&self) -> LoadStats {
+        let c = &self.compilers;
         LoadStats {
-            compiled: self.compiled.load(Ordering::Relaxed),
-            loaded_from_disk: self.loaded_from_disk.load(Ordering::Relaxed),
-            reused: self.reused.load(Ordering::Relaxed),
+            compiled: c.compiled.load(Ordering::Relaxed),
+            loaded_from_disk: c.loaded_from_disk.load(Ordering::Relaxed),
+            reused: c.reused.load(Ordering::Relaxed),
+            winch: c.winch.load(Ordering::Relaxed),
+            upgraded: c.upgraded.load(Ordering::Relaxed),
+            fetched: c.fetched.load(Ordering::Relaxed),
         }
     }
 
@@ -304,62 +482,146 @@ impl Runtime {
     /// must be `ModuleDigest::of(bytes)` (it names the module in every cache).
     pub fn load_digested(&self, bytes: &[u8], digest: ModuleDigest) -> Result<Module, LoadError> {
         check_header(bytes)?;
-        if let Some(m) = self
-            .modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&digest)
-        {
-            self.reused.fetch_add(1, Ordering::Relaxed);
+        let modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(&digest) {
+            self.compilers.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(m.clone());
         }
-        let key = self.cache_key(&digest);
-        let cached = self
+        drop(modules);
+        let c = &self.compilers;
+        let key = c.cache_key(&c.shared.engine, &digest);
+        let cached = c
             .compiled_cache
             .as_ref()
             .map(|dir| dir.join(format!("{}.cwasm", key.hex())));
-        let module = match cached.as_deref().and_then(|p| self.load_compiled(p, &key)) {
-            Some(m) => {
-                self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
-                m
-            }
-            None => {
-                let m = match &self.compile {
-                    Some(guard) => self.compile_in_child(guard, bytes, &key, cached.as_deref())?,
-                    None => {
-                        let m = wasmtime::Module::new(self.engine(), bytes)
-                            .map_err(|e| LoadError::Compile(first_line(&e)))?;
-                        if let Some(path) = &cached {
-                            // A cache that cannot be written only costs a
-                            // recompile later.
-                            let _ = store_compiled(path, &key, &m);
-                        }
-                        m
-                    }
-                };
-                self.compiled.fetch_add(1, Ordering::Relaxed);
-                m
-            }
+        let from_disk = match self.tier {
+            Tier::Winch => None,
+            _ => cached.as_deref().and_then(|p| c.load_compiled(p, &key)),
         };
-        let pre = self
-            .linker
+        let from_shared = match (&from_disk, self.tier) {
+            (None, Tier::Cranelift | Tier::Auto) => c.fetch_shared(&key, cached.as_deref()),
+            _ => None,
+        };
+        let (module, compiler) = match (from_disk, from_shared) {
+            (Some(m), _) => {
+                c.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
+                (m, Compiler::Cranelift)
+            }
+            (None, Some(m)) => {
+                c.fetched.fetch_add(1, Ordering::Relaxed);
+                (m, Compiler::Cranelift)
+            }
+            (None, None) if self.tier == Tier::Cranelift => (
+                c.cranelift(bytes, &key, cached.as_deref())?,
+                Compiler::Cranelift,
+            ),
+            (None, None) => match c.winch(bytes, &digest) {
+                Ok(m) => (m, Compiler::Winch),
+                // What Winch does not support (tail calls, exceptions,
+                // GC...) goes straight to Cranelift.
+                Err(LoadError::Compile(_)) if self.tier == Tier::Auto => (
+                    c.cranelift(bytes, &key, cached.as_deref())?,
+                    Compiler::Cranelift,
+                ),
+                Err(e) => return Err(e),
+            },
+        };
+        let linker = match compiler {
+            Compiler::Cranelift => &c.linker,
+            Compiler::Winch => &c.shared.winch_engine().map_err(LoadError::Compile)?.1,
+        };
+        let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| LoadError::Link(first_line(&e)))?;
+        let inner = Arc::new(ModuleInner {
+            digest,
+            pre,
+            tier: compiler,
+            upgraded: OnceLock::new(),
+            upgrading: AtomicBool::new(compiler == Compiler::Winch && self.tier == Tier::Auto),
+        });
         let module = Module {
-            inner: Arc::new(ModuleInner { digest, pre }),
+            inner: inner.clone(),
         };
-        self.modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, module.clone());
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(&digest) {
+            // Another caller loaded it meanwhile: one module, one upgrade.
+            return Ok(m.clone());
+        }
+        modules.insert(digest, module.clone());
+        drop(modules);
+        if compiler == Compiler::Winch && self.tier == Tier::Auto {
+            self.upgrade_later(Upgrade {
+                bytes: Arc::from(bytes),
+                key,
+                cached,
+                inner,
+            });
+        }
         Ok(module)
     }
 
-    /// The identity of a module's compiled code: the module digest, this
+    /// Waits until `module`'s runs use Cranelift's code, or its background
+    /// compile ended without it, or Ctrl-C: for a run known to be long (many
+    /// cases in one instance), which on Winch's code would either run at
+    /// half speed or start over, while taking CPU from the compile.
+    pub fn settle(&self, module: &Module) {
+        let inner = &module.inner;
+        while inner.upgrading.load(Ordering::Acquire) && !self.interrupted() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Queues a Cranelift compile of a module running on Winch.
+    fn upgrade_later(&self, job: Upgrade) {
+        let (queue, wake) = &*self.background.queue;
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.jobs.push_back(job);
+        q.pending += 1;
+        wake.notify_all();
+        drop(q);
+        let mut thread = self
+            .background
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if thread.is_none() {
+            let (compilers, queue) = (self.compilers.clone(), self.background.queue.clone());
+            *thread = std::thread::Builder::new()
+                .name("cachet-tier-up".into())
+                .spawn(move || compilers.upgrade_all(&queue))
+                .ok();
+        }
+    }
+}
+
+impl Shared {
+    /// Winch's engine (the same settings but the compiler) and its linker.
+    pub(crate) fn winch_engine(&self) -> Result<&(Engine, Linker<RunState>), String> {
+        self.winch
+            .get_or_init(|| {
+                let config = engine_config(self.max_wasm_stack, true, self.epochs, Compiler::Winch);
+                let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+                let linker = new_linker(&engine)?;
+                Ok((engine, linker))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn new_linker(engine: &Engine) -> Result<Linker<RunState>, String> {
+    let mut linker = Linker::new(engine);
+    crate::intercept::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
+    Ok(linker)
+}
+
+impl Compilers {
+    /// The identity of a module's compiled code: the module digest, the
     /// engine's compatibility fingerprint and the wasmtime version.
-    fn cache_key(&self, digest: &ModuleDigest) -> Sha256Digest {
+    fn cache_key(&self, engine: &Engine, digest: &ModuleDigest) -> Sha256Digest {
         let mut h = ShaHasher(Sha256::new());
-        std::hash::Hash::hash(&self.engine().precompile_compatibility_hash(), &mut h);
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
         h.0.update(WASMTIME_VERSION.as_bytes());
         h.0.update(digest.0 .0);
         Sha256Digest(h.0.finalize().into())
@@ -372,7 +634,103 @@ impl Runtime {
         // SAFETY: the file names this module's key (module digest, engine
         // fingerprint, wasmtime version) in its header, and the trailer over
         // header and body proves both are as `store_compiled` wrote them.
-        unsafe { wasmtime::Module::deserialize(self.engine(), body) }.ok()
+        unsafe { wasmtime::Module::deserialize(&self.shared.engine, body) }.ok()
+    }
+
+    /// Cranelift's code for `key` from the shared store, written to
+    /// `cached` when it verifies (bound to the key, intact).
+    fn fetch_shared(&self, key: &Sha256Digest, cached: Option<&Path>) -> Option<wasmtime::Module> {
+        let file = self.shared_compiled.as_ref()?.0.fetch(key)?;
+        let body = compiled_body(&file, key)?;
+        // SAFETY: as in `load_compiled`: the file names this key in its
+        // header and its trailer holds; the store is trusted as the local
+        // cache is (see `CompiledStore`).
+        let module = unsafe { wasmtime::Module::deserialize(&self.shared.engine, body) }.ok()?;
+        if let Some(path) = cached {
+            let _ = write_atomically(path, &file);
+        }
+        Some(module)
+    }
+
+    /// Cranelift's code for `bytes`, kept in `cached`.
+    fn cranelift(
+        &self,
+        bytes: &[u8],
+        key: &Sha256Digest,
+        cached: Option<&Path>,
+    ) -> Result<wasmtime::Module, LoadError> {
+        let m = match &self.compile {
+            Some(guard) => self.compile_in_child(guard, bytes, key, cached, Compiler::Cranelift)?,
+            None => {
+                let m = wasmtime::Module::new(&self.shared.engine, bytes)
+                    .map_err(|e| LoadError::Compile(first_line(&e)))?;
+                if let Some(path) = cached {
+                    // A cache that cannot be written only costs a
+                    // recompile later.
+                    let _ = store_compiled(path, key, &m);
+                }
+                m
+            }
+        };
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let (Some(shared), Some(path)) = (&self.shared_compiled, cached) {
+            if let Ok(file) = std::fs::read(path) {
+                shared.0.store(key, file);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Winch's code for `bytes`, never kept on disk.
+    fn winch(&self, bytes: &[u8], digest: &ModuleDigest) -> Result<wasmtime::Module, LoadError> {
+        let (engine, _) = self.shared.winch_engine().map_err(LoadError::Compile)?;
+        let m = match &self.compile {
+            Some(guard) => {
+                let key = self.cache_key(engine, digest);
+                self.compile_in_child(guard, bytes, &key, None, Compiler::Winch)?
+            }
+            None => wasmtime::Module::new(engine, bytes)
+                .map_err(|e| LoadError::Compile(first_line(&e)))?,
+        };
+        self.winch.fetch_add(1, Ordering::Relaxed);
+        Ok(m)
+    }
+
+    /// The background thread: compiles each queued module with Cranelift
+    /// and switches its runs to that code. A module Cranelift cannot
+    /// compile within the limits keeps running on Winch.
+    fn upgrade_all(&self, queue: &(Mutex<BackgroundQueue>, Condvar)) {
+        let (queue, wake) = queue;
+        loop {
+            let job = {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(job) = q.jobs.pop_front() {
+                        break job;
+                    }
+                    if q.closed {
+                        return;
+                    }
+                    q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            if !self.cancel.load(Ordering::Relaxed) && !self.shared.interrupt.is_set() {
+                let compiled = self.cranelift(&job.bytes, &job.key, job.cached.as_deref());
+                if let Ok(pre) = compiled.and_then(|m| {
+                    self.linker
+                        .instantiate_pre(&m)
+                        .map_err(|e| LoadError::Link(first_line(&e)))
+                }) {
+                    if job.inner.upgraded.set(pre).is_ok() {
+                        self.upgraded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            job.inner.upgrading.store(false, Ordering::Release);
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending -= 1;
+            wake.notify_all();
+        }
     }
 
     /// Compiles `bytes` in a child process under `guard`'s limits, into
@@ -383,6 +741,7 @@ impl Runtime {
         bytes: &[u8],
         key: &Sha256Digest,
         cached: Option<&Path>,
+        compiler: Compiler,
     ) -> Result<wasmtime::Module, LoadError> {
         let io = |what: &str, e: std::io::Error| LoadError::Compile(format!("{what}: {e}"));
         let dir = match cached.and_then(Path::parent) {
@@ -411,6 +770,10 @@ impl Runtime {
             .arg(self.shared.max_wasm_stack.to_string())
             .arg(guard.memory.to_string())
             .arg(if self.shared.epochs { "1" } else { "0" })
+            .arg(match compiler {
+                Compiler::Cranelift => "cranelift",
+                Compiler::Winch => "winch",
+            })
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -420,6 +783,11 @@ impl Runtime {
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
+                Ok(None) if self.cancel.load(Ordering::Relaxed) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(LoadError::Compile("cancelled".into()));
+                }
                 Ok(None) if start.elapsed() >= guard.timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -453,8 +821,13 @@ impl Runtime {
         let body = compiled_body(&written, key).ok_or_else(|| {
             LoadError::Compile("the compiler process wrote a damaged file".into())
         })?;
-        // SAFETY: as in `load_compiled`: header and trailer checked.
-        let module = unsafe { wasmtime::Module::deserialize(self.engine(), body) }
+        let engine = match compiler {
+            Compiler::Cranelift => &self.shared.engine,
+            Compiler::Winch => &self.shared.winch_engine().map_err(LoadError::Compile)?.0,
+        };
+        // SAFETY: as in `load_compiled`: header and trailer checked, and
+        // the key names the engine's fingerprint.
+        let module = unsafe { wasmtime::Module::deserialize(engine, body) }
             .map_err(|e| LoadError::Compile(first_line(&e)))?;
         if let Some(path) = cached {
             let _ = output.persist(path);
@@ -478,6 +851,7 @@ pub fn compile_child(
     max_wasm_stack: usize,
     memory: u64,
     epochs: bool,
+    winch: bool,
 ) -> Result<(), CompileChildError> {
     limit_address_space(memory);
     let key = Sha256Digest::parse_hex(key_hex)
@@ -487,7 +861,13 @@ pub fn compile_child(
         source,
     })?;
     let compile = |e: wasmtime::Error| CompileChildError::Compile(first_line(&e));
-    let engine = Engine::new(&engine_config(max_wasm_stack, false, epochs)).map_err(compile)?;
+    let compiler = if winch {
+        Compiler::Winch
+    } else {
+        Compiler::Cranelift
+    };
+    let engine =
+        Engine::new(&engine_config(max_wasm_stack, false, epochs, compiler)).map_err(compile)?;
     let module = wasmtime::Module::new(&engine, &bytes).map_err(compile)?;
     store_compiled(output, &key, &module).map_err(|source| CompileChildError::Write {
         path: output.to_path_buf(),
@@ -497,6 +877,24 @@ pub fn compile_child(
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // A compile child still running is killed, not left behind.
+        self.compilers.cancel.store(true, Ordering::Relaxed);
+        self.background
+            .queue
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.background.queue.1.notify_all();
+        if let Some(t) = self
+            .background
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = t.join();
+        }
         self.stop_ticker.store(true, Ordering::Relaxed);
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
@@ -570,8 +968,6 @@ fn store_compiled(
     key: &Sha256Digest,
     module: &wasmtime::Module,
 ) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache file has a parent");
-    std::fs::create_dir_all(dir)?;
     let body = module.serialize().map_err(std::io::Error::other)?;
     let mut bytes = Vec::with_capacity(COMPILED_HEADER.len() + 32 + body.len() + 32);
     bytes.extend_from_slice(COMPILED_HEADER);
@@ -579,8 +975,14 @@ fn store_compiled(
     bytes.extend_from_slice(&body);
     let trailer = blake3::hash(&bytes);
     bytes.extend_from_slice(trailer.as_bytes());
+    write_atomically(path, &bytes)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache file has a parent");
+    std::fs::create_dir_all(dir)?;
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(tmp.path(), &bytes)?;
+    std::fs::write(tmp.path(), bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -702,9 +1104,9 @@ mod tests {
         let (a, b) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"b"));
         let path = dir.path().join("a.cwasm");
         store_compiled(&path, &a, &module).unwrap();
-        assert!(rt.load_compiled(&path, &a).is_some());
+        assert!(rt.compilers.load_compiled(&path, &a).is_some());
         assert!(
-            rt.load_compiled(&path, &b).is_none(),
+            rt.compilers.load_compiled(&path, &b).is_none(),
             "another module's file is refused"
         );
         let mut bytes = std::fs::read(&path).unwrap();
@@ -712,7 +1114,7 @@ mod tests {
         bytes[mid] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         assert!(
-            rt.load_compiled(&path, &a).is_none(),
+            rt.compilers.load_compiled(&path, &a).is_none(),
             "a damaged file is refused"
         );
     }

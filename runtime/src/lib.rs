@@ -38,9 +38,9 @@ pub mod guest_abi;
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use devices::DEVICE_FILES;
 pub use engine::{
-    check_header, compile_child, data_contains, trim_compiled, CompileGuard, LoadStats, Module,
-    ModuleDigest, Runtime, RuntimeConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT,
-    MAX_WASM_STACK, TICK, WASMTIME_VERSION,
+    check_header, compile_child, data_contains, trim_compiled, CompileGuard, CompiledStore,
+    Compiler, LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, SharedCompiled, Tier,
+    DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
 };
 pub use error::{CompileChildError, LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};

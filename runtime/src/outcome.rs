@@ -124,4 +124,9 @@ pub struct RunOutcome {
     /// The scratch file the policy asked to collect, if the guest wrote it
     /// (at most 16 MiB of it).
     pub collected: Option<Vec<u8>>,
+    /// The compiler whose code ran it to its end.
+    pub compiler: crate::engine::Compiler,
+    /// It started on Winch and started over on Cranelift's code, when that
+    /// was ready (`elapsed` and everything else are of the second start).
+    pub restarted: bool,
 }

@@ -98,6 +98,10 @@ pub struct Policy {
     pub(crate) program_name: String,
     pub(crate) output_limit: usize,
     pub(crate) output_tee: Option<OutputTee>,
+    /// Called before a run starts over on Cranelift's code (`run.rs`): the
+    /// tee's receiver forgets what the first start wrote. Without it, a run
+    /// with a tee never starts over.
+    pub(crate) tee_restart: Option<OutputTee>,
     pub(crate) memo: Option<crate::observe::SharedMemo>,
     pub(crate) memory_limit: u64,
     pub(crate) table_limit: u32,
@@ -127,6 +131,7 @@ impl Policy {
             program_name: "main.wasm".to_string(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
             output_tee: None,
+            tee_restart: None,
             memo: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             table_limit: DEFAULT_TABLE_LIMIT,
@@ -247,6 +252,15 @@ impl Policy {
     /// Also hands every output write to `tee` as it happens.
     pub fn output_tee(&mut self, tee: OutputTee) -> &mut Self {
         self.output_tee = Some(tee);
+        self
+    }
+
+    /// Lets a run with an output tee start over on Cranelift's code when it
+    /// started on Winch's: `reset` is called (with no bytes) before the
+    /// second start, and must make the tee's receiver forget the first.
+    /// Give it only when nothing the tee received was shown yet.
+    pub fn tee_restart(&mut self, reset: OutputTee) -> &mut Self {
+        self.tee_restart = Some(reset);
         self
     }
 

@@ -54,7 +54,35 @@ impl Runtime {
     }
 }
 
+/// Runs `module` here. A run that started on Winch's code starts over on
+/// Cranelift's when that is ready, if nothing of it escaped the run (no
+/// read-write mount but its scratch, output not streamed): a long test
+/// then runs at full speed, and its verdict, output and log are those of
+/// one run, with its whole time limit.
 fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
+    let restartable = shared.epochs
+        && !policy.inherit_stdio
+        && (policy.output_tee.is_none() || policy.tee_restart.is_some())
+        && policy.mounts.iter().all(|m| m.mode == MountMode::ReadOnly);
+    let (first, tier_up) = run_once(shared, module, policy, restartable)?;
+    if !tier_up {
+        return Ok(first);
+    }
+    if let Some(reset) = &policy.tee_restart {
+        (reset.0)(&[]);
+    }
+    let (mut again, _) = run_once(shared, module, policy, false)?;
+    again.restarted = true;
+    Ok(again)
+}
+
+fn run_once(
+    shared: &Shared,
+    module: &Module,
+    policy: &Policy,
+    restartable: bool,
+) -> Result<(RunOutcome, bool), RunError> {
+    let (pre, compiler) = module.inner.current();
     let scratch = match &policy.scratch_base {
         Some(base) => Some(
             shared
@@ -151,23 +179,30 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         interrupt: shared.interrupt.clone(),
         deadline: start.checked_add(policy.timeout),
         stop: None,
+        tier_up: false,
         fuel: 0,
         listing: None,
         device_mount,
         devices: HashMap::new(),
     };
-    let mut store = Store::new(&shared.engine, state);
+    let mut store = Store::new(pre.module().engine(), state);
     store.limiter(|s| &mut s.limiter);
     // Every tick, the store checks its deadline and the interrupt; a guest
     // in a host call is stopped by the call itself (`clock.rs`).
     if shared.epochs {
         store.set_epoch_deadline(1);
     }
-    store.epoch_deadline_callback(|mut cx| {
+    let upgrade =
+        (restartable && compiler == crate::engine::Compiler::Winch).then(|| module.inner.clone());
+    store.epoch_deadline_callback(move |mut cx| {
         let st = cx.data_mut();
         match st.interrupt.check(st.deadline) {
             Some(stop) => {
                 st.stop = Some(stop);
+                Ok(UpdateDeadline::Interrupt)
+            }
+            None if upgrade.as_ref().is_some_and(|m| m.upgraded.get().is_some()) => {
+                st.tier_up = true;
                 Ok(UpdateDeadline::Interrupt)
             }
             None => Ok(UpdateDeadline::Continue(1)),
@@ -176,7 +211,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
 
     let status = match shared.interrupt.check(None) {
         Some(_) => Status::Interrupted,
-        None => match module.inner.pre.instantiate(&mut store) {
+        None => match pre.instantiate(&mut store) {
             Err(e) => classify_instantiate(e, &store, &sink, policy),
             Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
                 Err(_) => Status::Invalid("the module exports no `_start` function; build it as a WASI command (a test binary), not a library".into()),
@@ -187,6 +222,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
             },
         },
     };
+    let tier_up = store.data().tier_up;
     let status = limit_behind(status, &store, policy);
     let elapsed = start.elapsed();
     let output = sink.take();
@@ -201,7 +237,7 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
             cleanup_error = Some(format!("cannot remove the run's scratch dir: {e}"));
         }
     }
-    Ok(RunOutcome {
+    let outcome = RunOutcome {
         status,
         output,
         elapsed,
@@ -209,7 +245,10 @@ fn run_here(shared: &Shared, module: &Module, policy: &Policy) -> Result<RunOutc
         changed_during_run,
         cleanup_error,
         collected,
-    })
+        compiler,
+        restarted: false,
+    };
+    Ok((outcome, tier_up))
 }
 
 /// Collected files are reports, not data: more than this is cut.

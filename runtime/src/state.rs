@@ -30,6 +30,8 @@ pub(crate) struct RunState {
     pub deadline: Option<Instant>,
     /// Set when the host stopped the guest (deadline, Ctrl-C).
     pub stop: Option<Stop>,
+    /// Set when a run on Winch stopped to start over on Cranelift's code.
+    pub tier_up: bool,
     /// The hostcall fuel of the current call (see `intercept.rs`).
     pub fuel: usize,
     /// The listing a guest is reading with `fd_readdir`, in cachet's order:

@@ -758,7 +758,15 @@ fn twenty_packages_of_one_module_are_all_served_to_a_fresh_machine() {
     let run = |root: &Path, name: &str, cache: &Path| {
         let o = cachet_with(
             &root.join(name),
-            &["test", "-p", "2", "--explain", "--remote-cache", &nginx.url, "./..."],
+            &[
+                "test",
+                "-p",
+                "2",
+                "--explain",
+                "--remote-cache",
+                &nginx.url,
+                "./...",
+            ],
             &[("CACHET_CACHE", cache.to_str().unwrap())],
         );
         assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -767,7 +775,12 @@ fn twenty_packages_of_one_module_are_all_served_to_a_fresh_machine() {
     };
     let (a, a_cache) = (project("a"), tempfile::tempdir().unwrap());
     let first = run(a.path(), "a", a_cache.path());
-    let passed = |o: &Output| stdout(o).lines().filter(|l| l.starts_with("ok  \t")).count();
+    let passed = |o: &Output| {
+        stdout(o)
+            .lines()
+            .filter(|l| l.starts_with("ok  \t"))
+            .count()
+    };
     assert_eq!(passed(&first), PACKAGES, "{}", stdout(&first));
 
     let (b, b_cache) = (project("b/elsewhere"), tempfile::tempdir().unwrap());
@@ -779,5 +792,103 @@ fn twenty_packages_of_one_module_are_all_served_to_a_fresh_machine() {
         nginx.requests("GET") - gets,
         2,
         "what one package costs: the listing's entry and the module's pack"
+    );
+}
+
+/// A line of `--explain`'s module counts.
+fn modules_line(o: &Output) -> String {
+    stdout(o)
+        .lines()
+        .find(|l| l.starts_with("cachet: explain: modules: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Issue 17, part 2: compiled modules in the remote cache, only when asked
+/// (`--remote-cache-compiled`), checked before they are loaded.
+#[test]
+fn compiled_modules_come_from_the_remote_only_when_asked_and_intact() {
+    let nginx = Nginx::start(Serve::Dav);
+    let shared = ["--remote-cache", &nginx.url, "--remote-cache-compiled"];
+    // A fills the remote: results, and both modules' Cranelift code (the
+    // background compiles are finished for the remote).
+    let a = Machine::new("a", false);
+    let o = a.test(&shared);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    assert!(
+        modules_line(&o).contains("2 compiled by Cranelift"),
+        "{}",
+        modules_line(&o)
+    );
+    let blobs = |nginx: &Nginx| -> Vec<PathBuf> {
+        walk(&nginx.data().join("cachet/cas"))
+            .into_iter()
+            .filter(|f| {
+                std::fs::read(f)
+                    .unwrap()
+                    .starts_with(b"cachet-compiled v2\n")
+            })
+            .collect()
+    };
+    assert_eq!(blobs(&nginx).len(), 2, "both modules' code uploaded");
+
+    // B, a fresh machine running every case: compiles nothing.
+    let b = Machine::new("elsewhere/b", false);
+    let o = b.test(&[&["--count", "1"][..], &shared].concat());
+    assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(0), ""));
+    assert_eq!(
+        modules_line(&o),
+        "cachet: explain: modules: 0 compiled by Cranelift (0 after starting on Winch), 0 by Winch, 0 from the local cache, 2 from the remote cache"
+    );
+    // Kept locally: the next run loads it from disk, asking nothing.
+    let o = b.test(&["--count", "1"]);
+    assert!(
+        modules_line(&o).contains("2 from the local cache"),
+        "{}",
+        modules_line(&o)
+    );
+
+    // Without the flag nothing compiled comes down: C compiles.
+    let c = Machine::new("c", false);
+    let o = c.test(&["--count", "1", "--remote-cache", &nginx.url]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        modules_line(&o).ends_with(", 0 from the remote cache"),
+        "{}",
+        modules_line(&o)
+    );
+    assert!(!modules_line(&o)
+        .contains("modules: 0 compiled by Cranelift (0 after starting on Winch), 0 by Winch"));
+
+    // A damaged compiled file on the server is never loaded: one warning,
+    // the module compiled here, every result right.
+    for f in blobs(&nginx) {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&f, bytes).unwrap();
+    }
+    let d = Machine::new("d", false);
+    let o = d.test(&[&["--count", "1"][..], &shared].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("does not match its digest"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        modules_line(&o).ends_with(", 0 from the remote cache"),
+        "{}",
+        modules_line(&o)
+    );
+    assert_eq!(ran(&stdout(&o)).len(), CASES);
+
+    // The flag alone is one clear line.
+    let o = b.test(&["--remote-cache-compiled"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        "cachet: --remote-cache-compiled shares compiled modules through the remote cache: give --remote-cache URL too\n"
     );
 }

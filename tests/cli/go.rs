@@ -126,6 +126,22 @@ fn go_verdicts_equal_native_go_test_one_test_at_a_time() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(verdicts(&stdout(&o)), native, "one instance");
+    // The same on each compiler alone (issue 17).
+    for tier in ["winch", "cranelift"] {
+        let o = m.cachet(&[
+            "test",
+            "--json",
+            "--count",
+            "1",
+            "--tier",
+            tier,
+            "--env",
+            "CACHET_GREETING=hello",
+            "./mixed",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_eq!(verdicts(&stdout(&o)), native, "--tier {tier}");
+    }
     for (test, want) in [
         ("TestPasses", "pass"),
         ("TestFails", "fail"),

@@ -15,6 +15,7 @@ mod json;
 mod report;
 mod select;
 mod should_panic;
+mod tiers;
 
 use std::path::Path;
 use std::process::Output;

@@ -68,6 +68,8 @@ pub struct RemoteConfig {
     /// `http://` or `https://`, without a trailing slash.
     pub url: String,
     pub read_only: bool,
+    /// `--remote-cache-compiled`: compiled modules too ([`RemoteCompiled`]).
+    pub compiled: bool,
     /// The `Authorization` header: `Bearer TOKEN` or `Basic ...`.
     pub auth: Option<String>,
 }
@@ -97,8 +99,59 @@ impl RemoteConfig {
         Ok(RemoteConfig {
             url: url.trim_end_matches('/').to_string(),
             read_only,
+            compiled: false,
             auth,
         })
+    }
+}
+
+impl RemoteConfig {
+    /// Shares compiled modules too, when `compiled`.
+    pub fn sharing_compiled(mut self, compiled: bool) -> Self {
+        self.compiled = compiled;
+        self
+    }
+}
+
+/// Compiled modules in the remote cache (`--remote-cache-compiled`): a
+/// compiled file (as the runtime keeps it on disk: its key in the header,
+/// a BLAKE3 trailer) is filed under `H("cachet compiled v1", file key)`
+/// and travels as a content-store blob, checked by its sha256 on the way
+/// and by the runtime against its key before it is loaded. The file key
+/// names the engine's fingerprint (compiler settings, CPU features) and the
+/// wasmtime version, so an incompatible engine never gets it.
+pub struct RemoteCompiled(pub Arc<Remote>);
+
+fn compiled_entry(key: &Sha256Digest) -> Sha256Digest {
+    Sha256Digest::of(format!("cachet compiled v1\n{}", key.hex()).as_bytes())
+}
+
+impl cachet_runtime::CompiledStore for RemoteCompiled {
+    fn fetch(&self, key: &Sha256Digest) -> Option<Vec<u8>> {
+        let remote = &self.0;
+        if remote.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Not kept in `answers`: compiled files are megabytes, asked once.
+        match remote.try_fetch(&compiled_entry(key)) {
+            Ok(Some(file)) => {
+                remote.stats.compiled_hits.fetch_add(1, Ordering::Relaxed);
+                Some(file)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                remote.turn_off(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn store(&self, key: &Sha256Digest, file: Vec<u8>) {
+        let remote = &self.0;
+        if remote.config.read_only || remote.off.load(Ordering::Relaxed) {
+            return;
+        }
+        remote.queue(compiled_entry(key), file);
     }
 }
 
@@ -107,6 +160,8 @@ impl RemoteConfig {
 pub struct RemoteStats {
     pub hits: AtomicUsize,
     pub uploaded: AtomicUsize,
+    /// Compiled modules that came from the remote.
+    pub compiled_hits: AtomicUsize,
 }
 
 pub struct Remote {
@@ -160,6 +215,11 @@ impl Remote {
 
     pub fn read_only(&self) -> bool {
         self.config.read_only
+    }
+
+    /// `--remote-cache-compiled`.
+    pub fn shares_compiled(&self) -> bool {
+        self.config.compiled
     }
 
     /// The test key's bundle, if the server has one that verifies; `None`

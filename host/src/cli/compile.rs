@@ -1,4 +1,4 @@
-//! `cachet __compile IN OUT KEY STACK MEMORY EPOCHS`: the compile child process
+//! `cachet __compile IN OUT KEY STACK MEMORY EPOCHS COMPILER`: the compile child process
 //! (hidden). cachet runs it to compile a module under a time and memory
 //! limit; see `cachet_runtime::CompileGuard`.
 
@@ -15,4 +15,6 @@ pub struct CompileArgs {
     pub memory: u64,
     /// 1: code checks epochs (runs with a time limit); 0: it does not.
     pub epochs: u8,
+    /// `cranelift` or `winch`.
+    pub compiler: String,
 }

@@ -13,7 +13,7 @@ pub use compile::CompileArgs;
 pub use exec::ExecArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
-pub use test::{FrameworkArg, IsolateArg, TestArgs, TestFlags};
+pub use test::{FrameworkArg, IsolateArg, TestArgs, TestFlags, TierArg};
 
 use clap::{Parser, Subcommand};
 

@@ -70,12 +70,18 @@ pub struct TestFlags {
     /// Address space limit of compiling one module (default 4GiB).
     #[arg(long, value_name = "SIZE")]
     pub compile_memory: Option<String>,
+    /// Compilers: auto (Winch at once, Cranelift in the background; default), cranelift, winch.
+    #[arg(long, value_enum, env = "CACHET_TIER")]
+    pub tier: Option<TierArg>,
     /// Share results through a remote cache speaking Bazel's HTTP cache protocol (nginx WebDAV, bazel-remote, ...).
     #[arg(long, value_name = "URL", env = "CACHET_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
     /// Read results from the remote cache but never upload (for untrusted branches).
     #[arg(long, env = "CACHET_REMOTE_CACHE_READ_ONLY", value_parser = clap::builder::FalseyValueParser::new())]
     pub remote_cache_read_only: bool,
+    /// Also share compiled modules (native code) through the remote cache: only with a server you trust as you trust your build machines.
+    #[arg(long, env = "CACHET_REMOTE_CACHE_COMPILED", value_parser = clap::builder::FalseyValueParser::new())]
+    pub remote_cache_compiled: bool,
     /// Run only shard K of N: count:K/N (every Nth case in order) or hash:K/N (by case name).
     #[arg(long, value_name = "count:K/N|hash:K/N")]
     pub partition: Option<String>,
@@ -98,6 +104,24 @@ pub enum FrameworkArg {
     Libtest,
     Go,
     Plain,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierArg {
+    Auto,
+    Cranelift,
+    Winch,
+}
+
+impl From<TierArg> for cachet_runtime::Tier {
+    fn from(t: TierArg) -> Self {
+        match t {
+            TierArg::Auto => cachet_runtime::Tier::Auto,
+            TierArg::Cranelift => cachet_runtime::Tier::Cranelift,
+            TierArg::Winch => cachet_runtime::Tier::Winch,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -25,6 +25,8 @@ pub use test::{cores, Isolate, Layout, PackageOverride, TestConfig};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("--remote-cache-compiled shares compiled modules through the remote cache: give --remote-cache URL too")]
+    CompiledWithoutRemote,
     #[error("invalid --{flag} regular expression {pattern:?}: {reason}")]
     Regex {
         flag: &'static str,

@@ -59,6 +59,7 @@ pub struct Settings {
     fail_flaky: Option<bool>,
     remote_cache: Option<String>,
     remote_cache_read_only: Option<bool>,
+    remote_cache_compiled: Option<bool>,
     partition: Option<String>,
     junit: Option<String>,
     /// `-p`
@@ -66,6 +67,7 @@ pub struct Settings {
     failfast: Option<bool>,
     short: Option<bool>,
     prebuilt: Option<bool>,
+    tier: Option<crate::cli::TierArg>,
     #[serde(default)]
     overrides: Vec<OverrideSettings>,
     /// Keys that are none of the above: an error naming them.
@@ -229,12 +231,14 @@ impl Settings {
             fail_flaky: self.fail_flaky.or(base.fail_flaky),
             remote_cache: self.remote_cache.or(base.remote_cache),
             remote_cache_read_only: self.remote_cache_read_only.or(base.remote_cache_read_only),
+            remote_cache_compiled: self.remote_cache_compiled.or(base.remote_cache_compiled),
             partition: self.partition.or(base.partition),
             junit: self.junit.or(base.junit),
             parallel: self.parallel.or(base.parallel),
             failfast: self.failfast.or(base.failfast),
             short: self.short.or(base.short),
             prebuilt: self.prebuilt.or(base.prebuilt),
+            tier: self.tier.or(base.tier),
             overrides,
             unknown: BTreeMap::new(),
         }
@@ -275,9 +279,11 @@ impl Project {
         args.parallel = args.parallel.or(s.parallel);
         args.fail_flaky |= s.fail_flaky.unwrap_or(false);
         args.remote_cache_read_only |= s.remote_cache_read_only.unwrap_or(false);
+        args.remote_cache_compiled |= s.remote_cache_compiled.unwrap_or(false);
         args.failfast |= s.failfast.unwrap_or(false);
         args.short |= s.short.unwrap_or(false);
         args.prebuilt |= s.prebuilt.unwrap_or(false);
+        args.tier = args.tier.or(s.tier);
         if args.junit.is_none() {
             args.junit = s.junit.as_ref().map(PathBuf::from);
         }

@@ -64,6 +64,8 @@ pub struct TestConfig {
     pub flags: RunFlags,
     pub compile_timeout: Duration,
     pub compile_memory: u64,
+    /// `--tier`: which compilers make a module's code.
+    pub tier: cachet_runtime::Tier,
     pub mode: OutputMode,
     pub parallel: usize,
     pub framework: Option<Framework>,
@@ -141,7 +143,11 @@ impl TestConfig {
             .as_deref()
             .filter(|u| !u.is_empty())
             .map(|u| crate::cache::RemoteConfig::new(u, flags.remote_cache_read_only))
-            .transpose()?;
+            .transpose()?
+            .map(|r| r.sharing_compiled(flags.remote_cache_compiled));
+        if flags.remote_cache_compiled && remote.is_none() {
+            return Err(ConfigError::CompiledWithoutRemote);
+        }
         let partition = flags
             .partition
             .as_deref()
@@ -175,6 +181,7 @@ impl TestConfig {
             },
             compile_timeout,
             compile_memory,
+            tier: flags.tier.map_or(cachet_runtime::Tier::Auto, Into::into),
             mode: if flags.json {
                 OutputMode::Json
             } else if flags.verbose {

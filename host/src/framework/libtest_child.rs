@@ -143,6 +143,8 @@ mod tests {
             changed_during_run: None,
             cleanup_error: None,
             collected: None,
+            compiler: cachet_runtime::Compiler::Cranelift,
+            restarted: false,
         }
     }
 

@@ -26,7 +26,8 @@ fn same_module_compiles_once_per_process() {
         LoadStats {
             compiled: 1,
             loaded_from_disk: 0,
-            reused: 1
+            reused: 1,
+            ..Default::default()
         }
     );
 }

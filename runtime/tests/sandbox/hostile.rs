@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use cachet_runtime::{Policy, Status};
+use cachet_runtime::{Compiler, Policy, Status};
 use cachet_testkit::repo_root;
 
-use crate::runtime;
+use crate::{runtime, winch_runtime};
 
 #[derive(Debug, Clone, Copy)]
 enum Want {
@@ -29,6 +29,7 @@ const WAT: &[(&str, Want)] = &[
     ),
     ("poll_clock_and_fd", Want::Exit(0)),
     ("poll_sleep_max", Want::Timeout),
+    ("spin_forever", Want::Timeout),
     (
         "trap_divide_by_zero",
         Want::Trap("integer divide by zero", "divide"),
@@ -66,13 +67,21 @@ fn every_wat_fixture_has_an_expected_outcome() {
     }
 }
 
+/// On both compilers alike: the same outcomes, causes, frames and limits.
 #[test]
 fn hostile_modules_end_as_their_own_outcomes_on_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
-    for &(name, want) in WAT {
+    for (&(name, want), (runtime, compiler)) in WAT.iter().flat_map(|w| {
+        [
+            (w, (runtime(), Compiler::Cranelift)),
+            (w, (winch_runtime(), Compiler::Winch)),
+        ]
+    }) {
         let bytes = wat::parse_file(wat_dir().join(format!("{name}.wat"))).unwrap();
-        let module = runtime().load(&bytes).unwrap();
+        let module = runtime.load(&bytes).unwrap();
+        assert_eq!(module.compiler(), compiler);
+        let name = format!("{name} ({compiler:?})");
         // Only the modules that must be stopped get the short limit: the
         // others (200,000 host calls) may take longer on a loaded machine.
         let limit = match want {
@@ -84,7 +93,7 @@ fn hostile_modules_end_as_their_own_outcomes_on_time() {
             .mount_read_only("pkg", dir.path(), &["."])
             .timeout(limit);
         let start = Instant::now();
-        let outcome = runtime().run(&module, &policy).unwrap();
+        let outcome = runtime.run(&module, &policy).unwrap();
         let took = start.elapsed();
         let s = &outcome.status;
         let ok = match want {

@@ -8,6 +8,7 @@ mod fixtures;
 mod hostile;
 mod inputs;
 mod limits;
+mod tiers;
 mod wat;
 
 use std::path::PathBuf;
@@ -34,6 +35,18 @@ pub fn runtime() -> &'static Runtime {
         (rt, cache)
     })
     .0
+}
+
+/// A process-wide runtime whose code is Winch's only.
+pub fn winch_runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        Runtime::new(RuntimeConfig {
+            tier: cachet_runtime::Tier::Winch,
+            ..Default::default()
+        })
+        .unwrap()
+    })
 }
 
 pub fn load(name: &str) -> Module {
