@@ -52,6 +52,9 @@ pub struct Artifact {
     /// The bytes, kept when the run has no cache (every case will run);
     /// otherwise read again if a case misses.
     bytes: Option<Vec<u8>>,
+    /// An earlier run met this module (its facts were cached): it is worth
+    /// Cranelift's compile at once (`Runtime::load_again`).
+    seen_before: bool,
     compiled: OnceLock<Result<Module, ArtifactError>>,
 }
 
@@ -77,6 +80,7 @@ impl Artifact {
                         framework: Framework::chosen(forced, facts.framework()),
                         embeds_dir: facts.embeds_dir,
                         bytes: None,
+                        seen_before: true,
                         compiled: OnceLock::new(),
                     });
                 }
@@ -93,6 +97,7 @@ impl Artifact {
             .as_deref()
             .is_some_and(|d| cachet_runtime::data_contains(bytes, d.as_bytes()));
         let digest = ModuleDigest::of(bytes);
+        let seen_before = cache.is_some_and(|c| c.module_facts(&digest, dir.as_deref()).is_some());
         if let (Some(cache), Some(id)) = (cache, id) {
             // Remembered only if the file did not change while it was read.
             if file_id(&path) == Some(id) {
@@ -107,6 +112,7 @@ impl Artifact {
             framework: Framework::chosen(forced, detected),
             embeds_dir,
             bytes: cache.is_none().then(|| buffer.0.clone()),
+            seen_before,
             compiled: OnceLock::new(),
         })
     }
@@ -116,6 +122,12 @@ impl Artifact {
     pub fn module(&self, runtime: &Runtime) -> Result<Module, ArtifactError> {
         self.compiled
             .get_or_init(|| {
+                // Compiled code at hand needs the module's bytes no more.
+                if self.bytes.is_none() {
+                    if let Some(m) = runtime.load_ready(self.digest) {
+                        return Ok(m);
+                    }
+                }
                 let read;
                 let bytes = match &self.bytes {
                     Some(b) => b,
@@ -124,9 +136,12 @@ impl Artifact {
                         &read
                     }
                 };
-                runtime
-                    .load_digested(bytes, self.digest)
-                    .map_err(|e| ArtifactError::load(&self.path, e))
+                let loaded = if self.seen_before {
+                    runtime.load_again(bytes, self.digest)
+                } else {
+                    runtime.load_digested(bytes, self.digest)
+                };
+                loaded.map_err(|e| ArtifactError::load(&self.path, e))
             })
             .clone()
     }

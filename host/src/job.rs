@@ -89,6 +89,12 @@ impl LazyRuntime {
             .map_err(Clone::clone)
     }
 
+    /// Remembers the compiled files found intact in `memo` (the cache's).
+    pub fn remembering_compiled(mut self, memo: Arc<dyn cachet_runtime::DigestMemo>) -> Self {
+        self.config.compiled_memo = Some(cachet_runtime::SharedMemo(memo));
+        self
+    }
+
     /// Looks for compiled modules in `store` too, and shares them there.
     pub fn sharing_compiled(mut self, store: cachet_runtime::SharedCompiled) -> Self {
         self.config.shared_compiled = Some(store);
@@ -144,6 +150,7 @@ pub fn runtime_for(config: &TestConfig, uninterruptible: bool) -> LazyRuntime {
         uninterruptible,
         tier: config.tier,
         shared_compiled: None,
+        compiled_memo: None,
     })
 }
 
@@ -151,7 +158,10 @@ pub fn runtime_for(config: &TestConfig, uninterruptible: bool) -> LazyRuntime {
 pub struct Env<'a> {
     pub runtime: &'a LazyRuntime,
     pub config: &'a TestConfig,
+    /// Results' cache: `None` when `--count` bypasses it.
     pub cache: Option<&'a Cache>,
+    /// The cache even when `--count` bypasses results: listings.
+    pub facts: Option<&'a Cache>,
     /// Output streams live (`-v` with one package or `-p 1`).
     pub live: bool,
     pub tx: &'a Tx,
@@ -160,7 +170,7 @@ pub struct Env<'a> {
 /// A module's cases from the cache, if its listing is cached (`policy`:
 /// the module's).
 pub fn cached_listing(env: &Env, package: &str, m: &Artifact, policy: &Policy) -> Option<Listing> {
-    let cache = env.cache?;
+    let cache = env.facts?;
     let (parts, name) =
         crate::plan::listing_key(package, m, policy, env.config.sandbox.stack_bytes())?;
     match cache.lookup(name, package, &parts, &policy.world()) {
@@ -222,7 +232,7 @@ pub fn list_module(
         outcome.log.entries.extend(second.log.entries);
         outcome.changed_during_run = outcome.changed_during_run.or(second.changed_during_run);
     }
-    if let (Some(cache), None) = (env.cache, &outcome.changed_during_run) {
+    if let (Some(cache), None) = (env.facts, &outcome.changed_during_run) {
         let result = CachedResult {
             output: String::new(),
             elapsed: outcome.elapsed,

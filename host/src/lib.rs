@@ -144,18 +144,21 @@ fn test(config: TestConfig) -> u8 {
         Box::new(TextFormat::new(config.mode == OutputMode::Verbose))
     };
     let remote = config.remote.clone().map(cache::remote::Remote::new);
-    let mut runtime = job::runtime_for(&config, config.unlimited_time());
-    if let Some(r) = remote.as_ref().filter(|r| r.shares_compiled()) {
-        let store = cache::remote::RemoteCompiled(r.clone());
-        runtime = runtime.sharing_compiled(cachet_runtime::SharedCompiled(Arc::new(store)));
-    }
-    let runtime = Arc::new(runtime);
-    let explain_modules = (config.explain && !json).then(|| runtime.clone());
     let cache = match (home::open_cache(), &remote) {
         (Some(c), Some(r)) => Some(c.with_remote(r.clone())),
         (c, _) => c,
     }
     .map(|c| c.with_explain(config.explain));
+    let mut runtime = job::runtime_for(&config, config.unlimited_time());
+    if let Some(r) = remote.as_ref().filter(|r| r.shares_compiled()) {
+        let store = cache::remote::RemoteCompiled(r.clone());
+        runtime = runtime.sharing_compiled(cachet_runtime::SharedCompiled(Arc::new(store)));
+    }
+    if let Some(c) = &cache {
+        runtime = runtime.remembering_compiled(c.compiled_memo());
+    }
+    let runtime = Arc::new(runtime);
+    let explain_modules = (config.explain && !json).then(|| runtime.clone());
     let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
     let mut junit = config
         .junit

@@ -11,6 +11,7 @@
 //!
 //! Every result is sent to the reporter as an [`Event`] through one callback.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,9 +33,11 @@ use crate::plan::{self, Job, Listing};
 struct Ctx {
     runtime: Arc<LazyRuntime>,
     config: Arc<TestConfig>,
+    /// Results' cache: `None` when `--count` bypasses it.
     cache: Option<Cache>,
-    /// The cache even when `--count` bypasses it: how long jobs took.
-    timings: Option<Cache>,
+    /// The cache even when `--count` bypasses results: what is known of a
+    /// module's bytes (digest, framework, listing) and how long jobs took.
+    facts: Option<Cache>,
     slots: Arc<Semaphore>,
     failed: AtomicBool,
     /// Ctrl-C or SIGTERM arrived: no new case starts.
@@ -51,6 +54,7 @@ impl Ctx {
             runtime: &self.runtime,
             config: &self.config,
             cache: self.cache.as_ref(),
+            facts: self.facts.as_ref(),
             live: self.live,
             tx,
         }
@@ -87,12 +91,13 @@ pub fn run(
             workers + 2
         })
         .enable_io()
+        .enable_time()
         .build()
         .expect("a tokio runtime starts");
     let ctx = Arc::new(Ctx {
         runtime,
         slots: Arc::new(Semaphore::new(workers)),
-        timings: cache.clone(),
+        facts: cache.clone(),
         cache: cache.filter(|_| config.cache),
         config,
         failed: AtomicBool::new(false),
@@ -117,6 +122,18 @@ pub fn run(
         let driver = tokio::spawn(drive(ctx, packages, tx));
         while let Some(event) = rx.recv().await {
             on_event(event);
+            // Events come in streams (thousands of short cases a second):
+            // take them a millisecond's worth at a time, not each with a
+            // wake-up of this thread (a tenth of a trivial case's cost).
+            loop {
+                while let Ok(event) = rx.try_recv() {
+                    on_event(event);
+                }
+                tokio::time::sleep(EVENT_BATCH).await;
+                if rx.is_empty() {
+                    break;
+                }
+            }
         }
         driver.await.expect("the scheduler does not panic");
         if let Some(runtime) = finish {
@@ -239,54 +256,94 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
         }
     }
     slowest_first(&ctx, &mut runs);
-    let mut tasks = Vec::new();
-    for (pkg, state, run) in runs {
-        let (ctx, tx) = (ctx.clone(), tx.clone());
-        let permit = ctx.slot().await;
-        tasks.push(tokio::spawn(async move {
-            let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
-                || ctx.interrupted.load(Ordering::SeqCst);
-            if !skip {
-                start_package(pkg, &state, &tx);
-                let (ctx2, tx2) = (ctx.clone(), tx.clone());
-                let (cases, framework) = (run.job.cases.clone(), run.job.framework);
-                let timed = (run.job.package.clone(), crate::plan::case_key(&run.job));
-                let started = Instant::now();
-                let results = on_guest(&ctx.runtime, move || job::run_job(&ctx2.env(&tx2), run))
-                    .await
-                    .unwrap_or_else(|e| {
-                        let e = e.to_string();
-                        cases
-                            .iter()
-                            .map(|name| CaseResult::failed_setup(name, framework, &e))
-                            .collect()
-                    });
-                drop(permit);
-                if let Some(c) = ctx
-                    .timings
-                    .as_ref()
-                    .filter(|_| !ctx.interrupted.load(Ordering::SeqCst))
-                {
-                    c.record_time(&timed.0, &timed.1, started.elapsed());
+    // `-p` runners on guest threads take the jobs from one queue, in order:
+    // a job costs no hand-off between threads (it cost three, a third of
+    // a trivial case's time).
+    let queue = Arc::new(Mutex::new(VecDeque::from(runs)));
+    let runners = ctx
+        .config
+        .parallel
+        .max(1)
+        .min(queue.lock().expect("queue").len());
+    let tasks: Vec<_> = (0..runners)
+        .map(|_| {
+            let (ctx, tx, queue) = (ctx.clone(), tx.clone(), queue.clone());
+            tokio::spawn(async move {
+                let (ctx2, tx2, queue2) = (ctx.clone(), tx.clone(), queue.clone());
+                let ran = on_guest(&ctx.runtime, move || run_queue(&ctx2, &tx2, &queue2)).await;
+                // No guest thread: each job left fails with the reason.
+                if let Err(e) = ran {
+                    while let Some(next) = pop(&queue) {
+                        run_one(&ctx, &tx, next, |_| Err(e.clone()));
+                    }
                 }
-                for result in results {
-                    finish_case(&ctx, pkg, &state, &tx, result);
-                }
-            } else {
-                drop(permit);
-            }
-            let why = if ctx.interrupted.load(Ordering::SeqCst) {
-                "interrupted"
-            } else {
-                "--failfast stopped at an earlier failure"
-            };
-            finish_job(pkg, &state, &tx, why);
-        }));
-    }
+            })
+        })
+        .collect();
     for t in tasks {
-        t.await.expect("job tasks do not panic");
+        t.await.expect("runners do not panic");
     }
 }
+
+/// A runner: runs the queued jobs until none is left.
+fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &Mutex<VecDeque<ToRun>>) {
+    while let Some(next) = pop(queue) {
+        run_one(ctx, tx, next, |run| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job::run_job(&ctx.env(tx), run)
+            }))
+            .map_err(|_| SetupError::Panic)
+        });
+    }
+}
+
+fn pop(queue: &Mutex<VecDeque<ToRun>>) -> Option<ToRun> {
+    queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+}
+
+/// Runs one job with `run` (unless `--failfast` or Ctrl-C stopped the run)
+/// and reports it.
+fn run_one(
+    ctx: &Ctx,
+    tx: &Tx,
+    (pkg, state, run): ToRun,
+    run_job: impl FnOnce(Box<job::ToRun>) -> Result<Vec<CaseResult>, SetupError>,
+) {
+    let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
+        || ctx.interrupted.load(Ordering::SeqCst);
+    if !skip {
+        start_package(pkg, &state, tx);
+        let (cases, framework) = (run.job.cases.clone(), run.job.framework);
+        let timed = (run.job.package.clone(), crate::plan::case_key(&run.job));
+        let started = Instant::now();
+        let results = run_job(run).unwrap_or_else(|e| {
+            let e = e.to_string();
+            cases
+                .iter()
+                .map(|name| CaseResult::failed_setup(name, framework, &e))
+                .collect()
+        });
+        if let Some(c) = ctx
+            .facts
+            .as_ref()
+            .filter(|_| !ctx.interrupted.load(Ordering::SeqCst))
+        {
+            c.record_time(&timed.0, &timed.1, started.elapsed());
+        }
+        for result in results {
+            finish_case(ctx, pkg, &state, tx, result);
+        }
+    }
+    let why = if ctx.interrupted.load(Ordering::SeqCst) {
+        "interrupted"
+    } else {
+        "--failfast stopped at an earlier failure"
+    };
+    finish_job(pkg, &state, tx, why);
+}
+
+/// How long the reporter lets events gather while they stream in.
+const EVENT_BATCH: Duration = Duration::from_millis(1);
 
 /// A job to run: its package, the package's state, the job.
 type ToRun = (usize, Arc<Mutex<PackageRun>>, Box<job::ToRun>);
@@ -298,7 +355,7 @@ type ToRun = (usize, Arc<Mutex<PackageRun>>, Box<job::ToRun>);
 /// of an uncached run). Only with parallel slots: with one, every order
 /// takes the same time, and `-p 1` keeps the listed order.
 fn slowest_first(ctx: &Ctx, runs: &mut [ToRun]) {
-    let Some(cache) = ctx.timings.as_ref() else {
+    let Some(cache) = ctx.facts.as_ref() else {
         return;
     };
     if ctx.config.parallel < 2 {
@@ -378,7 +435,7 @@ async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
         .modules
         .iter()
         .map(|path| {
-            let (path, dir, cache) = (path.clone(), dir.clone(), ctx.cache.clone());
+            let (path, dir, cache) = (path.clone(), dir.clone(), ctx.facts.clone());
             tokio::spawn(blocking(ctx.slots.clone(), move || {
                 Artifact::open(path, forced, dir, cache.as_ref())
             }))
@@ -398,7 +455,7 @@ async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
         }
     }
     let embedded = mods.as_ref().is_ok_and(|m| m.iter().any(|m| m.embeds_dir));
-    let memo = ctx.cache.as_ref().map(Cache::memo);
+    let memo = ctx.facts.as_ref().map(Cache::memo);
     let policy = Arc::new(plan::policy(&ctx.config, &p, &ctx.scratch, embedded, memo));
     let listings = match &mods {
         Ok(ms) if !ms.is_empty() => {

@@ -15,8 +15,8 @@
 //!   instead of taking the host down.
 //! - Tiers (`Tier::Auto`): a module with no compiled code starts at once on
 //!   Winch, wasmtime's baseline compiler (6-7x faster to compile, code about
-//!   2x slower), while Cranelift compiles it in the background on a
-//!   low-priority child process; later runs use Cranelift's code, and a run
+//!   2x slower), while Cranelift compiles it in the background, one module
+//!   at a time in a child process; later runs use Cranelift's code, and a run
 //!   still going on Winch when it is ready starts over on it (`run.rs`).
 //!   Only Cranelift's code is kept on disk, and only for modules whose runs
 //!   lasted until it was ready: a background compile still going when the
@@ -37,13 +37,15 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
+    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker,
+    PoolingAllocationConfig,
 };
 
 use crate::clock::Interrupt;
 use crate::error::{CompileChildError, LoadError, RuntimeError};
 use crate::guest_thread::GuestThreads;
 use crate::log::Sha256Digest;
+use crate::observe::{FileId, SharedMemo};
 use crate::scratch::ScratchPool;
 use crate::state::RunState;
 
@@ -67,6 +69,15 @@ pub const POOL_INSTANCES: u32 = 128;
 /// Linear memory the pool reserves per slot: the wasm32 maximum, so the
 /// policy's memory limit, not the pool, decides how far a run may grow.
 const POOL_MAX_MEMORY: usize = 4 << 30;
+
+/// Bytes of a pooled memory or table reset in place, page by page, when the
+/// kernel tells which pages a run wrote: a trivial test writes ~200 KiB, a Go
+/// test binary's run a few MiB.
+const KEEP_RESIDENT_SCANNED: usize = 16 << 20;
+
+/// Bytes reset in place without that knowledge: the first ones, written or
+/// not.
+const KEEP_RESIDENT_BLIND: usize = 64 << 10;
 
 /// Table elements a pool slot holds; Go test binaries have tables of tens of
 /// thousands of functions.
@@ -226,6 +237,11 @@ pub struct RuntimeConfig {
     /// switches to Cranelift at an epoch tick): with `uninterruptible` it is
     /// `Tier::Cranelift`.
     pub tier: Tier,
+    /// Remembers compiled files found intact (file identity -> key), so an
+    /// unchanged file is not hashed again: 100 modules' checks were a tenth
+    /// of an uncached run of 2,000 trivial cases. Not the memo of the runs'
+    /// input digests: a key is not the file's content digest.
+    pub compiled_memo: Option<SharedMemo>,
 }
 
 /// How to compile a module in a child process: `program args... IN OUT KEY
@@ -279,6 +295,7 @@ struct Compilers {
     linker: Linker<RunState>,
     compiled_cache: Option<PathBuf>,
     shared_compiled: Option<SharedCompiled>,
+    compiled_memo: Option<SharedMemo>,
     compile: Option<CompileGuard>,
     compiled: AtomicU64,
     fetched: AtomicU64,
@@ -291,8 +308,10 @@ struct Compilers {
 }
 
 /// Cranelift compiles of modules that started on Winch, one at a time on a
-/// low-priority thread (and child process), so they take what the runs
-/// leave of the machine.
+/// thread of their own (and a child process), so at most one core compiles
+/// while the runs go on. At normal priority: `nice 10` left the compile
+/// waiting behind the runs it was to speed up (regexp and sort, cold: 148 s
+/// against 75 s; docs/BENCHMARKS.md).
 #[derive(Default)]
 struct Background {
     queue: Arc<(Mutex<BackgroundQueue>, Condvar)>,
@@ -333,13 +352,23 @@ fn engine_config(max_wasm_stack: usize, pooled: bool, epochs: bool, compiler: Co
             .total_memories(POOL_INSTANCES)
             .total_tables(POOL_INSTANCES)
             .max_memory_size(POOL_MAX_MEMORY)
-            .table_elements(POOL_TABLE_ELEMENTS)
-            // How much of a reused slot is zeroed with memset instead of being
-            // released to the kernel. 1 MiB cost a 1 MiB memset per run: a
-            // 2,000-case suite took 0.75 s against 0.57 s with 64 KiB
-            // (docs/BENCHMARKS.md); fresh pages fault in only when touched.
-            .linear_memory_keep_resident(64 << 10)
-            .table_keep_resident(1 << 16);
+            .table_elements(POOL_TABLE_ELEMENTS);
+        // How much of a reused slot is reset with memset instead of being
+        // released to the kernel (`madvise`, whose TLB shootdowns interrupt
+        // every other thread). Where Linux can say which pages a run wrote
+        // (PAGEMAP_SCAN, 6.7+), only those are reset, so a run that wrote
+        // less than KEEP_RESIDENT_SCANNED needs no `madvise` at all. Without
+        // it the first bytes are reset blindly: 1 MiB cost a 1 MiB memset per
+        // run, and a 2,000-case suite took 0.75 s against 0.57 s with 64 KiB
+        // (docs/BENCHMARKS.md).
+        let (scan, keep) = if PoolingAllocationConfig::is_pagemap_scan_available() {
+            (Enabled::Yes, KEEP_RESIDENT_SCANNED)
+        } else {
+            (Enabled::No, KEEP_RESIDENT_BLIND)
+        };
+        pool.pagemap_scan(scan)
+            .linear_memory_keep_resident(keep)
+            .table_keep_resident(keep);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     wasm
@@ -397,6 +426,7 @@ impl Runtime {
                 linker,
                 compiled_cache: config.compiled_cache,
                 shared_compiled: config.shared_compiled,
+                compiled_memo: config.compiled_memo,
                 compile: config.compile,
                 compiled: AtomicU64::new(0),
                 fetched: AtomicU64::new(0),
@@ -481,51 +511,107 @@ impl Runtime {
     /// [`Runtime::load`] for a caller that already hashed `bytes`: `digest`
     /// must be `ModuleDigest::of(bytes)` (it names the module in every cache).
     pub fn load_digested(&self, bytes: &[u8], digest: ModuleDigest) -> Result<Module, LoadError> {
+        self.load_tiered(bytes, digest, self.tier)
+    }
+
+    /// [`Runtime::load_digested`] for a module an earlier run met too: under
+    /// `Tier::Auto` it goes straight to Cranelift, whose code is kept. A
+    /// module that comes back is worth the compile: Winch's code is never
+    /// kept, and a run of short cases ends before its background compile
+    /// does, so each later run would compile it with Winch again (100
+    /// modules of trivial tests: 5.8 s a run, against 0.5 s from the cache).
+    pub fn load_again(&self, bytes: &[u8], digest: ModuleDigest) -> Result<Module, LoadError> {
+        let tier = match self.tier {
+            Tier::Auto => Tier::Cranelift,
+            tier => tier,
+        };
+        self.load_tiered(bytes, digest, tier)
+    }
+
+    fn load_tiered(
+        &self,
+        bytes: &[u8],
+        digest: ModuleDigest,
+        tier: Tier,
+    ) -> Result<Module, LoadError> {
         check_header(bytes)?;
-        let modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = modules.get(&digest) {
-            self.compilers.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(m.clone());
+        if let Some(m) = self.loaded(&digest) {
+            return Ok(m);
         }
-        drop(modules);
         let c = &self.compilers;
         let key = c.cache_key(&c.shared.engine, &digest);
-        let cached = c
-            .compiled_cache
-            .as_ref()
-            .map(|dir| dir.join(format!("{}.cwasm", key.hex())));
-        let from_disk = match self.tier {
+        let cached = c.cached_path(&key);
+        let ready = match tier {
             Tier::Winch => None,
-            _ => cached.as_deref().and_then(|p| c.load_compiled(p, &key)),
+            _ => c.ready(&key, cached.as_deref()),
         };
-        let from_shared = match (&from_disk, self.tier) {
-            (None, Tier::Cranelift | Tier::Auto) => c.fetch_shared(&key, cached.as_deref()),
-            _ => None,
-        };
-        let (module, compiler) = match (from_disk, from_shared) {
-            (Some(m), _) => {
-                c.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
-                (m, Compiler::Cranelift)
-            }
-            (None, Some(m)) => {
-                c.fetched.fetch_add(1, Ordering::Relaxed);
-                (m, Compiler::Cranelift)
-            }
-            (None, None) if self.tier == Tier::Cranelift => (
+        let (module, compiler) = match ready {
+            Some(m) => (m, Compiler::Cranelift),
+            None if tier == Tier::Cranelift => (
                 c.cranelift(bytes, &key, cached.as_deref())?,
                 Compiler::Cranelift,
             ),
-            (None, None) => match c.winch(bytes, &digest) {
+            None => match c.winch(bytes, &digest) {
                 Ok(m) => (m, Compiler::Winch),
                 // What Winch does not support (tail calls, exceptions,
                 // GC...) goes straight to Cranelift.
-                Err(LoadError::Compile(_)) if self.tier == Tier::Auto => (
+                Err(LoadError::Compile(_)) if tier == Tier::Auto => (
                     c.cranelift(bytes, &key, cached.as_deref())?,
                     Compiler::Cranelift,
                 ),
                 Err(e) => return Err(e),
             },
         };
+        let (module, inner) = self.keep(digest, module, compiler)?;
+        if let Some(inner) = inner.filter(|_| compiler == Compiler::Winch && tier == Tier::Auto) {
+            self.upgrade_later(Upgrade {
+                bytes: Arc::from(bytes),
+                key,
+                cached,
+                inner,
+            });
+        }
+        Ok(module)
+    }
+
+    /// The module `digest` names when its Cranelift code is at hand (loaded
+    /// already, in the compiled-module cache, in the shared store), without
+    /// its bytes: a caller that knows a module's digest reads and hashes
+    /// the module only when this is `None`, to compile it with
+    /// [`Runtime::load_digested`]. Never compiles.
+    pub fn load_ready(&self, digest: ModuleDigest) -> Option<Module> {
+        if let Some(m) = self.loaded(&digest) {
+            return Some(m);
+        }
+        if self.tier == Tier::Winch {
+            return None;
+        }
+        let c = &self.compilers;
+        let key = c.cache_key(&c.shared.engine, &digest);
+        let module = c.ready(&key, c.cached_path(&key).as_deref())?;
+        self.keep(digest, module, Compiler::Cranelift)
+            .ok()
+            .map(|(m, _)| m)
+    }
+
+    /// A module this runtime loaded before.
+    fn loaded(&self, digest: &ModuleDigest) -> Option<Module> {
+        let modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let m = modules.get(digest)?.clone();
+        self.compilers.reused.fetch_add(1, Ordering::Relaxed);
+        Some(m)
+    }
+
+    /// Links `module` and keeps it for later loads; the new module's inner
+    /// part when it is the one kept (another caller may have loaded the
+    /// same module meanwhile: one module, one upgrade).
+    fn keep(
+        &self,
+        digest: ModuleDigest,
+        module: wasmtime::Module,
+        compiler: Compiler,
+    ) -> Result<(Module, Option<Arc<ModuleInner>>), LoadError> {
+        let c = &self.compilers;
         let linker = match compiler {
             Compiler::Cranelift => &c.linker,
             Compiler::Winch => &c.shared.winch_engine().map_err(LoadError::Compile)?.1,
@@ -545,20 +631,10 @@ impl Runtime {
         };
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = modules.get(&digest) {
-            // Another caller loaded it meanwhile: one module, one upgrade.
-            return Ok(m.clone());
+            return Ok((m.clone(), None));
         }
         modules.insert(digest, module.clone());
-        drop(modules);
-        if compiler == Compiler::Winch && self.tier == Tier::Auto {
-            self.upgrade_later(Upgrade {
-                bytes: Arc::from(bytes),
-                key,
-                cached,
-                inner,
-            });
-        }
-        Ok(module)
+        Ok((module, Some(inner)))
     }
 
     /// Waits until `module`'s runs use Cranelift's code, or its background
@@ -627,14 +703,47 @@ impl Compilers {
         Sha256Digest(h.0.finalize().into())
     }
 
+    /// Where the compiled-module cache keeps Cranelift's code for `key`.
+    fn cached_path(&self, key: &Sha256Digest) -> Option<PathBuf> {
+        self.compiled_cache
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.cwasm", key.hex())))
+    }
+
+    /// Cranelift's code for `key` without compiling: from the compiled-
+    /// module cache, else from the shared store.
+    fn ready(&self, key: &Sha256Digest, cached: Option<&Path>) -> Option<wasmtime::Module> {
+        if let Some(m) = cached.and_then(|p| self.load_compiled(p, key)) {
+            self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
+            return Some(m);
+        }
+        let m = self.fetch_shared(key, cached)?;
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        Some(m)
+    }
+
     fn load_compiled(&self, path: &Path, key: &Sha256Digest) -> Option<wasmtime::Module> {
-        let bytes = std::fs::read(path).ok()?;
-        let body = compiled_body(&bytes, key)?;
+        let file = std::fs::File::open(path).ok()?;
+        let id = file.metadata().ok().map(|m| FileId::of(&m));
+        let memo = self.compiled_memo.as_ref().map(|m| &m.0);
+        let known = matches!((memo, &id), (Some(memo), Some(id)) if memo.get(id) == Some(*key));
+        if !known {
+            if !compiled_file_holds(&file, key) {
+                return None;
+            }
+            if let (Some(memo), Some(id)) = (memo, id) {
+                memo.put(id, *key);
+            }
+        }
         touch(path);
         // SAFETY: the file names this module's key (module digest, engine
-        // fingerprint, wasmtime version) in its header, and the trailer over
-        // header and body proves both are as `store_compiled` wrote them.
-        unsafe { wasmtime::Module::deserialize(&self.shared.engine, body) }.ok()
+        // fingerprint, wasmtime version) after its body, and the BLAKE3 over
+        // both proves them as `store_compiled` wrote them. The code runs
+        // from the file's pages: cachet never writes a cache file in place
+        // (each is renamed into place whole), so what was checked is what
+        // runs. Copying it instead cost a fifth of an uncached run of
+        // 2,000 trivial cases (docs/BENCHMARKS.md).
+        unsafe { wasmtime::Module::deserialize_open_file(&self.shared.engine, file) }.ok()
     }
 
     /// Cranelift's code for `key` from the shared store, written to
@@ -959,20 +1068,24 @@ pub fn trim_compiled(dir: &Path, max_age: Duration, max_bytes: u64) -> std::io::
     Ok(removed)
 }
 
-/// First bytes of a compiled-module file; its key follows.
-const COMPILED_HEADER: &[u8] = b"cachet-compiled v2\n";
+/// Marks a compiled-module file, after its body; the key follows, then a
+/// BLAKE3 of everything before it. The body comes first so the file maps
+/// as it is: wasmtime runs the code from the page cache, no copy made.
+const COMPILED_MAGIC: &[u8] = b"cachet-compiled v3\n";
 
-/// Writes `module` to `path`: header, key, body, BLAKE3 of all three.
+/// Bytes after the body: magic, key, BLAKE3.
+const COMPILED_TRAILER: usize = COMPILED_MAGIC.len() + 32 + 32;
+
+/// Writes `module` to `path`: body, magic, key, BLAKE3 of all three.
 fn store_compiled(
     path: &Path,
     key: &Sha256Digest,
     module: &wasmtime::Module,
 ) -> std::io::Result<()> {
-    let body = module.serialize().map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(COMPILED_HEADER.len() + 32 + body.len() + 32);
-    bytes.extend_from_slice(COMPILED_HEADER);
+    let mut bytes = module.serialize().map_err(std::io::Error::other)?;
+    bytes.reserve_exact(COMPILED_TRAILER);
+    bytes.extend_from_slice(COMPILED_MAGIC);
     bytes.extend_from_slice(&key.0);
-    bytes.extend_from_slice(&body);
     let trailer = blake3::hash(&bytes);
     bytes.extend_from_slice(trailer.as_bytes());
     write_atomically(path, &bytes)
@@ -993,9 +1106,64 @@ fn compiled_body<'a>(bytes: &'a [u8], key: &Sha256Digest) -> Option<&'a [u8]> {
     if blake3::hash(signed).as_bytes() != trailer {
         return None;
     }
-    let rest = signed.strip_prefix(COMPILED_HEADER)?;
-    let (file_key, body) = rest.split_at_checked(32)?;
+    let (rest, file_key) = signed.split_at_checked(signed.len().checked_sub(32)?)?;
+    let body = rest.strip_suffix(COMPILED_MAGIC)?;
     (file_key == key.0).then_some(body)
+}
+
+/// Whether the open compiled-module file `file` is intact and bound to
+/// `key`, read through a small buffer (a module's code can be tens of MB).
+fn compiled_file_holds(file: &std::fs::File, key: &Sha256Digest) -> bool {
+    let Some(len) = file.metadata().ok().map(|m| m.len()) else {
+        return false;
+    };
+    let Some(signed) = len
+        .checked_sub(32)
+        .filter(|&l| l >= COMPILED_TRAILER as u64 - 32)
+    else {
+        return false;
+    };
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 << 10]);
+    }
+    BUFFER.with_borrow_mut(|buffer| holds(file, key, len, signed, buffer))
+}
+
+/// [`compiled_file_holds`] for a file of `len` bytes, `signed` of them
+/// under the BLAKE3, read through `buffer`.
+fn holds(
+    file: &std::fs::File,
+    key: &Sha256Digest,
+    len: u64,
+    signed: u64,
+    buffer: &mut [u8],
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut at = 0u64;
+    let mut tail = [0u8; COMPILED_TRAILER];
+    while at < len {
+        let want = (len - at).min(buffer.len() as u64) as usize;
+        if file.read_exact_at(&mut buffer[..want], at).is_err() {
+            return false;
+        }
+        let chunk = &buffer[..want];
+        let end = at + want as u64;
+        // The signed part is hashed; the trailer's bytes are kept.
+        let signed_here = signed.saturating_sub(at).min(want as u64) as usize;
+        hasher.update(&chunk[..signed_here]);
+        let tail_start = len - COMPILED_TRAILER as u64;
+        if end > tail_start {
+            let from = tail_start.saturating_sub(at) as usize;
+            let to_in_tail = (at + from as u64 - tail_start) as usize;
+            tail[to_in_tail..to_in_tail + want - from].copy_from_slice(&chunk[from..]);
+        }
+        at = end;
+    }
+    let magic_end = COMPILED_MAGIC.len();
+    hasher.finalize().as_bytes() == &tail[magic_end + 32..]
+        && &tail[..magic_end] == COMPILED_MAGIC
+        && tail[magic_end..magic_end + 32] == key.0
 }
 
 /// Caps the address space of this process (the compile child).
@@ -1116,6 +1284,43 @@ mod tests {
         assert!(
             rt.compilers.load_compiled(&path, &a).is_none(),
             "a damaged file is refused"
+        );
+    }
+
+    #[test]
+    fn a_compiled_file_is_checked_whatever_the_buffer_size() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let module = wasmtime::Module::new(rt.engine(), "(module (func (export \"f\")))").unwrap();
+        let key = Sha256Digest::of(b"k");
+        let path = dir.path().join("k.cwasm");
+        store_compiled(&path, &key, &module).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        // Chunk boundaries fall everywhere, the trailer's bytes included.
+        for size in [1, 7, 32, 83, 100, 4096, 1 << 20] {
+            let mut buffer = vec![0; size];
+            assert!(
+                holds(&file, &key, len, len - 32, &mut buffer),
+                "buffer of {size}"
+            );
+            let other = Sha256Digest::of(b"other");
+            assert!(
+                !holds(&file, &other, len, len - 32, &mut buffer),
+                "buffer of {size}"
+            );
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let magic_at = bytes.len() - COMPILED_TRAILER;
+        bytes[magic_at] ^= 1;
+        let resigned = blake3::hash(&bytes[..bytes.len() - 32]);
+        let at = bytes.len() - 32;
+        bytes[at..].copy_from_slice(resigned.as_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(
+            !compiled_file_holds(&file, &key),
+            "another format's file is refused"
         );
     }
 

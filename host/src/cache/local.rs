@@ -26,6 +26,8 @@ pub struct Cache {
     /// How long each job (by package and case) last took, to run the
     /// slowest first.
     pub(super) timings: std::sync::Arc<table::Table<u64>>,
+    /// Compiled-module files found intact, by identity (the runtime's).
+    pub(super) compiled_memo: std::sync::Arc<memo::StatMemo>,
     pub(super) remote: Option<std::sync::Arc<remote::Remote>>,
     pub(super) packs: pack::Packs,
     /// The remote packs this run looked up, to upload when they changed.
@@ -58,11 +60,13 @@ impl Cache {
             &dir.join("timings"),
             b"cachet-timings v1\n",
         ));
+        let compiled_memo = std::sync::Arc::new(memo::StatMemo::load(&dir.join("compiled-memo")));
         Ok(Cache {
             store,
             memo,
             facts,
             timings,
+            compiled_memo,
             remote: None,
             packs: Default::default(),
             selections: Default::default(),
@@ -93,10 +97,16 @@ impl Cache {
         self.memo.clone()
     }
 
-    /// Writes the stat memo, the module facts and the timings back; a
+    /// The compiled files found intact, for the runtime.
+    pub fn compiled_memo(&self) -> std::sync::Arc<dyn cachet_runtime::DigestMemo> {
+        self.compiled_memo.clone()
+    }
+
+    /// Writes the stat memos, the module facts and the timings back; a
     /// failure only costs re-hashing later.
     pub fn save_memo(&self) {
         let _ = self.memo.save();
+        let _ = self.compiled_memo.save();
         let _ = self.facts.save();
         let _ = self.timings.save();
     }

@@ -114,8 +114,8 @@ impl RemoteConfig {
 }
 
 /// Compiled modules in the remote cache (`--remote-cache-compiled`): a
-/// compiled file (as the runtime keeps it on disk: its key in the header,
-/// a BLAKE3 trailer) is filed under `H("cachet compiled v1", file key)`
+/// compiled file (as the runtime keeps it on disk: its key and a BLAKE3
+/// after the body) is filed under `H("cachet compiled v3", file key)`
 /// and travels as a content-store blob, checked by its sha256 on the way
 /// and by the runtime against its key before it is loaded. The file key
 /// names the engine's fingerprint (compiler settings, CPU features) and the
@@ -123,7 +123,7 @@ impl RemoteConfig {
 pub struct RemoteCompiled(pub Arc<Remote>);
 
 fn compiled_entry(key: &Sha256Digest) -> Sha256Digest {
-    Sha256Digest::of(format!("cachet compiled v1\n{}", key.hex()).as_bytes())
+    Sha256Digest::of(format!("cachet compiled v3\n{}", key.hex()).as_bytes())
 }
 
 impl cachet_runtime::CompiledStore for RemoteCompiled {
