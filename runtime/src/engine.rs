@@ -1102,13 +1102,20 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The body of a compiled-module file, if it is intact and bound to `key`.
 fn compiled_body<'a>(bytes: &'a [u8], key: &Sha256Digest) -> Option<&'a [u8]> {
-    let (signed, trailer) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-    if blake3::hash(signed).as_bytes() != trailer {
-        return None;
-    }
-    let (rest, file_key) = signed.split_at_checked(signed.len().checked_sub(32)?)?;
-    let body = rest.strip_suffix(COMPILED_MAGIC)?;
-    (file_key == key.0).then_some(body)
+    let (body, trailer) = bytes.split_at_checked(bytes.len().checked_sub(COMPILED_TRAILER)?)?;
+    let signed = &bytes[..bytes.len() - 32];
+    (names_key(trailer, key)
+        && blake3::hash(signed).as_bytes()[..] == trailer[COMPILED_TRAILER - 32..])
+        .then_some(body)
+}
+
+/// Whether a compiled file's trailer (its last [`COMPILED_TRAILER`] bytes)
+/// has the magic and names `key`; its BLAKE3 is checked by the caller.
+fn names_key(trailer: &[u8], key: &Sha256Digest) -> bool {
+    let magic = COMPILED_MAGIC.len();
+    trailer.len() == COMPILED_TRAILER
+        && &trailer[..magic] == COMPILED_MAGIC
+        && trailer[magic..magic + 32] == key.0
 }
 
 /// Whether the open compiled-module file `file` is intact and bound to
@@ -1117,53 +1124,34 @@ fn compiled_file_holds(file: &std::fs::File, key: &Sha256Digest) -> bool {
     let Some(len) = file.metadata().ok().map(|m| m.len()) else {
         return false;
     };
-    let Some(signed) = len
-        .checked_sub(32)
-        .filter(|&l| l >= COMPILED_TRAILER as u64 - 32)
-    else {
-        return false;
-    };
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 << 10]);
     }
-    BUFFER.with_borrow_mut(|buffer| holds(file, key, len, signed, buffer))
+    BUFFER.with_borrow_mut(|buffer| holds(file, key, len, buffer))
 }
 
-/// [`compiled_file_holds`] for a file of `len` bytes, `signed` of them
-/// under the BLAKE3, read through `buffer`.
-fn holds(
-    file: &std::fs::File,
-    key: &Sha256Digest,
-    len: u64,
-    signed: u64,
-    buffer: &mut [u8],
-) -> bool {
+/// [`compiled_file_holds`] for a file of `len` bytes, read through `buffer`.
+fn holds(file: &std::fs::File, key: &Sha256Digest, len: u64, buffer: &mut [u8]) -> bool {
     use std::os::unix::fs::FileExt;
+    let Some(tail_at) = len.checked_sub(COMPILED_TRAILER as u64) else {
+        return false;
+    };
+    let mut trailer = [0u8; COMPILED_TRAILER];
+    if file.read_exact_at(&mut trailer, tail_at).is_err() || !names_key(&trailer, key) {
+        return false;
+    }
+    let signed = len - 32;
     let mut hasher = blake3::Hasher::new();
     let mut at = 0u64;
-    let mut tail = [0u8; COMPILED_TRAILER];
-    while at < len {
-        let want = (len - at).min(buffer.len() as u64) as usize;
+    while at < signed {
+        let want = (signed - at).min(buffer.len() as u64) as usize;
         if file.read_exact_at(&mut buffer[..want], at).is_err() {
             return false;
         }
-        let chunk = &buffer[..want];
-        let end = at + want as u64;
-        // The signed part is hashed; the trailer's bytes are kept.
-        let signed_here = signed.saturating_sub(at).min(want as u64) as usize;
-        hasher.update(&chunk[..signed_here]);
-        let tail_start = len - COMPILED_TRAILER as u64;
-        if end > tail_start {
-            let from = tail_start.saturating_sub(at) as usize;
-            let to_in_tail = (at + from as u64 - tail_start) as usize;
-            tail[to_in_tail..to_in_tail + want - from].copy_from_slice(&chunk[from..]);
-        }
-        at = end;
+        hasher.update(&buffer[..want]);
+        at += want as u64;
     }
-    let magic_end = COMPILED_MAGIC.len();
-    hasher.finalize().as_bytes() == &tail[magic_end + 32..]
-        && &tail[..magic_end] == COMPILED_MAGIC
-        && tail[magic_end..magic_end + 32] == key.0
+    hasher.finalize().as_bytes()[..] == trailer[COMPILED_TRAILER - 32..]
 }
 
 /// Caps the address space of this process (the compile child).
@@ -1288,6 +1276,28 @@ mod tests {
     }
 
     #[test]
+    fn a_module_met_before_goes_straight_to_cranelift() {
+        let wasm = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        let digest = ModuleDigest::of(&wasm);
+        let auto = || {
+            Runtime::new(RuntimeConfig {
+                tier: Tier::Auto,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let rt = auto();
+        rt.load_digested(&wasm, digest).unwrap();
+        let s = rt.stats();
+        // (Cranelift may meanwhile compile it in the background.)
+        assert_eq!(s.winch, 1, "first sight: Winch");
+        let rt = auto();
+        rt.load_again(&wasm, digest).unwrap();
+        let s = rt.stats();
+        assert_eq!((s.winch, s.compiled), (0, 1), "met before: Cranelift");
+    }
+
+    #[test]
     fn a_compiled_file_is_checked_whatever_the_buffer_size() {
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -1300,15 +1310,9 @@ mod tests {
         // Chunk boundaries fall everywhere, the trailer's bytes included.
         for size in [1, 7, 32, 83, 100, 4096, 1 << 20] {
             let mut buffer = vec![0; size];
-            assert!(
-                holds(&file, &key, len, len - 32, &mut buffer),
-                "buffer of {size}"
-            );
+            assert!(holds(&file, &key, len, &mut buffer), "buffer of {size}");
             let other = Sha256Digest::of(b"other");
-            assert!(
-                !holds(&file, &other, len, len - 32, &mut buffer),
-                "buffer of {size}"
-            );
+            assert!(!holds(&file, &other, len, &mut buffer), "buffer of {size}");
         }
         let mut bytes = std::fs::read(&path).unwrap();
         let magic_at = bytes.len() - COMPILED_TRAILER;
