@@ -42,11 +42,12 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     } else {
         discover::Build::Allowed
     };
-    let packages = discover::discover(
+    let mut packages = discover::discover(
         &config.packages,
         build,
         cache_dir().map(|d| d.join("go-test")).as_deref(),
     );
+    discover::go::build_all(&mut packages);
     for (pkg, package) in packages.into_iter().enumerate() {
         if let Some(e) = &package.error {
             eprintln!("cachet: {}: {e}", package.name);

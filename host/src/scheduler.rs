@@ -1,13 +1,18 @@
 //! The scheduler: the one place with concurrency. Design note:
 //! `docs/design/scheduler.md`.
 //!
-//! 1. Read and hash every module (no compiling yet), `-p` at a time.
-//! 2. List each module's cases with its framework's list protocol (a cached
-//!    listing needs no compile) and select them with `--run`.
-//! 3. Run the jobs (one per case with `--isolate=test`, one per module with
-//!    `--isolate=module`), `-p` at a time, in command-line order: a FIFO
-//!    semaphore hands out slots in the order jobs were queued. Each case is
-//!    looked up in the cache first; a module compiles when a case misses.
+//! Every package goes through its steps on its own, so one package's cases
+//! run while later packages still build and compile:
+//!
+//! 1. Build its test binary (Go), read and hash its modules, and list their
+//!    cases (a cached listing needs no compile), `-p` slots at a time; a
+//!    free slot goes to the earliest package waiting.
+//! 2. Plan its jobs (one per case with `--isolate=test`, one per module with
+//!    `--isolate=module`), selected with `--run`, and look each up in the
+//!    cache.
+//! 3. Queue the misses: `-p` runners on guest threads take them in order
+//!    (the long ones of the last run first). A module compiles when a case
+//!    misses.
 //!
 //! Every result is sent to the reporter as an [`Event`] through one callback.
 
@@ -18,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use cachet_runtime::Policy;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::artifact::Artifact;
 use crate::cache::Cache;
@@ -38,7 +43,7 @@ struct Ctx {
     /// The cache even when `--count` bypasses results: what is known of a
     /// module's bytes (digest, framework, listing) and how long jobs took.
     facts: Option<Cache>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     failed: AtomicBool,
     /// Ctrl-C or SIGTERM arrived: no new case starts.
     interrupted: AtomicBool,
@@ -60,13 +65,9 @@ impl Ctx {
         }
     }
 
-    /// One of the `-p` slots, in the order asked for.
-    async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open")
+    /// One of the `-p` slots, for work of package `pkg`.
+    async fn slot(&self, pkg: usize) -> Slot {
+        Slots::acquire(&self.slots, pkg).await
     }
 }
 
@@ -96,7 +97,7 @@ pub fn run(
         .expect("a tokio runtime starts");
     let ctx = Arc::new(Ctx {
         runtime,
-        slots: Arc::new(Semaphore::new(workers)),
+        slots: Slots::new(workers),
         facts: cache.clone(),
         cache: cache.filter(|_| config.cache),
         config,
@@ -175,66 +176,90 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
 }
 
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
-    // 1. Per package: read and hash its modules, then list their cases.
-    //    Packages go at once, so one package's lookups (in the cache, or a
-    //    remote cache's round trips) overlap the hashing of the next.
-    let packages: Vec<Arc<Package>> = packages.into_iter().map(Arc::new).collect();
+    // 1. Per package, all at once (`-p` at a time): build its test binary
+    //    (Go), read and hash its modules, then list their cases. Packages
+    //    go at once, so one package's lookups (in the cache, or a remote
+    //    cache's round trips) overlap the hashing of the next, and one
+    //    package's compile the runs of those before it.
+    let queue = Arc::new(JobQueue::new(packages.len(), ctx.config.parallel));
     let prepared: Vec<_> = packages
-        .iter()
-        .map(|p| tokio::spawn(prepare(ctx.clone(), tx.clone(), p.clone())))
+        .into_iter()
+        .enumerate()
+        .map(|(pkg, p)| tokio::spawn(prepare(ctx.clone(), tx.clone(), queue.clone(), pkg, p)))
         .collect();
 
-    // 2. Plan each package's jobs as it is ready, in order; without a count
-    //    partition (which numbers every case of the run) its lookups start
-    //    at once.
-    let global_partition = ctx.config.partition.as_ref().filter(|p| !p.by_hash);
-    let mut plans: Vec<Option<Vec<Job>>> = Vec::new();
-    let mut listed = vec![0; packages.len()];
-    let mut lookups = Vec::new();
-    for (pkg, task) in prepared.into_iter().enumerate() {
-        let Prepared {
-            mods,
-            policy,
-            listings,
-        } = task.await.expect("preparing does not panic");
-        let planned = plan_package(&ctx, &tx, pkg, &packages[pkg], mods, policy, listings);
-        let mut jobs = planned.map(|(jobs, n)| {
-            listed[pkg] = n;
-            jobs
-        });
-        let by_hash = ctx.config.partition.as_ref().filter(|p| p.by_hash);
-        if let (Some(part), Some(js)) = (by_hash, &mut jobs) {
-            if !partition_package(part, pkg, &packages[pkg].name, js, &mut 0, &tx) {
-                jobs = None;
+    // 2. Plan each package's jobs as it is ready, look them up, and queue
+    //    the misses for the runners. A count partition numbers every case
+    //    of the run, so with one every package is planned first.
+    let feeders: Vec<_> = match ctx.config.partition.filter(|p| !p.by_hash) {
+        None => prepared
+            .into_iter()
+            .enumerate()
+            .map(|(pkg, task)| {
+                let (ctx, tx, queue) = (ctx.clone(), tx.clone(), queue.clone());
+                tokio::spawn(async move {
+                    let p = task.await.expect("preparing does not panic");
+                    let mut planned = plan_package(&ctx, &tx, pkg, p);
+                    if let (Some(part), Some((package, jobs, _))) = (
+                        ctx.config.partition.as_ref().filter(|p| p.by_hash),
+                        &mut planned,
+                    ) {
+                        if !partition_package(part, pkg, &package.name, jobs, &mut 0, &tx) {
+                            planned = None;
+                        }
+                    }
+                    feed(ctx, tx, queue, pkg, planned).await;
+                })
+            })
+            .collect(),
+        Some(part) => {
+            let mut plans = Vec::new();
+            for (pkg, task) in prepared.into_iter().enumerate() {
+                let p = task.await.expect("preparing does not panic");
+                plans.push(plan_package(&ctx, &tx, pkg, p));
             }
-        }
-        if global_partition.is_none() {
-            lookups.push(start_lookups(&ctx, &tx, pkg, jobs, listed[pkg]));
-            plans.push(None);
-        } else {
-            plans.push(jobs);
-        }
-    }
-    if let Some(part) = global_partition {
-        let mut index = 0;
-        for (pkg, plan) in plans.iter_mut().enumerate() {
-            if let Some(jobs) = plan {
-                if !partition_package(part, pkg, &packages[pkg].name, jobs, &mut index, &tx) {
-                    *plan = None;
+            let mut index = 0;
+            for (pkg, plan) in plans.iter_mut().enumerate() {
+                if let Some((package, jobs, _)) = plan {
+                    if !partition_package(&part, pkg, &package.name, jobs, &mut index, &tx) {
+                        *plan = None;
+                    }
                 }
             }
+            plans
+                .into_iter()
+                .enumerate()
+                .map(|(pkg, planned)| {
+                    tokio::spawn(feed(ctx.clone(), tx.clone(), queue.clone(), pkg, planned))
+                })
+                .collect()
         }
-        for (pkg, jobs) in plans.into_iter().enumerate() {
-            lookups.push(start_lookups(&ctx, &tx, pkg, jobs, listed[pkg]));
-        }
+    };
+    for f in feeders {
+        f.await.expect("planning does not panic");
     }
 
-    // 3. Take each package's lookups, in order; then run the misses, `-p`
-    //    at a time, the slowest first.
+    // 3. Every job is queued: the runners end when the queue is empty.
+    let runners = queue.close();
+    for r in runners {
+        r.await.expect("runners do not panic");
+    }
+}
+
+/// Looks a package's jobs up, reports the hits, and queues the misses (and
+/// starts runners for them, up to `-p`).
+async fn feed(
+    ctx: Arc<Ctx>,
+    tx: Tx,
+    queue: Arc<JobQueue>,
+    pkg: usize,
+    planned: Option<(Arc<Package>, Vec<Job>, usize)>,
+) {
     let mut runs: Vec<ToRun> = Vec::new();
-    for (pkg, looked) in lookups.into_iter().enumerate() {
-        let Some(looked) = looked else { continue };
-        let looked = looked.await.expect("lookups do not panic");
+    if let Some((_, jobs, listed)) = planned {
+        let looked = start_lookups(&ctx, &tx, pkg, jobs, listed)
+            .await
+            .expect("lookups do not panic");
         let state = Arc::new(Mutex::new(PackageRun {
             remaining: looked.len(),
             started: None,
@@ -255,39 +280,175 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
             }
         }
     }
-    slowest_first(&ctx, &mut runs);
-    // `-p` runners on guest threads take the jobs from one queue, in order:
-    // a job costs no hand-off between threads (it cost three, a third of
-    // a trivial case's time).
-    let queue = Arc::new(Mutex::new(VecDeque::from(runs)));
-    let runners = ctx
-        .config
-        .parallel
-        .max(1)
-        .min(queue.lock().expect("queue").len());
-    let tasks: Vec<_> = (0..runners)
-        .map(|_| {
-            let (ctx, tx, queue) = (ctx.clone(), tx.clone(), queue.clone());
-            tokio::spawn(async move {
-                let (ctx2, tx2, queue2) = (ctx.clone(), tx.clone(), queue.clone());
-                let ran = on_guest(&ctx.runtime, move || run_queue(&ctx2, &tx2, &queue2)).await;
-                // No guest thread: each job left fails with the reason.
-                if let Err(e) = ran {
-                    while let Some(next) = pop(&queue) {
-                        run_one(&ctx, &tx, next, |_| Err(e.clone()));
-                    }
-                }
-            })
+    let long = |run: &job::ToRun| {
+        let cache = ctx.facts.as_ref().filter(|_| ctx.config.parallel > 1)?;
+        cache
+            .last_time(&run.job.package, &crate::plan::case_key(&run.job))
+            .filter(|took| *took >= LONG_JOB)
+    };
+    let runs: Vec<(ToRun, Option<Duration>)> = runs
+        .into_iter()
+        .map(|r| {
+            let took = long(&r.2);
+            (r, took)
         })
         .collect();
-    for t in tasks {
-        t.await.expect("runners do not panic");
+    for _ in queue.push(pkg, runs) {
+        let (ctx, tx, q) = (ctx.clone(), tx.clone(), queue.clone());
+        queue.add_runner(tokio::spawn(async move {
+            let queue = q;
+            let (ctx2, tx2, queue2) = (ctx.clone(), tx.clone(), queue.clone());
+            let ran = on_guest(&ctx.runtime, move || run_queue(&ctx2, &tx2, &queue2)).await;
+            // No guest thread: each job left fails with the reason.
+            if let Err(e) = ran {
+                let _ = tokio::task::spawn_blocking(move || {
+                    while let Some(next) = queue.pop() {
+                        run_one(&ctx, &tx, next, |_| Err(e.clone()));
+                    }
+                })
+                .await;
+            }
+        }));
+    }
+}
+
+/// The jobs to run, which `-p` runners on guest threads take in order: a
+/// job costs no hand-off between threads (it cost three, a third of a
+/// trivial case's time). Packages queue their misses as they are planned,
+/// so the first cases run while later packages still build and compile.
+///
+/// The order: jobs that took [`LONG_JOB`] or more when they last ran go
+/// first, longest first, so a long one never starts last; the others keep
+/// the listed order, by package, whichever is planned first (jobs of one module in a row reuse its warm instance
+/// slots: shuffling 2,000 short jobs by their noise cost 20% of an
+/// uncached run). Only with parallel slots: with one, every order takes the
+/// same time, and `-p 1` keeps the listed order. So that the order holds
+/// across packages, runners wait while a package that needs no build and
+/// no fresh listing (a warm run's every package) is still to be queued.
+struct JobQueue<T = ToRun> {
+    state: Mutex<QueueState<T>>,
+    ready: std::sync::Condvar,
+    /// Runners at most (`-p`).
+    parallel: usize,
+}
+
+struct QueueState<T> {
+    /// Each job with its package, and how long it took when long.
+    jobs: VecDeque<(usize, T, Option<Duration>)>,
+    /// How many jobs at the front took [`LONG_JOB`] or more.
+    long: usize,
+    /// Packages to be queued soon: no build, no fresh listing (yet).
+    soon: Vec<bool>,
+    soon_left: usize,
+    /// Jobs queued so far, and runners started for them.
+    queued: usize,
+    runners: Vec<tokio::task::JoinHandle<()>>,
+    started: usize,
+    closed: bool,
+}
+
+impl<T> JobQueue<T> {
+    fn new(packages: usize, parallel: usize) -> Self {
+        JobQueue {
+            parallel: parallel.max(1),
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                long: 0,
+                soon: vec![true; packages],
+                soon_left: packages,
+                queued: 0,
+                runners: Vec::new(),
+                started: 0,
+                closed: false,
+            }),
+            ready: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Package `pkg` builds or compiles first: runners need not wait for it.
+    fn not_soon(&self, pkg: usize) {
+        let mut s = self.lock();
+        if std::mem::take(&mut s.soon[pkg]) {
+            s.soon_left -= 1;
+            self.ready.notify_all();
+        }
+    }
+
+    /// Queues a package's jobs (each with how long it took, when long);
+    /// returns how many runners to start for them, up to `parallel`.
+    fn push(&self, pkg: usize, runs: Vec<(T, Option<Duration>)>) -> std::ops::Range<usize> {
+        let mut s = self.lock();
+        if std::mem::take(&mut s.soon[pkg]) {
+            s.soon_left -= 1;
+        }
+        s.queued += runs.len();
+        // The others after the queued jobs of the packages before this one
+        // (packages may be planned out of order).
+        let mut at = s.long
+            + s.jobs
+                .range(s.long..)
+                .rposition(|(p, _, _)| *p <= pkg)
+                .map_or(0, |i| i + 1);
+        for (run, took) in runs {
+            match took {
+                Some(took) => {
+                    let long = s.jobs.range(..s.long).position(|j| j.2 < Some(took));
+                    let long = long.unwrap_or(s.long);
+                    s.jobs.insert(long, (pkg, run, Some(took)));
+                    s.long += 1;
+                    at += 1;
+                }
+                None => {
+                    s.jobs.insert(at, (pkg, run, None));
+                    at += 1;
+                }
+            }
+        }
+        self.ready.notify_all();
+        let want = s.queued.min(self.parallel);
+        let start = s.started;
+        s.started = want.max(start);
+        start..s.started
+    }
+
+    fn add_runner(&self, runner: tokio::task::JoinHandle<()>) {
+        self.lock().runners.push(runner);
+    }
+
+    /// The next job, waiting for one while more may come; `None` when the
+    /// queue is closed and empty.
+    fn pop(&self) -> Option<T> {
+        let mut s = self.lock();
+        loop {
+            if s.soon_left == 0 || s.closed {
+                if let Some((_, run, _)) = s.jobs.pop_front() {
+                    s.long = s.long.saturating_sub(1);
+                    return Some(run);
+                }
+                if s.closed {
+                    return None;
+                }
+            }
+            s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// No job comes any more: returns the runners, to wait for.
+    fn close(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut s = self.lock();
+        s.closed = true;
+        self.ready.notify_all();
+        std::mem::take(&mut s.runners)
     }
 }
 
 /// A runner: runs the queued jobs until none is left.
-fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &Mutex<VecDeque<ToRun>>) {
-    while let Some(next) = pop(queue) {
+fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &JobQueue) {
+    while let Some(next) = queue.pop() {
         run_one(ctx, tx, next, |run| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 job::run_job(&ctx.env(tx), run)
@@ -295,10 +456,6 @@ fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &Mutex<VecDeque<ToRun>>) {
             .map_err(|_| SetupError::Panic)
         });
     }
-}
-
-fn pop(queue: &Mutex<VecDeque<ToRun>>) -> Option<ToRun> {
-    queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
 }
 
 /// Runs one job with `run` (unless `--failfast` or Ctrl-C stopped the run)
@@ -347,27 +504,6 @@ const EVENT_BATCH: Duration = Duration::from_millis(1);
 
 /// A job to run: its package, the package's state, the job.
 type ToRun = (usize, Arc<Mutex<PackageRun>>, Box<job::ToRun>);
-
-/// Orders the jobs to run so that a long one never starts last: those that
-/// took [`LONG_JOB`] or more when they last ran go first, longest first;
-/// the others keep the listed order (jobs of one module in a row reuse its
-/// warm instance slots: shuffling 2,000 short jobs by their noise cost 20%
-/// of an uncached run). Only with parallel slots: with one, every order
-/// takes the same time, and `-p 1` keeps the listed order.
-fn slowest_first(ctx: &Ctx, runs: &mut [ToRun]) {
-    let Some(cache) = ctx.facts.as_ref() else {
-        return;
-    };
-    if ctx.config.parallel < 2 {
-        return;
-    }
-    runs.sort_by_cached_key(|(_, _, run)| {
-        match cache.last_time(&run.job.package, &crate::plan::case_key(&run.job)) {
-            Some(took) if took >= LONG_JOB => (false, std::cmp::Reverse(took)),
-            _ => (true, std::cmp::Reverse(Duration::ZERO)),
-        }
-    });
-}
 
 /// A job this long is worth starting early.
 const LONG_JOB: Duration = Duration::from_millis(100);
@@ -418,17 +554,33 @@ fn partition_package(
     true
 }
 
-/// A package's modules, read and identified, and their listings.
+/// A package (built), its modules read and identified, and their listings.
 struct Prepared {
+    package: Arc<Package>,
     mods: Result<Vec<Arc<Artifact>>, SetupError>,
     policy: Arc<Policy>,
     /// `None` when there was nothing to list (an error, or no modules).
     listings: Option<Result<Vec<Listing>, SetupError>>,
 }
 
-/// Reads and hashes a package's modules (`-p` at a time across the run),
-/// then lists their cases.
-async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
+/// Builds a package's test binary (Go), reads and hashes its modules (`-p`
+/// at a time across the run), then lists their cases.
+async fn prepare(
+    ctx: Arc<Ctx>,
+    tx: Tx,
+    queue: Arc<JobQueue>,
+    pkg: usize,
+    mut p: Package,
+) -> Prepared {
+    if p.go_build.is_some() {
+        queue.not_soon(pkg);
+        p = blocking(ctx.clone(), pkg, move || {
+            p.build();
+            p
+        })
+        .await;
+    }
+    let p = Arc::new(p);
     let forced = plan::known_framework(&ctx.config, &p);
     let dir = plan::embeddable_dir(&p);
     let reads: Vec<_> = p
@@ -436,7 +588,7 @@ async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
         .iter()
         .map(|path| {
             let (path, dir, cache) = (path.clone(), dir.clone(), ctx.facts.clone());
-            tokio::spawn(blocking(ctx.slots.clone(), move || {
+            tokio::spawn(blocking(ctx.clone(), pkg, move || {
                 Artifact::open(path, forced, dir, cache.as_ref())
             }))
         })
@@ -458,12 +610,21 @@ async fn prepare(ctx: Arc<Ctx>, tx: Tx, p: Arc<Package>) -> Prepared {
     let memo = ctx.facts.as_ref().map(Cache::memo);
     let policy = Arc::new(plan::policy(&ctx.config, &p, &ctx.scratch, embedded, memo));
     let listings = match &mods {
-        Ok(ms) if !ms.is_empty() => {
-            Some(list_package(ctx.clone(), tx, p.name.clone(), ms.clone(), policy.clone()).await)
-        }
+        Ok(ms) if !ms.is_empty() => Some(
+            list_package(
+                ctx.clone(),
+                tx,
+                (pkg, queue),
+                p.name.clone(),
+                ms.clone(),
+                policy.clone(),
+            )
+            .await,
+        ),
         _ => None,
     };
     Prepared {
+        package: p,
         mods,
         policy,
         listings,
@@ -476,11 +637,14 @@ fn plan_package(
     ctx: &Ctx,
     tx: &Tx,
     pkg: usize,
-    package: &Package,
-    mods: Result<Vec<Arc<Artifact>>, SetupError>,
-    policy: Arc<Policy>,
-    listings: Option<Result<Vec<Listing>, SetupError>>,
-) -> Option<(Vec<Job>, usize)> {
+    prepared: Prepared,
+) -> Option<(Arc<Package>, Vec<Job>, usize)> {
+    let Prepared {
+        package,
+        mods,
+        policy,
+        listings,
+    } = prepared;
     let mods = match mods {
         Ok(m) => m,
         Err(message) => {
@@ -526,7 +690,7 @@ fn plan_package(
         let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestsToRun));
         return None;
     }
-    Some((jobs, listed))
+    Some((package, jobs, listed))
 }
 
 /// Announces a package's planned cases and looks its jobs up in the cache
@@ -536,19 +700,16 @@ fn start_lookups(
     ctx: &Arc<Ctx>,
     tx: &Tx,
     pkg: usize,
-    jobs: Option<Vec<Job>>,
+    jobs: Vec<Job>,
     listed: usize,
-) -> Option<tokio::task::JoinHandle<Vec<job::Looked>>> {
-    let jobs = jobs?;
+) -> tokio::task::JoinHandle<Vec<job::Looked>> {
     let _ = tx.send(Event::Planned {
         pkg,
         cases: jobs.iter().flat_map(|j| j.cases.iter().cloned()).collect(),
         listed,
     });
     let (ctx, tx) = (ctx.clone(), tx.clone());
-    Some(tokio::task::spawn_blocking(move || {
-        job::look_up_package(&ctx.env(&tx), jobs)
-    }))
+    tokio::task::spawn_blocking(move || job::look_up_package(&ctx.env(&tx), jobs))
 }
 
 /// Records a case's result and sends it to the reporter.
@@ -617,15 +778,79 @@ fn finished(pkg: usize, elapsed: Duration, outcome: PackageOutcome) -> Event {
 
 /// Runs `f` on the blocking pool once a slot is free.
 async fn blocking<T: Send + 'static>(
-    slots: Arc<Semaphore>,
+    ctx: Arc<Ctx>,
+    pkg: usize,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> T {
-    let permit = slots.acquire_owned().await.expect("semaphore open");
+    let slot = ctx.slot(pkg).await;
     let out = tokio::task::spawn_blocking(f)
         .await
         .expect("blocking tasks do not panic");
-    drop(permit);
+    drop(slot);
     out
+}
+
+/// The `-p` slots that building, reading and listing take: a free slot goes
+/// to the earliest package waiting, whenever it asked, so the first
+/// packages are ready (and their cases running) while later ones still
+/// build and compile, as `go test` runs them.
+struct Slots {
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    free: usize,
+    /// By package, then in the order asked.
+    waiting: std::collections::BTreeMap<(usize, u64), oneshot::Sender<Slot>>,
+    asked: u64,
+}
+
+/// A slot, given back when dropped.
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn new(n: usize) -> Arc<Self> {
+        Arc::new(Slots {
+            state: Mutex::new(SlotState {
+                free: n.max(1),
+                waiting: Default::default(),
+                asked: 0,
+            }),
+        })
+    }
+
+    async fn acquire(slots: &Arc<Self>, pkg: usize) -> Slot {
+        let rx = {
+            let mut s = slots.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.free > 0 {
+                s.free -= 1;
+                return Slot(slots.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            s.asked += 1;
+            let asked = s.asked;
+            s.waiting.insert((pkg, asked), tx);
+            rx
+        };
+        rx.await
+            .expect("a waiting slot is handed over, not dropped")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let slots = &self.0;
+        let mut s = slots.state.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((_, next)) = s.waiting.pop_first() {
+            // A waiter gone (its task cancelled) is skipped: the slot
+            // offered to it comes back unused, and goes to the next.
+            match next.send(Slot(slots.clone())) {
+                Ok(()) => return,
+                Err(slot) => std::mem::forget(slot),
+            }
+        }
+        s.free += 1;
+    }
 }
 
 /// Runs `f` on one of the runtime's guest threads, where the runs it starts
@@ -649,6 +874,7 @@ async fn on_guest<T: Send + 'static>(
 async fn list_package(
     ctx: Arc<Ctx>,
     tx: Tx,
+    (pkg, queue): (usize, Arc<JobQueue>),
     package: String,
     mods: Vec<Arc<Artifact>>,
     policy: Arc<Policy>,
@@ -681,7 +907,8 @@ async fn list_package(
             out.push(listing);
             continue;
         }
-        let permit = ctx.slot().await;
+        queue.not_soon(pkg);
+        let permit = ctx.slot(pkg).await;
         let (ctx2, tx2, package) = (ctx.clone(), tx.clone(), package.clone());
         let listed = on_guest(&ctx.runtime, move || {
             job::list_module(&ctx2.env(&tx2), &package, &m, &p)
@@ -691,4 +918,67 @@ async fn list_package(
         out.push(listed.and_then(|l| l)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &JobQueue<&'static str>) -> Vec<&'static str> {
+        q.close();
+        std::iter::from_fn(|| q.pop()).collect()
+    }
+
+    #[test]
+    fn the_queue_keeps_package_order_and_puts_long_jobs_first() {
+        let q = JobQueue::new(3, 2);
+        let ms = Duration::from_millis;
+        // Package 2 is planned before packages 0 and 1.
+        assert_eq!(q.push(2, vec![("c1", None), ("c2", Some(ms(200)))]), 0..2);
+        assert_eq!(q.push(0, vec![("a1", None), ("a2", Some(ms(900)))]), 2..2);
+        q.push(1, vec![("b1", None), ("b2", None)]);
+        assert_eq!(drain(&q), ["a2", "c2", "a1", "b1", "b2", "c1"]);
+    }
+
+    #[test]
+    fn runners_wait_for_packages_due_soon_but_not_for_ones_that_compile() {
+        let q = Arc::new(JobQueue::new(2, 1));
+        q.push(0, vec![("a", None)]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let runner = {
+            let q = q.clone();
+            std::thread::spawn(move || tx.send(q.pop()).unwrap())
+        };
+        // Package 1 is due soon (no build, no fresh listing): no job yet.
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        q.not_soon(1);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Some("a"));
+        runner.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_free_slot_goes_to_the_earliest_package_waiting() {
+        let slots = Slots::new(1);
+        let held = Slots::acquire(&slots, 0).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for pkg in [5, 3, 4, 1] {
+            let (slots, order) = (slots.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let slot = Slots::acquire(&slots, pkg).await;
+                order.lock().unwrap().push(pkg);
+                drop(slot);
+            }));
+            tokio::task::yield_now().await;
+        }
+        // Every waiter has asked before the slot is free.
+        while slots.state.lock().unwrap().waiting.len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [1, 3, 4, 5]);
+    }
 }

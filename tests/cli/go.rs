@@ -358,3 +358,73 @@ fn a_fully_cached_go_run_starts_no_go_tool_until_a_source_changes() {
     let o = m.cachet(&["test", "-v", "--run", "TestExtra", "./clean"]);
     assert!(stdout(&o).contains("TestExtra"), "{}", stdout(&o));
 }
+
+/// Each package goes through build, compile, listing and runs on its own:
+/// the first package's tests run while a later one is still being listed
+/// (its init sleeps for 4 s when asked to list). Before, no case ran until
+/// every package was listed.
+#[test]
+fn a_package_runs_while_a_later_one_is_still_listed() {
+    let m = GoModule::new();
+    let slow = m.dir().join("slowlist");
+    std::fs::create_dir(&slow).unwrap();
+    std::fs::write(
+        slow.join("slow_test.go"),
+        r#"package slowlist
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func init() {
+	for _, a := range os.Args {
+		if strings.HasPrefix(a, "-test.list") {
+			time.Sleep(4 * time.Second)
+		}
+	}
+}
+
+func TestQuick(t *testing.T) {}
+"#,
+    )
+    .unwrap();
+    let o = m.cachet(&["test", "--json", "-p", "2", "./clean", "./slowlist"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let at = |package: &str, action: &str| -> Vec<f64> {
+        events
+            .iter()
+            .filter(|e| e["Package"] == package && e["Action"] == action && e["Test"].is_string())
+            .map(|e| seconds_of_day(e["Time"].as_str().unwrap()))
+            .collect()
+    };
+    let clean_done = at("example.com/cachetfix/clean", "pass");
+    let slow_started = at("example.com/cachetfix/slowlist", "run");
+    assert!(
+        !clean_done.is_empty() && !slow_started.is_empty(),
+        "{}",
+        stdout(&o)
+    );
+    let clean_done = clean_done.iter().copied().fold(f64::MIN, f64::max);
+    let slow_started = slow_started.iter().copied().fold(f64::MAX, f64::min);
+    assert!(
+        clean_done + 2.0 < slow_started,
+        "clean's tests ended at {clean_done}, slowlist's started at {slow_started}: \
+         clean waited for slowlist's listing"
+    );
+}
+
+/// Seconds since midnight of an RFC 3339 time (`...T12:34:56.789Z`).
+fn seconds_of_day(time: &str) -> f64 {
+    let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
+    clock
+        .split(':')
+        .map(|p| p.parse::<f64>().unwrap())
+        .fold(0.0, |acc, p| acc * 60.0 + p)
+}

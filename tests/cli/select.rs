@@ -118,61 +118,66 @@ fn env_reaches_the_guest_and_nothing_else_does() {
 
 /// With `-p 2`, the cases that took longest last time start first: here a
 /// 3 s case listed after seven quick ones (their start is the `run`
-/// event's time in `--json`).
+/// event's time in `--json`), in one package, or in a package of its own
+/// after the quick ones' package (runners wait for both to be planned).
 #[test]
 fn the_slowest_cases_of_the_last_run_start_first() {
-    let work = tempfile::tempdir().unwrap();
-    let pkg = work.path().join("p");
-    std::fs::create_dir(&pkg).unwrap();
-    for (f, name) in [
-        ("suite_cachecases", "a_quick.wasm"),
-        ("suite_slowprint", "b_slow.wasm"),
-    ] {
-        std::fs::copy(&cachet_testkit::fixture(f).wasm, pkg.join(name)).unwrap();
-    }
-    for f in ["a.txt", "b.txt"] {
-        std::fs::create_dir_all(pkg.join("testdata/listed")).unwrap();
-        std::fs::write(pkg.join("testdata").join(f), "x").unwrap();
-    }
-    let (_, cache) = crate::cachet_command(work.path(), &[]);
-    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
-    let rank_of_slow = || {
-        let o = crate::cachet_with(
-            work.path(),
-            &["test", "--json", "--count", "1", "-p", "2", "p"],
-            &env,
+    for packages in [&["p", "p"], &["p", "q"]] {
+        let work = tempfile::tempdir().unwrap();
+        for (f, name, pkg) in [
+            ("suite_cachecases", "a_quick.wasm", packages[0]),
+            ("suite_slowprint", "b_slow.wasm", packages[1]),
+        ] {
+            let pkg = work.path().join(pkg);
+            std::fs::create_dir_all(pkg.join("testdata/listed")).unwrap();
+            std::fs::copy(&cachet_testkit::fixture(f).wasm, pkg.join(name)).unwrap();
+            for f in ["a.txt", "b.txt"] {
+                std::fs::write(pkg.join("testdata").join(f), "x").unwrap();
+            }
+        }
+        let (_, cache) = crate::cachet_command(work.path(), &[]);
+        let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+        let rank_of_slow = |p: &str| {
+            let mut args = vec!["test", "--json", "--count", "1", "-p", p, "p"];
+            if packages[1] != "p" {
+                args.push(packages[1]);
+            }
+            let o = crate::cachet_with(work.path(), &args, &env);
+            let mut starts: Vec<(f64, String)> = stdout(&o)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["Action"] == "run" && e["Test"].is_string())
+                .map(|e| {
+                    let time = e["Time"].as_str().unwrap();
+                    let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
+                    let secs = clock
+                        .split(':')
+                        .map(|p| p.parse::<f64>().unwrap())
+                        .fold(0.0, |acc, p| acc * 60.0 + p);
+                    (secs, e["Test"].as_str().unwrap().to_string())
+                })
+                .collect();
+            assert_eq!(starts.len(), 8, "{}", stdout(&o));
+            starts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            starts
+                .iter()
+                .position(|(_, t)| t == "tests::prints_then_waits")
+                .unwrap()
+        };
+        // With one slot, packages are listed in order, and nothing is known
+        // of the cases' times yet: the listed order.
+        assert!(
+            rank_of_slow("1") >= 6,
+            "{packages:?}, first run: in listed order, among the last two"
         );
-        let mut starts: Vec<(f64, String)> = stdout(&o)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["Action"] == "run" && e["Test"].is_string())
-            .map(|e| {
-                let time = e["Time"].as_str().unwrap();
-                let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
-                let secs = clock
-                    .split(':')
-                    .map(|p| p.parse::<f64>().unwrap())
-                    .fold(0.0, |acc, p| acc * 60.0 + p);
-                (secs, e["Test"].as_str().unwrap().to_string())
-            })
-            .collect();
-        assert_eq!(starts.len(), 8, "{}", stdout(&o));
-        starts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        starts
-            .iter()
-            .position(|(_, t)| t == "tests::prints_then_waits")
-            .unwrap()
-    };
-    assert!(
-        rank_of_slow() >= 6,
-        "first run: in listed order, among the last two"
-    );
-    // Taken first; its guest starts after its module loads, while the
-    // other slot may start quick cases (on a loaded machine, several: a full
-    // run here once saw 4 before it). Not among the last two, as in listed order.
-    let second = rank_of_slow();
-    assert!(
-        second <= 5,
-        "second run: started early, not last ({second})"
-    );
+        // Taken first; its guest starts after its module loads, while the
+        // other slot may start quick cases (on a loaded machine, several: a
+        // full run here once saw 4 before it). Not among the last two, as in
+        // listed order.
+        let second = rank_of_slow("2");
+        assert!(
+            second <= 5,
+            "{packages:?}, second run: started early, not last ({second})"
+        );
+    }
 }

@@ -396,10 +396,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Describes and builds every Go package discovery found: names it by import
-/// path (as `go test` reports it), and gives it its test binary, or its
-/// error (no toolchain; not in a module; a failed build, whose compiler
-/// output goes to stderr as `go test` prints it).
+/// Describes every Go package discovery found: names it by import
+/// path (as `go test` reports it), and gives it its test binary to build
+/// ([`GoBuild`]), or its error (no toolchain; not in a module).
 pub fn resolve(packages: &mut [Package], cache: Option<&Path>) {
     let pending: Vec<usize> = (0..packages.len())
         .filter(|&i| packages[i].error.is_none() && packages[i].go.is_some())
@@ -459,31 +458,57 @@ pub fn resolve(packages: &mut [Package], cache: Option<&Path>) {
             }
         }
     }
-    // Two at a time: `go test -c` is mostly one linker process.
-    let queue = std::sync::Mutex::new(builds.into_iter());
-    let done = std::sync::Mutex::new(Vec::new());
+    for (i, gp) in builds {
+        packages[i].go_build = Some(GoBuild {
+            toolchain: tc.clone(),
+            package: gp,
+            cache: cache.to_path_buf(),
+        });
+    }
+}
+
+/// A Go package's test binary still to build (`go test -c`). The scheduler
+/// builds each as its package comes up, so links overlap the compiles and
+/// runs of the packages before it; [`build_all`] builds every one first.
+#[derive(Clone, Debug)]
+pub struct GoBuild {
+    toolchain: Toolchain,
+    package: GoPackage,
+    cache: PathBuf,
+}
+
+impl Package {
+    /// Builds its test binary if it has one still to build: then it has its
+    /// module, or its error (the compiler's output printed to stderr, as
+    /// `go test` prints it).
+    pub fn build(&mut self) {
+        let Some(b) = self.go_build.take() else {
+            return;
+        };
+        match build(&b.toolchain, &b.package, &b.cache) {
+            Ok(wasm) => self.modules = vec![wasm],
+            Err(BuildFailed(output)) => {
+                eprint!("{output}");
+                self.error = Some("build failed (errors above)".into());
+                self.build_failed = true;
+            }
+        }
+    }
+}
+
+/// Builds every package's test binary still to build, two at a time
+/// (`go test -c` is mostly one linker process).
+pub fn build_all(packages: &mut [Package]) {
+    let queue = std::sync::Mutex::new(packages.iter_mut().filter(|p| p.go_build.is_some()));
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some((i, gp)) = next else { break };
-                let result = build(&tc, &gp, cache);
-                done.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((i, result));
+                let Some(p) = next else { break };
+                p.build();
             });
         }
     });
-    for (i, result) in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        match result {
-            Ok(wasm) => packages[i].modules = vec![wasm],
-            Err(BuildFailed(output)) => {
-                eprint!("{output}");
-                packages[i].error = Some("build failed (errors above)".into());
-                packages[i].build_failed = true;
-            }
-        }
-    }
 }
 
 /// A build that failed: what `go test -c` printed.

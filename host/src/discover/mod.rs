@@ -40,6 +40,8 @@ pub struct Package {
     pub error: Option<String>,
     /// The error is a failed build (`FAIL pkg [build failed]`).
     pub build_failed: bool,
+    /// A Go test binary still to build: [`Package::build`] builds it.
+    pub go_build: Option<go::GoBuild>,
 }
 
 /// Where a Go package sits, for its mounts: its module (or GOROOT) is
@@ -65,6 +67,7 @@ impl Package {
             go: None,
             error: Some(error),
             build_failed: false,
+            go_build: None,
         }
     }
 
@@ -78,6 +81,7 @@ impl Package {
             go: None,
             error: None,
             build_failed: false,
+            go_build: None,
         }
     }
 }
@@ -94,7 +98,9 @@ pub enum Build {
 }
 
 /// Expands every pattern, in order; a pattern that matches nothing yields one
-/// failed package naming it. Go packages are built into `go_cache`.
+/// failed package naming it. Go packages are described, and their test
+/// binaries left to build into `go_cache` ([`Package::build`], or
+/// [`go::build_all`]).
 pub fn discover(patterns: &[String], build: Build, go_cache: Option<&Path>) -> Vec<Package> {
     let mut out: Vec<Package> = Vec::new();
     for pattern in patterns {

@@ -51,6 +51,8 @@ pub struct Reporter {
     format: Box<dyn Format>,
     names: Vec<String>,
     buffers: Vec<String>,
+    /// A package's setup error, for stderr when its output is printed.
+    errors: Vec<Option<String>>,
     done: Vec<bool>,
     next: usize,
     out: Box<dyn Write>,
@@ -81,6 +83,7 @@ impl Reporter {
             format,
             names,
             buffers: vec![String::new(); n],
+            errors: vec![None; n],
             done: vec![false; n],
             next: 0,
             out,
@@ -121,8 +124,9 @@ impl Reporter {
                 build,
             } => {
                 self.setup_error = true;
-                self.progress
-                    .suspend(|| eprintln!("cachet: {}: {message}", self.names[pkg]));
+                // On stderr in package order too, with the package's output
+                // (packages are prepared side by side, and fail in any order).
+                self.errors[pkg] = Some(format!("cachet: {}: {message}", self.names[pkg]));
                 let text = self.format.package_error(&self.names[pkg], &message, build);
                 self.done[pkg] = true;
                 (pkg, text)
@@ -165,6 +169,9 @@ impl Reporter {
 
     fn flush(&mut self) {
         while self.next < self.buffers.len() {
+            if let Some(line) = self.errors[self.next].take() {
+                self.progress.suspend(|| eprintln!("{line}"));
+            }
             let text = std::mem::take(&mut self.buffers[self.next]);
             if !text.is_empty() {
                 let out = &mut self.out;
