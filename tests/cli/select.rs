@@ -117,9 +117,9 @@ fn env_reaches_the_guest_and_nothing_else_does() {
 }
 
 /// With `-p 2`, the cases that took longest last time start first: here a
-/// 3 s case listed after seven quick ones (their start is the `run`
-/// event's time in `--json`), in one package, or in a package of its own
-/// after the quick ones' package (runners wait for both to be planned).
+/// 3 s case listed after seven quick ones, in one package, or in a package
+/// of its own after the quick ones' package (runners wait for both to be
+/// planned). Its rank: how many quick cases ended before it started.
 #[test]
 fn the_slowest_cases_of_the_last_run_start_first() {
     for packages in [&["p", "p"], &["p", "q"]] {
@@ -143,10 +143,9 @@ fn the_slowest_cases_of_the_last_run_start_first() {
                 args.push(packages[1]);
             }
             let o = crate::cachet_with(work.path(), &args, &env);
-            let mut starts: Vec<(f64, String)> = stdout(&o)
+            let events: Vec<(f64, serde_json::Value)> = stdout(&o)
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|e| e["Action"] == "run" && e["Test"].is_string())
                 .map(|e| {
                     let time = e["Time"].as_str().unwrap();
                     let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
@@ -154,15 +153,29 @@ fn the_slowest_cases_of_the_last_run_start_first() {
                         .split(':')
                         .map(|p| p.parse::<f64>().unwrap())
                         .fold(0.0, |acc, p| acc * 60.0 + p);
-                    (secs, e["Test"].as_str().unwrap().to_string())
+                    (secs, e)
                 })
                 .collect();
-            assert_eq!(starts.len(), 8, "{}", stdout(&o));
-            starts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            starts
+            // When the slow case started: its `run` event while its package
+            // streams (the only one); its own package's `start` otherwise
+            // (a buffered package's `run` events are written when it ends).
+            let slow_started = events
                 .iter()
-                .position(|(_, t)| t == "tests::prints_then_waits")
-                .unwrap()
+                .find(|(_, e)| match packages[1] {
+                    "p" => e["Action"] == "run" && e["Test"] == "tests::prints_then_waits",
+                    q => e["Action"] == "start" && e["Package"] == q,
+                })
+                .unwrap_or_else(|| panic!("{}", stdout(&o)))
+                .0;
+            let quick_done: Vec<f64> = events
+                .iter()
+                .filter(|(_, e)| e["Action"] == "pass" && e["Test"].is_string())
+                .filter(|(_, e)| e["Test"] != "tests::prints_then_waits")
+                .map(|(t, _)| *t)
+                .collect();
+            assert_eq!(quick_done.len(), 7, "{}", stdout(&o));
+            // How many quick cases ended before it started.
+            quick_done.iter().filter(|t| **t < slow_started).count()
         };
         // With one slot, packages are listed in order, and nothing is known
         // of the cases' times yet: the listed order.
