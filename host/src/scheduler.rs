@@ -294,21 +294,22 @@ async fn feed(
         })
         .collect();
     for _ in queue.push(pkg, runs) {
-        let (ctx, tx, q) = (ctx.clone(), tx.clone(), queue.clone());
-        queue.add_runner(tokio::spawn(async move {
-            let queue = q;
-            let (ctx2, tx2, queue2) = (ctx.clone(), tx.clone(), queue.clone());
-            let ran = on_guest(&ctx.runtime, move || run_queue(&ctx2, &tx2, &queue2)).await;
-            // No guest thread: each job left fails with the reason.
-            if let Err(e) = ran {
-                let _ = tokio::task::spawn_blocking(move || {
-                    while let Some(next) = queue.pop() {
-                        run_one(&ctx, &tx, next, |_| Err(e.clone()));
-                    }
-                })
-                .await;
+        queue.add_runner(tokio::spawn(runner(ctx.clone(), tx.clone(), queue.clone())));
+    }
+}
+
+/// A runner: runs the queued jobs on a guest thread until none is left.
+async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
+    let (ctx2, tx2, queue2) = (ctx.clone(), tx.clone(), queue.clone());
+    let ran = on_guest(&ctx.runtime, move || run_queue(&ctx2, &tx2, &queue2)).await;
+    // No guest thread: each job left fails with the reason.
+    if let Err(e) = ran {
+        let _ = tokio::task::spawn_blocking(move || {
+            while let Some(next) = queue.pop() {
+                run_one(&ctx, &tx, next, |_| Err(e.clone()));
             }
-        }));
+        })
+        .await;
     }
 }
 
@@ -319,9 +320,9 @@ async fn feed(
 ///
 /// The order: jobs that took [`LONG_JOB`] or more when they last ran go
 /// first, longest first, so a long one never starts last; the others keep
-/// the listed order, by package, whichever is planned first (jobs of one module in a row reuse its warm instance
-/// slots: shuffling 2,000 short jobs by their noise cost 20% of an
-/// uncached run). Only with parallel slots: with one, every order takes the
+/// the listed order, by package, whichever is planned first (jobs of one
+/// module in a row reuse its warm instance slots: shuffling 2,000 short
+/// jobs by their noise cost 20% of an uncached run). Only with parallel slots: with one, every order takes the
 /// same time, and `-p 1` keeps the listed order. So that the order holds
 /// across packages, runners wait while a package that needs no build and
 /// no fresh listing (a warm run's every package) is still to be queued.
@@ -446,7 +447,7 @@ impl<T> JobQueue<T> {
     }
 }
 
-/// A runner: runs the queued jobs until none is left.
+/// The runner's loop: runs the queued jobs until none is left.
 fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &JobQueue) {
     while let Some(next) = queue.pop() {
         run_one(ctx, tx, next, |run| {
@@ -841,15 +842,14 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let slots = &self.0;
         let mut s = slots.state.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((_, next)) = s.waiting.pop_first() {
-            // A waiter gone (its task cancelled) is skipped: the slot
-            // offered to it comes back unused, and goes to the next.
-            match next.send(Slot(slots.clone())) {
-                Ok(()) => return,
-                Err(slot) => std::mem::forget(slot),
-            }
-        }
-        s.free += 1;
+        let Some((_, next)) = s.waiting.pop_first() else {
+            s.free += 1;
+            return;
+        };
+        drop(s);
+        // A waiter gone (its task cancelled) hands the slot back: it is
+        // dropped here, unused, and goes to the next one.
+        let _ = next.send(Slot(slots.clone()));
     }
 }
 
