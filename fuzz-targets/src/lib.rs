@@ -99,6 +99,7 @@ pub fn cache_entry(data: &[u8]) {
     let (cache, _) = cache();
     let parts = KeyParts::new(
         ModuleDigest::of(b"fuzz"),
+        cachet_runtime::Wasi::P1,
         "libtest",
         "case",
         &[],

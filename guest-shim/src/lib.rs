@@ -16,11 +16,13 @@
 //! later sets another one or lists them all (libc then loads the host's).
 //!
 //! Without this crate a guest still works; its reads are logged as `environ`.
-//! On targets other than WASI the crate is empty.
+//! On targets other than WASI preview 1 the crate is empty: a preview 2
+//! component can import only WIT interfaces, not the core `cachet` module,
+//! so its reads are logged as `environ` (docs/design/sandbox.md, "Preview 2").
 
 pub mod abi;
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", not(target_env = "p2")))]
 mod shim {
     use super::abi;
     use std::cell::RefCell;

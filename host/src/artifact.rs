@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cachet_runtime::{check_header, FileId, LoadError, Module, ModuleDigest, Runtime};
+use cachet_runtime::{check_header, FileId, LoadError, Module, ModuleDigest, Runtime, Wasi};
 
 use crate::cache::{Cache, ModuleFacts};
 use crate::framework::Framework;
@@ -49,6 +49,8 @@ pub struct Artifact {
     /// The module contains its package's absolute path (from
     /// `env!("CARGO_MANIFEST_DIR")`), so the package is mounted there too.
     pub embeds_dir: bool,
+    /// A preview 1 core module or a preview 2 component.
+    pub wasi: Wasi,
     /// The bytes, kept when the run has no cache (every case will run);
     /// otherwise read again if a case misses.
     bytes: Option<Vec<u8>>,
@@ -79,6 +81,7 @@ impl Artifact {
                         digest,
                         framework: Framework::chosen(forced, facts.framework()),
                         embeds_dir: facts.embeds_dir,
+                        wasi: facts.wasi(),
                         bytes: None,
                         seen_before: true,
                         compiled: OnceLock::new(),
@@ -89,7 +92,7 @@ impl Artifact {
         let mut buffer = Buffer::take();
         read_into(&path, &mut buffer).map_err(|e| ArtifactError::read(&path, e))?;
         let bytes = &buffer.0;
-        check_header(bytes).map_err(|e| ArtifactError::load(&path, e))?;
+        let wasi = check_header(bytes).map_err(|e| ArtifactError::load(&path, e))?;
         let detected = Framework::detect(bytes);
         // Only data the program can read counts: debug info names the
         // package dir too, but the program cannot see it.
@@ -102,7 +105,7 @@ impl Artifact {
             // Remembered only if the file did not change while it was read.
             if file_id(&path) == Some(id) {
                 cache.memo().put(id, digest.0);
-                let facts = ModuleFacts::new(detected, embeds_dir);
+                let facts = ModuleFacts::new(detected, embeds_dir, wasi);
                 cache.save_module_facts(&digest, dir.as_deref(), &facts);
             }
         }
@@ -111,6 +114,7 @@ impl Artifact {
             path,
             framework: Framework::chosen(forced, detected),
             embeds_dir,
+            wasi,
             bytes: cache.is_none().then(|| buffer.0.clone()),
             seen_before,
             compiled: OnceLock::new(),

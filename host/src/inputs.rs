@@ -37,11 +37,7 @@ pub fn run(args: InputsArgs, cache: Option<Cache>) -> u8 {
     };
     let mut out = std::io::stdout().lock();
     let mut code = exit::PASSED;
-    let build = if config.prebuilt {
-        discover::Build::Never
-    } else {
-        discover::Build::Allowed
-    };
+    let build = config.build();
     let mut packages = discover::discover(
         &config.packages,
         build,

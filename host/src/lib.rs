@@ -120,11 +120,7 @@ fn test_config(args: cli::TestArgs) -> Result<TestConfig, config::ConfigError> {
 }
 
 fn test(config: TestConfig) -> u8 {
-    let build = if config.prebuilt {
-        discover::Build::Never
-    } else {
-        discover::Build::Allowed
-    };
+    let build = config.build();
     let packages = discover::discover(
         &config.packages,
         build,

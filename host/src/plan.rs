@@ -369,6 +369,7 @@ pub fn listing_key(
     args.extend(harness.ignored_list_args().unwrap_or_default());
     let parts = KeyParts::new(
         module.digest,
+        module.wasi,
         module.framework.name(),
         LIST_CASE,
         &args,
@@ -398,6 +399,7 @@ pub fn job_key(job: &Job, flags: &RunFlags, args: &[String], stack: usize) -> (K
     let case = case_key(job);
     let parts = KeyParts::new(
         job.module.digest,
+        job.module.wasi,
         job.framework.name(),
         &case,
         &key_args,

@@ -3,7 +3,9 @@
 //!   cargo bench -p cachet-runtime --bench runtime
 //!
 //! 1. Per-run overhead of a trivial WASI command, module compiled and warm:
-//!    WASI setup, a fresh scratch dir, instantiate, run, teardown.
+//!    WASI setup, a fresh scratch dir, instantiate, run, teardown; and of a
+//!    trivial preview 2 component and a libtest binary built for both
+//!    targets (issue 18).
 //! 2. Cold compile vs warm load-from-disk of a ~2-4 MB libtest module.
 //! 3. Re-observing a 50-entry log against unchanged files (the cache-hit path).
 
@@ -15,6 +17,16 @@ use cachet_runtime::{
 };
 
 use cachet_testkit::HELLO_WAT as HELLO;
+
+/// The least a WASI 0.2 command can be: `wasi:cli/run`'s `run`, returning
+/// ok, with no imports.
+const TRIVIAL_COMPONENT: &str = r#"(component
+  (core module $m (func (export "run") (result i32) i32.const 0))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $runner (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $runner)))
+"#;
 
 fn stats(mut samples: Vec<Duration>) -> String {
     samples.sort();
@@ -100,6 +112,53 @@ fn main() {
         "per-run overhead, 1 ro mount + scratch dir, called from a non-guest thread: {}",
         stats(samples)
     );
+
+    // 1b. Preview 2 (issue 18): a trivial component (its `run` returns ok,
+    //     no imports) next to the trivial module, and one real libtest
+    //     binary built for both targets, each run whole (one test).
+    let component = rt
+        .load(&wat::parse_str(TRIVIAL_COMPONENT).unwrap())
+        .unwrap();
+    assert_eq!(component.wasi(), cachet_runtime::Wasi::P2);
+    let fixture_dir = cachet_testkit::fixture("fs_reads_testdata").dir.clone();
+    let mut libtest = Policy::new();
+    libtest
+        .mount_read_only("pkg", &fixture_dir, &["."])
+        .scratch(work.path().join("scratch"))
+        .args(&["--test-threads=1"]);
+    let targets = [cachet_testkit::TARGET, cachet_testkit::TARGET_P2];
+    let builds: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let wasm = &cachet_testkit::fixture_for("fs_reads_testdata", t).wasm;
+            (*t, rt.load_file(wasm).unwrap())
+        })
+        .collect();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (rt2, module2, policy2) = (rt.clone(), module.clone(), policy.clone());
+    rt.spawn(move || {
+        for round in 0..2 {
+            for (label, m, p, n) in [
+                ("trivial module (writes ok)", &module2, &policy2, 3000),
+                ("trivial component (returns ok)", &component, &policy2, 3000),
+            ] {
+                per_run(&rt2, m, p, 200);
+                let samples = per_run(&rt2, m, p, n);
+                println!("per-run overhead, {label}, round {round}: {}", stats(samples));
+            }
+            for (target, m) in &builds {
+                per_run(&rt2, m, &libtest, 20);
+                let samples = per_run(&rt2, m, &libtest, 300);
+                println!(
+                    "per-run, fs_reads_testdata (libtest, 1 test) built for {target}, round {round}: {}",
+                    stats(samples)
+                );
+            }
+        }
+        done_tx.send(()).unwrap();
+    })
+    .unwrap();
+    done_rx.recv().unwrap();
 
     // 2. Cold compile vs warm load of a libtest module.
     let fixture = cachet_testkit::fixture("fs_reads_testdata");

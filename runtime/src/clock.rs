@@ -121,6 +121,15 @@ impl GuestClock {
         }
     }
 
+    /// A virtual clock's time now, without advancing it; `None` for real
+    /// clocks.
+    pub fn now_virtual(&self, id: u32) -> Option<u64> {
+        match self {
+            GuestClock::Virtual(_) => self.now(id),
+            GuestClock::Real => None,
+        }
+    }
+
     fn now(&self, id: u32) -> Option<u64> {
         match self {
             GuestClock::Virtual(elapsed) => match id {

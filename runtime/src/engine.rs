@@ -36,18 +36,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker,
-    PoolingAllocationConfig,
-};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::abi::Wasi;
 use crate::clock::Interrupt;
-use crate::error::{CompileChildError, LoadError, RuntimeError};
+use crate::code::{Code, Linkers, Pre};
+use crate::error::{first_line, CompileChildError, LoadError, RuntimeError};
 use crate::guest_thread::GuestThreads;
 use crate::log::Sha256Digest;
 use crate::observe::{FileId, SharedMemo};
 use crate::scratch::ScratchPool;
-use crate::state::RunState;
 
 /// The wasmtime version compiled modules on disk are keyed by; a test checks it
 /// against the workspace's pin.
@@ -109,17 +107,17 @@ pub struct Module {
 pub(crate) struct ModuleInner {
     pub digest: ModuleDigest,
     /// The code runs start with: Cranelift's, or Winch's (`tier`).
-    pub pre: InstancePre<RunState>,
+    pub pre: Pre,
     pub tier: Compiler,
     /// Cranelift's code for a module that started on Winch, once compiled.
-    pub upgraded: OnceLock<InstancePre<RunState>>,
+    pub upgraded: OnceLock<Pre>,
     /// Its Cranelift compile is queued or running.
     pub upgrading: AtomicBool,
 }
 
 impl ModuleInner {
     /// The best code ready now, and its compiler.
-    pub fn current(&self) -> (&InstancePre<RunState>, Compiler) {
+    pub fn current(&self) -> (&Pre, Compiler) {
         match self.upgraded.get() {
             Some(pre) => (pre, Compiler::Cranelift),
             None => (&self.pre, self.tier),
@@ -174,6 +172,12 @@ impl Module {
     /// The compiler of the code runs use now.
     pub fn compiler(&self) -> Compiler {
         self.inner.current().1
+    }
+
+    /// The WASI version it targets: a core module is preview 1, a
+    /// component preview 2.
+    pub fn wasi(&self) -> Wasi {
+        self.inner.pre.wasi()
     }
 }
 
@@ -270,7 +274,7 @@ pub(crate) struct Shared {
     /// Cranelift's engine.
     pub engine: Engine,
     /// Winch's engine and linker, made when a module first needs them.
-    pub winch: OnceLock<Result<(Engine, Linker<RunState>), String>>,
+    pub winch: OnceLock<Result<(Engine, Linkers), String>>,
     /// Wasm code checks the epoch in loops (see `RuntimeConfig::uninterruptible`).
     pub epochs: bool,
     pub scratch: ScratchPool,
@@ -292,7 +296,7 @@ pub struct Runtime {
 /// What compiling needs, shared with the background compiles.
 struct Compilers {
     shared: Arc<Shared>,
-    linker: Linker<RunState>,
+    linker: Linkers,
     compiled_cache: Option<PathBuf>,
     shared_compiled: Option<SharedCompiled>,
     compiled_memo: Option<SharedMemo>,
@@ -329,6 +333,7 @@ struct BackgroundQueue {
 /// A module to compile with Cranelift and switch to.
 struct Upgrade {
     bytes: Arc<[u8]>,
+    wasi: Wasi,
     key: Sha256Digest,
     cached: Option<PathBuf>,
     inner: Arc<ModuleInner>,
@@ -384,7 +389,7 @@ impl Runtime {
         };
         let wasm = engine_config(max_wasm_stack, true, epochs, Compiler::Cranelift);
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = new_linker(&engine).map_err(RuntimeError::Engine)?;
+        let linker = Linkers::new(&engine).map_err(RuntimeError::Engine)?;
         let shared = Arc::new(Shared {
             engine,
             winch: OnceLock::new(),
@@ -534,7 +539,7 @@ impl Runtime {
         digest: ModuleDigest,
         tier: Tier,
     ) -> Result<Module, LoadError> {
-        check_header(bytes)?;
+        let wasi = check_header(bytes)?;
         if let Some(m) = self.loaded(&digest) {
             return Ok(m);
         }
@@ -548,15 +553,15 @@ impl Runtime {
         let (module, compiler) = match ready {
             Some(m) => (m, Compiler::Cranelift),
             None if tier == Tier::Cranelift => (
-                c.cranelift(bytes, &key, cached.as_deref())?,
+                c.cranelift(bytes, wasi, &key, cached.as_deref())?,
                 Compiler::Cranelift,
             ),
-            None => match c.winch(bytes, &digest) {
+            None => match c.winch(bytes, wasi, &digest) {
                 Ok(m) => (m, Compiler::Winch),
                 // What Winch does not support (tail calls, exceptions,
                 // GC...) goes straight to Cranelift.
                 Err(LoadError::Compile(_)) if tier == Tier::Auto => (
-                    c.cranelift(bytes, &key, cached.as_deref())?,
+                    c.cranelift(bytes, wasi, &key, cached.as_deref())?,
                     Compiler::Cranelift,
                 ),
                 Err(e) => return Err(e),
@@ -566,6 +571,7 @@ impl Runtime {
         if let Some(inner) = inner.filter(|_| compiler == Compiler::Winch && tier == Tier::Auto) {
             self.upgrade_later(Upgrade {
                 bytes: Arc::from(bytes),
+                wasi,
                 key,
                 cached,
                 inner,
@@ -608,7 +614,7 @@ impl Runtime {
     fn keep(
         &self,
         digest: ModuleDigest,
-        module: wasmtime::Module,
+        module: Code,
         compiler: Compiler,
     ) -> Result<(Module, Option<Arc<ModuleInner>>), LoadError> {
         let c = &self.compilers;
@@ -616,9 +622,7 @@ impl Runtime {
             Compiler::Cranelift => &c.linker,
             Compiler::Winch => &c.shared.winch_engine().map_err(LoadError::Compile)?.1,
         };
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| LoadError::Link(first_line(&e)))?;
+        let pre = linker.link(&module)?;
         let inner = Arc::new(ModuleInner {
             digest,
             pre,
@@ -673,23 +677,17 @@ impl Runtime {
 
 impl Shared {
     /// Winch's engine (the same settings but the compiler) and its linker.
-    pub(crate) fn winch_engine(&self) -> Result<&(Engine, Linker<RunState>), String> {
+    pub(crate) fn winch_engine(&self) -> Result<&(Engine, Linkers), String> {
         self.winch
             .get_or_init(|| {
                 let config = engine_config(self.max_wasm_stack, true, self.epochs, Compiler::Winch);
                 let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
-                let linker = new_linker(&engine)?;
+                let linker = Linkers::new(&engine)?;
                 Ok((engine, linker))
             })
             .as_ref()
             .map_err(Clone::clone)
     }
-}
-
-fn new_linker(engine: &Engine) -> Result<Linker<RunState>, String> {
-    let mut linker = Linker::new(engine);
-    crate::intercept::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
-    Ok(linker)
 }
 
 impl Compilers {
@@ -712,7 +710,7 @@ impl Compilers {
 
     /// Cranelift's code for `key` without compiling: from the compiled-
     /// module cache, else from the shared store.
-    fn ready(&self, key: &Sha256Digest, cached: Option<&Path>) -> Option<wasmtime::Module> {
+    fn ready(&self, key: &Sha256Digest, cached: Option<&Path>) -> Option<Code> {
         if let Some(m) = cached.and_then(|p| self.load_compiled(p, key)) {
             self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
             return Some(m);
@@ -722,9 +720,10 @@ impl Compilers {
         Some(m)
     }
 
-    fn load_compiled(&self, path: &Path, key: &Sha256Digest) -> Option<wasmtime::Module> {
+    fn load_compiled(&self, path: &Path, key: &Sha256Digest) -> Option<Code> {
         let file = std::fs::File::open(path).ok()?;
-        let id = file.metadata().ok().map(|m| FileId::of(&m));
+        let meta = file.metadata().ok()?;
+        let id = Some(FileId::of(&meta));
         let memo = self.compiled_memo.as_ref().map(|m| &m.0);
         let known = matches!((memo, &id), (Some(memo), Some(id)) if memo.get(id) == Some(*key));
         if !known {
@@ -743,18 +742,19 @@ impl Compilers {
         // (each is renamed into place whole), so what was checked is what
         // runs. Copying it instead cost a fifth of an uncached run of
         // 2,000 trivial cases (docs/BENCHMARKS.md).
-        unsafe { wasmtime::Module::deserialize_open_file(&self.shared.engine, file) }.ok()
+        let body_len = meta.len().checked_sub(COMPILED_TRAILER as u64)?;
+        unsafe { Code::deserialize_file(&self.shared.engine, path, file, body_len) }.ok()
     }
 
     /// Cranelift's code for `key` from the shared store, written to
     /// `cached` when it verifies (bound to the key, intact).
-    fn fetch_shared(&self, key: &Sha256Digest, cached: Option<&Path>) -> Option<wasmtime::Module> {
+    fn fetch_shared(&self, key: &Sha256Digest, cached: Option<&Path>) -> Option<Code> {
         let file = self.shared_compiled.as_ref()?.0.fetch(key)?;
         let body = compiled_body(&file, key)?;
         // SAFETY: as in `load_compiled`: the file names this key in its
         // header and its trailer holds; the store is trusted as the local
         // cache is (see `CompiledStore`).
-        let module = unsafe { wasmtime::Module::deserialize(&self.shared.engine, body) }.ok()?;
+        let module = unsafe { Code::deserialize(&self.shared.engine, body) }.ok()?;
         if let Some(path) = cached {
             let _ = write_atomically(path, &file);
         }
@@ -765,13 +765,14 @@ impl Compilers {
     fn cranelift(
         &self,
         bytes: &[u8],
+        wasi: Wasi,
         key: &Sha256Digest,
         cached: Option<&Path>,
-    ) -> Result<wasmtime::Module, LoadError> {
+    ) -> Result<Code, LoadError> {
         let m = match &self.compile {
             Some(guard) => self.compile_in_child(guard, bytes, key, cached, Compiler::Cranelift)?,
             None => {
-                let m = wasmtime::Module::new(&self.shared.engine, bytes)
+                let m = Code::compile(&self.shared.engine, bytes, wasi)
                     .map_err(|e| LoadError::Compile(first_line(&e)))?;
                 if let Some(path) = cached {
                     // A cache that cannot be written only costs a
@@ -791,14 +792,14 @@ impl Compilers {
     }
 
     /// Winch's code for `bytes`, never kept on disk.
-    fn winch(&self, bytes: &[u8], digest: &ModuleDigest) -> Result<wasmtime::Module, LoadError> {
+    fn winch(&self, bytes: &[u8], wasi: Wasi, digest: &ModuleDigest) -> Result<Code, LoadError> {
         let (engine, _) = self.shared.winch_engine().map_err(LoadError::Compile)?;
         let m = match &self.compile {
             Some(guard) => {
                 let key = self.cache_key(engine, digest);
                 self.compile_in_child(guard, bytes, &key, None, Compiler::Winch)?
             }
-            None => wasmtime::Module::new(engine, bytes)
+            None => Code::compile(engine, bytes, wasi)
                 .map_err(|e| LoadError::Compile(first_line(&e)))?,
         };
         self.winch.fetch_add(1, Ordering::Relaxed);
@@ -824,12 +825,9 @@ impl Compilers {
                 }
             };
             if !self.cancel.load(Ordering::Relaxed) && !self.shared.interrupt.is_set() {
-                let compiled = self.cranelift(&job.bytes, &job.key, job.cached.as_deref());
-                if let Ok(pre) = compiled.and_then(|m| {
-                    self.linker
-                        .instantiate_pre(&m)
-                        .map_err(|e| LoadError::Link(first_line(&e)))
-                }) {
+                let compiled =
+                    self.cranelift(&job.bytes, job.wasi, &job.key, job.cached.as_deref());
+                if let Ok(pre) = compiled.and_then(|m| self.linker.link(&m)) {
                     if job.inner.upgraded.set(pre).is_ok() {
                         self.upgraded.fetch_add(1, Ordering::Relaxed);
                     }
@@ -851,7 +849,7 @@ impl Compilers {
         key: &Sha256Digest,
         cached: Option<&Path>,
         compiler: Compiler,
-    ) -> Result<wasmtime::Module, LoadError> {
+    ) -> Result<Code, LoadError> {
         let io = |what: &str, e: std::io::Error| LoadError::Compile(format!("{what}: {e}"));
         let dir = match cached.and_then(Path::parent) {
             Some(d) => {
@@ -936,7 +934,7 @@ impl Compilers {
         };
         // SAFETY: as in `load_compiled`: header and trailer checked, and
         // the key names the engine's fingerprint.
-        let module = unsafe { wasmtime::Module::deserialize(engine, body) }
+        let module = unsafe { Code::deserialize(engine, body) }
             .map_err(|e| LoadError::Compile(first_line(&e)))?;
         if let Some(path) = cached {
             let _ = output.persist(path);
@@ -977,7 +975,8 @@ pub fn compile_child(
     };
     let engine =
         Engine::new(&engine_config(max_wasm_stack, false, epochs, compiler)).map_err(compile)?;
-    let module = wasmtime::Module::new(&engine, &bytes).map_err(compile)?;
+    let wasi = check_header(&bytes).map_err(|e| CompileChildError::Compile(e.to_string()))?;
+    let module = Code::compile(&engine, &bytes, wasi).map_err(compile)?;
     store_compiled(output, &key, &module).map_err(|source| CompileChildError::Write {
         path: output.to_path_buf(),
         source,
@@ -1077,11 +1076,7 @@ const COMPILED_MAGIC: &[u8] = b"cachet-compiled v3\n";
 const COMPILED_TRAILER: usize = COMPILED_MAGIC.len() + 32 + 32;
 
 /// Writes `module` to `path`: body, magic, key, BLAKE3 of all three.
-fn store_compiled(
-    path: &Path,
-    key: &Sha256Digest,
-    module: &wasmtime::Module,
-) -> std::io::Result<()> {
+fn store_compiled(path: &Path, key: &Sha256Digest, module: &Code) -> std::io::Result<()> {
     let mut bytes = module.serialize().map_err(std::io::Error::other)?;
     bytes.reserve_exact(COMPILED_TRAILER);
     bytes.extend_from_slice(COMPILED_MAGIC);
@@ -1186,15 +1181,15 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 const COMPONENT_VERSION: [u8; 4] = [0x0d, 0, 1, 0];
 
-/// Checks that `bytes` start like a WASI p1 core module (not a component,
-/// not something else) without compiling them.
-pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+/// Tells a WASI p1 core module from a p2 component (or from something
+/// else) by its header, without compiling it.
+pub fn check_header(bytes: &[u8]) -> Result<Wasi, LoadError> {
     if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         return Err(LoadError::NotWasm);
     }
     match bytes[4..8].try_into().expect("4 bytes") {
-        CORE_VERSION => Ok(()),
-        COMPONENT_VERSION => Err(LoadError::Component),
+        CORE_VERSION => Ok(Wasi::P1),
+        COMPONENT_VERSION => Ok(Wasi::P2),
         other => Err(LoadError::Compile(format!(
             "unknown WebAssembly binary version {other:?}"
         ))),
@@ -1203,9 +1198,21 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 
 /// Whether a module's data segments (what the program can read at run time)
 /// contain `needle`; custom sections such as debug info are not looked at.
-/// `false` for bytes that are not a well-formed module.
+/// For a component, the data of every core module in it (nested components
+/// included). `false` for bytes that are not well formed.
 pub fn data_contains(module: &[u8], needle: &[u8]) -> bool {
+    data_contains_within(module, needle, 0)
+}
+
+/// Components nested deeper than this are not looked into (a hostile file
+/// must not exhaust the host's stack).
+const MAX_NESTING: usize = 16;
+
+fn data_contains_within(module: &[u8], needle: &[u8], depth: usize) -> bool {
     const DATA_SECTION: u8 = 11;
+    const CORE_MODULE_SECTION: u8 = 1;
+    const COMPONENT_SECTION: u8 = 4;
+    let component = module.get(4..8) == Some(&COMPONENT_VERSION[..]);
     let mut at = 8;
     while at < module.len() {
         let id = module[at];
@@ -1219,7 +1226,15 @@ pub fn data_contains(module: &[u8], needle: &[u8]) -> bool {
         else {
             return false;
         };
-        if id == DATA_SECTION && memchr_find(&module[start..end], needle) {
+        let section = &module[start..end];
+        let found = match (component, id) {
+            (false, DATA_SECTION) => memchr_find(section, needle),
+            (true, CORE_MODULE_SECTION | COMPONENT_SECTION) if depth < MAX_NESTING => {
+                data_contains_within(section, needle, depth + 1)
+            }
+            _ => false,
+        };
+        if found {
             return true;
         }
         at = end;
@@ -1243,11 +1258,6 @@ fn leb128_u32(b: &[u8]) -> Option<(u32, usize)> {
     None
 }
 
-pub(crate) fn first_line(e: &wasmtime::Error) -> String {
-    let text = format!("{e:#}");
-    text.lines().next().unwrap_or("").to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1256,7 +1266,7 @@ mod tests {
     fn compiled_files_are_bound_to_their_key() {
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let module = wasmtime::Module::new(rt.engine(), "(module)").unwrap();
+        let module = Code::Core(wasmtime::Module::new(rt.engine(), "(module)").unwrap());
         let (a, b) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"b"));
         let path = dir.path().join("a.cwasm");
         store_compiled(&path, &a, &module).unwrap();
@@ -1301,7 +1311,9 @@ mod tests {
     fn a_compiled_file_is_checked_whatever_the_buffer_size() {
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let module = wasmtime::Module::new(rt.engine(), "(module (func (export \"f\")))").unwrap();
+        let module = Code::Core(
+            wasmtime::Module::new(rt.engine(), "(module (func (export \"f\")))").unwrap(),
+        );
         let key = Sha256Digest::of(b"k");
         let path = dir.path().join("k.cwasm");
         store_compiled(&path, &key, &module).unwrap();
@@ -1396,15 +1408,31 @@ mod tests {
     }
 
     #[test]
+    fn a_components_core_modules_are_searched_nested_or_not() {
+        let c = wat::parse_str(
+            r#"(component
+                 (core module (memory 1) (data (i32.const 0) "/home/me/pkg"))
+                 (component (core module (memory 1) (data (i32.const 0) "/deeper"))))"#,
+        )
+        .unwrap();
+        assert!(data_contains(&c, b"/home/me/pkg"));
+        assert!(data_contains(&c, b"/deeper"));
+        assert!(!data_contains(&c, b"/home/me/other"));
+        // Nested past MAX_NESTING: not looked into, and no host stack spent.
+        let mut deep = String::from(r#"(core module (memory 1) (data (i32.const 0) "/bottom"))"#);
+        for _ in 0..MAX_NESTING + 2 {
+            deep = format!("(component {deep})");
+        }
+        assert!(!data_contains(&wat::parse_str(&deep).unwrap(), b"/bottom"));
+    }
+
+    #[test]
     fn headers_are_checked_before_compiling() {
         assert!(matches!(
             check_header(b"hello world"),
             Err(LoadError::NotWasm)
         ));
-        assert!(matches!(
-            check_header(b"\0asm\x0d\0\x01\0"),
-            Err(LoadError::Component)
-        ));
-        assert!(check_header(b"\0asm\x01\0\0\0").is_ok());
+        assert!(matches!(check_header(b"\0asm\x0d\0\x01\0"), Ok(Wasi::P2)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Ok(Wasi::P1)));
     }
 }

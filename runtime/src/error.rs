@@ -19,19 +19,19 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error(
-        "not a WebAssembly module (no `\\0asm` header); pass a .wasm file built for wasm32-wasip1"
+        "not a WebAssembly module (no `\\0asm` header); pass a .wasm file built for wasm32-wasip1 or wasm32-wasip2"
     )]
     NotWasm,
-    #[error("is a WebAssembly component, not a core module; build it for wasm32-wasip1 (WASI preview 1), not wasip2")]
-    Component,
     #[error(
         "invalid WebAssembly module: {0}; rebuild it (a truncated or corrupt file fails this way)"
     )]
     Compile(String),
     #[error(
-        "{0}; cachet provides only WASI preview 1 (`wasi_snapshot_preview1`) and `cachet` imports"
+        "{0}; cachet provides only WASI preview 1 (`wasi_snapshot_preview1` and `cachet` imports to a core module) and WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:io`, `wasi:clocks`, `wasi:random` to a component)"
     )]
     Link(String),
+    #[error("{0}: the component is not a WASI command (it exports no `wasi:cli/run`); build it as a test binary, not a library")]
+    NotCommand(String),
     #[error("compile limit: {0}; the module is too large or built to exhaust the compiler (raise --compile-timeout or --compile-memory if it is genuine)")]
     CompileLimit(String),
 }
@@ -77,4 +77,11 @@ pub enum RunError {
     DuplicateMount(String),
     #[error("internal error in cachet while running the module: {0}; please report it")]
     Internal(String),
+}
+
+/// The first line of a wasmtime error with its causes: one line for a
+/// user, as every error here reads.
+pub(crate) fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines().next().unwrap_or("").to_string()
 }

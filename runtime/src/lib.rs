@@ -1,11 +1,14 @@
-//! `cachet-runtime`: runs WASI preview 1 test modules in wasmtime, inside a
-//! deny-by-default sandbox, and records every input they observe.
+//! `cachet-runtime`: runs WASI test binaries in wasmtime (preview 1 core
+//! modules and preview 2 components), inside a deny-by-default sandbox, and
+//! records every input they observe.
 //!
 //! ```text
 //! Policy ──► Runtime::run(&Module, &Policy) ──► RunOutcome { status, output, elapsed, log }
 //!               │ engine.rs     one engine, epoch ticker, pooling, compiled-module cache
+//!               │ code.rs       a core module or a component: compile, serialize, link
 //!               │ run.rs        WASI context, store limits, classification of the end
 //!               │ intercept.rs  linker wrappers around the stock p1 functions
+//!               │ preview2/     the same around wasmtime-wasi's p2 hosts
 //!               │ recorder.rs   fd -> logical path, one entry per (op, path), virtual metadata
 //!               └ observe.rs    observations through cap-std; reobserve() for the cache
 //! ```
@@ -13,7 +16,9 @@
 //! The runtime knows nothing of caching, the CLI or reports, and exposes no
 //! wasmtime types. Design note: `docs/design/sandbox.md`.
 
+mod abi;
 mod clock;
+mod code;
 mod devices;
 mod dirents;
 mod engine;
@@ -25,6 +30,7 @@ mod observe;
 mod outcome;
 mod output;
 mod policy;
+mod preview2;
 mod quota;
 mod random;
 mod recorder;
@@ -35,6 +41,7 @@ mod state;
 #[path = "../../guest-shim/src/abi.rs"]
 pub mod guest_abi;
 
+pub use abi::Wasi;
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use devices::DEVICE_FILES;
 pub use engine::{

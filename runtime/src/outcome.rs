@@ -100,7 +100,7 @@ impl fmt::Display for Status {
             ),
             Status::OpenFilesLimit(limit) => write!(
                 f,
-                "open files limit: tried to hold more than {limit} files open (opens failed with EMFILE)"
+                "open files limit: tried to hold more than {limit} files open (opens failed with EMFILE; with `quota` under WASI preview 2, which has no EMFILE)"
             ),
             Status::Invalid(msg) => write!(f, "cannot run module: {msg}"),
         }
@@ -129,4 +129,10 @@ pub struct RunOutcome {
     /// It started on Winch and started over on Cranelift's code, when that
     /// was ready (`elapsed` and everything else are of the second start).
     pub restarted: bool,
+    /// The WASI version of what ran: under preview 2 an exit status says
+    /// only success (0) or failure (1).
+    pub wasi: crate::abi::Wasi,
+    /// Preview 2: the innermost frames (demangled) of the guest's call to
+    /// `exit` with failure, which carries no code: who called it.
+    pub exit_frames: Vec<String>,
 }

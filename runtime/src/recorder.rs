@@ -315,6 +315,35 @@ impl Recorder {
         }
     }
 
+    /// Real metadata of `fd` + `path` when it lies in the run's scratch
+    /// dir (preview 2 runs, whose stat has no inode; see `quota.rs`).
+    pub fn scratch_stat(&self, fd: i32, path: Option<&str>) -> Option<crate::quota::RealStat> {
+        let rel = match path {
+            Some(p) => match self.resolve(fd, Some(p)) {
+                Target::Path { mount, rel } if self.is_scratch(mount) => rel,
+                _ => return None,
+            },
+            None => {
+                let base = self.fds.get(&(fd as u32))?;
+                if !self.is_scratch(base.mount) {
+                    return None;
+                }
+                base.rel.clone()
+            }
+        };
+        self.world.real_stat(self.scratch?, &rel)
+    }
+
+    /// The virtual (device, inode) of `fd` + `path` when it lies on a
+    /// read-only mount, whose metadata the guest sees virtualized.
+    pub fn virtual_ids(&self, fd: i32, path: Option<&str>) -> Option<(u64, u64)> {
+        let (mount, logical) = self.read_only_logical(fd, path)?;
+        Some((
+            virtual_dev(self.world.mount_name(mount)),
+            virtual_ino(&logical),
+        ))
+    }
+
     /// Whether `mount` is the run's scratch dir.
     pub fn is_scratch(&self, mount: usize) -> bool {
         Some(mount) == self.scratch
@@ -545,6 +574,25 @@ pub(crate) struct OpenCall {
     pub lookup: i32,
     pub oflags: i32,
     pub rights: i64,
+}
+
+impl OpenCall {
+    /// A preview 2 `open-at`, in preview 1's terms.
+    pub fn preview2(
+        follow: bool,
+        create: bool,
+        directory: bool,
+        exclusive: bool,
+        truncate: bool,
+        write: bool,
+    ) -> Self {
+        let flag = |on: bool, bit: i32| if on { bit } else { 0 };
+        OpenCall {
+            lookup: flag(follow, SYMLINK_FOLLOW),
+            oflags: flag(create, 1) | flag(directory, 2) | flag(exclusive, 4) | flag(truncate, 8),
+            rights: if write { WRITE_RIGHTS } else { 0 },
+        }
+    }
 }
 
 /// Whether `target`, resolved from the directory `parent` (a mount-relative

@@ -9,8 +9,11 @@ use std::time::Instant;
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::abi::Wasi;
 use crate::clock::{GuestClock, Stop};
-use crate::engine::{first_line, Module, Runtime, Shared};
+use crate::code::Pre;
+use crate::engine::{Module, Runtime, Shared};
+use crate::error::first_line;
 use crate::error::RunError;
 use crate::intercept::NoMemoryExport;
 use crate::observe::{MountMode, World};
@@ -27,6 +30,10 @@ const FIRST_PREOPEN_FD: u32 = 3;
 
 /// Trap frames shown with a trap: enough to see where, few enough to read.
 const TRAP_FRAMES: usize = 8;
+
+/// Frames kept of a failing preview 2 exit's caller: enough to see which
+/// function called `std::process::exit` under wasi-libc's three.
+const EXIT_FRAMES: usize = 16;
 
 impl Runtime {
     /// Runs `module` under `policy`. A test failure, trap or limit is a
@@ -151,8 +158,13 @@ fn run_once(
     .with_memo(policy.memo.clone());
     let scratch_index = scratch.as_ref().map(|_| mounts.len() - 1);
     let mut recorder = Recorder::new(world, scratch_index);
-    for (i, mount) in preopens.into_iter().enumerate() {
-        recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, mount);
+    let wasi_version = pre.wasi();
+    if wasi_version == Wasi::P1 {
+        // A component learns its preopens from `get-directories`, and the
+        // recorder learns them there (`preview2/`).
+        for (i, mount) in preopens.iter().enumerate() {
+            recorder.add_preopen(FIRST_PREOPEN_FD + i as u32, *mount);
+        }
     }
 
     let device_mount = policy.devices.as_ref().and_then(|name| {
@@ -164,11 +176,7 @@ fn run_once(
     let state = RunState {
         wasi: wasi.build_p1(),
         recorder,
-        limiter: Limiter {
-            memory: policy.memory_limit,
-            table: policy.table_limit,
-            memory_refused: false,
-        },
+        limiter: Limiter::new(policy.memory_limit, policy.table_limit, wasi_version),
         quota: Quota::new(policy.scratch_limit, policy.open_files),
         appending: HashSet::new(),
         clock: match policy.hermetic {
@@ -184,8 +192,10 @@ fn run_once(
         listing: None,
         device_mount,
         devices: HashMap::new(),
+        p2: crate::state::Preview2State::new(preopens),
+        exit_trace: None,
     };
-    let mut store = Store::new(pre.module().engine(), state);
+    let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     // Every tick, the store checks its deadline and the interrupt; a guest
     // in a host call is stopped by the call itself (`clock.rs`).
@@ -211,18 +221,34 @@ fn run_once(
 
     let status = match shared.interrupt.check(None) {
         Some(_) => Status::Interrupted,
-        None => match pre.instantiate(&mut store) {
-            Err(e) => classify_instantiate(e, &store, &sink, policy),
-            Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
-                Err(_) => Status::Invalid("the module exports no `_start` function; build it as a WASI command (a test binary), not a library".into()),
-                Ok(start_fn) => match start_fn.call(&mut store, ()) {
-                    Ok(()) => Status::Exited(0),
+        None => match pre {
+            Pre::Core(pre) => match pre.instantiate(&mut store) {
+                Err(e) => classify_instantiate(e, &store, &sink, policy),
+                Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+                    Err(_) => Status::Invalid("the module exports no `_start` function; build it as a WASI command (a test binary), not a library".into()),
+                    Ok(start_fn) => match start_fn.call(&mut store, ()) {
+                        Ok(()) => Status::Exited(0),
+                        Err(e) => classify(e, &store, &sink, policy),
+                    },
+                },
+            },
+            Pre::Component(pre) => match pre.instantiate(&mut store) {
+                Err(e) => classify_instantiate(e, &store, &sink, policy),
+                Ok(command) => match command.wasi_cli_run().call_run(&mut store) {
+                    Ok(Ok(())) => Status::Exited(0),
+                    // `run` returned its error result: exit status 1, as
+                    // the wasmtime CLI reports it.
+                    Ok(Err(())) => Status::Exited(1),
                     Err(e) => classify(e, &store, &sink, policy),
                 },
             },
         },
     };
     let tier_up = store.data().tier_up;
+    let exit_frames = match store.data_mut().exit_trace.take() {
+        Some(trace) => backtrace_frames(&trace, EXIT_FRAMES),
+        None => Vec::new(),
+    };
     let status = limit_behind(status, &store, policy);
     let elapsed = start.elapsed();
     let output = sink.take();
@@ -247,6 +273,8 @@ fn run_once(
         collected,
         compiler,
         restarted: false,
+        wasi: wasi_version,
+        exit_frames,
     };
     Ok((outcome, tier_up))
 }
@@ -378,12 +406,17 @@ fn in_catch_unwind(e: &wasmtime::Error) -> bool {
 
 /// The innermost frames of a trap's wasm backtrace, with demangled names.
 fn frames(e: &wasmtime::Error) -> Vec<String> {
-    let Some(bt) = e.downcast_ref::<WasmBacktrace>() else {
-        return Vec::new();
-    };
+    match e.downcast_ref::<WasmBacktrace>() {
+        Some(bt) => backtrace_frames(bt, TRAP_FRAMES),
+        None => Vec::new(),
+    }
+}
+
+/// The innermost `n` frames of `bt`, with demangled names.
+fn backtrace_frames(bt: &WasmBacktrace, n: usize) -> Vec<String> {
     bt.frames()
         .iter()
-        .take(TRAP_FRAMES)
+        .take(n)
         .map(|f| match f.func_name() {
             Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
             None => format!("wasm function {}", f.func_index()),

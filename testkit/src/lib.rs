@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 /// The WASI preview 1 target every guest is built for.
 pub const TARGET: &str = "wasm32-wasip1";
 
+/// The WASI preview 2 target the guests are also built for: the same
+/// sources as components (issue 18).
+pub const TARGET_P2: &str = "wasm32-wasip2";
+
 /// A WAT function, `$find_dev`, that returns the fd of the preopen named
 /// `/dev` (traps if there is none among fds 3-9). Its module imports
 /// `fd_prestat_get` as `$prestat` and `fd_prestat_dir_name` as `$name`, and
@@ -75,6 +79,26 @@ pub fn fixtures() -> &'static BTreeMap<String, Fixture> {
     })
 }
 
+/// Every fixture built for [`TARGET_P2`], as components.
+pub fn fixtures_p2() -> &'static BTreeMap<String, Fixture> {
+    static BUILT: OnceLock<BTreeMap<String, Fixture>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root().join("fixtures");
+        build_tests_for(&root, TARGET_P2).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// One fixture by name, built for `target` ([`TARGET`] or [`TARGET_P2`]).
+pub fn fixture_for(name: &str, target: &str) -> &'static Fixture {
+    let built = match target {
+        TARGET_P2 => fixtures_p2(),
+        _ => fixtures(),
+    };
+    built
+        .get(name)
+        .unwrap_or_else(|| panic!("no fixture named {name} under fixtures/guests"))
+}
+
 /// One fixture by name.
 pub fn fixture(name: &str) -> &'static Fixture {
     fixtures()
@@ -99,17 +123,24 @@ pub fn fixture_dirs() -> Vec<String> {
 
 /// Makes sure rustup has the wasm32-wasip1 target.
 pub fn ensure_target() -> Result<(), String> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
+    ensure_target_named(TARGET)
+}
+
+/// Makes sure rustup has `target`, installing it when missing.
+pub fn ensure_target_named(target: &str) -> Result<(), String> {
+    static DONE: std::sync::Mutex<BTreeMap<String, Result<(), String>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    done.entry(target.to_string()).or_insert_with(|| {
         let listed = Command::new("rustup").args(["target", "list", "--installed"]).output();
         match listed {
-            Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) => Ok(()),
+            Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) => Ok(()),
             _ => {
-                let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+                let status = Command::new("rustup").args(["target", "add", target]).status();
                 match status {
                     Ok(s) if s.success() => Ok(()),
                     other => Err(format!(
-                        "the {TARGET} target is missing and `rustup target add {TARGET}` failed ({other:?}); install it by hand and run the tests again"
+                        "the {target} target is missing and `rustup target add {target}` failed ({other:?}); install it by hand and run the tests again"
                     )),
                 }
             }
@@ -121,7 +152,12 @@ pub fn ensure_target() -> Result<(), String> {
 /// Builds every test binary of the cargo workspace or package at `dir` for
 /// wasm32-wasip1, returning them by target name.
 pub fn build_tests(dir: &Path) -> Result<BTreeMap<String, Fixture>, String> {
-    ensure_target()?;
+    build_tests_for(dir, TARGET)
+}
+
+/// [`build_tests`] for `target`.
+pub fn build_tests_for(dir: &Path, target: &str) -> Result<BTreeMap<String, Fixture>, String> {
+    ensure_target_named(target)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(dir)
@@ -129,7 +165,7 @@ pub fn build_tests(dir: &Path) -> Result<BTreeMap<String, Fixture>, String> {
             "test",
             "--no-run",
             "--target",
-            TARGET,
+            target,
             "--message-format=json",
             "--quiet",
         ])
@@ -268,11 +304,18 @@ pub fn wat_names() -> Vec<String> {
 /// passes. Returns the package names, sorted as `root/...` lists them.
 /// `rw_symlink_escape` needs a read-write mount at `/data`.
 pub fn hostile_tree(root: &Path) -> Vec<String> {
+    hostile_tree_for(root, TARGET)
+}
+
+/// [`hostile_tree`] with the Rust fixtures built for `target` (the
+/// hand-written modules are preview 1 either way).
+pub fn hostile_tree_for(root: &Path, target: &str) -> Vec<String> {
     let mut names = Vec::new();
     for name in HOSTILE_RUST {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("testdata")).expect("package dir");
-        std::fs::copy(&fixture(name).wasm, dir.join(format!("{name}.wasm"))).expect("copy");
+        let wasm = &fixture_for(name, target).wasm;
+        std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy");
         names.push(name.to_string());
     }
     let fifo = root.join("limit_fifo_open/testdata/fifo");

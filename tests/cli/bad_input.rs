@@ -60,7 +60,7 @@ fn bad_packages_fail_alone() {
         lines[0],
         "cachet: missing.wasm: missing.wasm: no such file or directory"
     );
-    assert_eq!(lines[1], "cachet: text.wasm: text.wasm: not a WebAssembly module (no `\\0asm` header); pass a .wasm file built for wasm32-wasip1");
+    assert_eq!(lines[1], "cachet: text.wasm: text.wasm: not a WebAssembly module (no `\\0asm` header); pass a .wasm file built for wasm32-wasip1 or wasm32-wasip2");
     assert!(
         lines[2]
             .starts_with("cachet: truncated.wasm: truncated.wasm: invalid WebAssembly module: "),
@@ -72,6 +72,12 @@ fn bad_packages_fail_alone() {
         "{}",
         lines[2]
     );
-    assert_eq!(lines[3], "cachet: component.wasm: component.wasm: is a WebAssembly component, not a core module; build it for wasm32-wasip1 (WASI preview 1), not wasip2");
-    assert!(lines[4].contains("env::host_magic") && lines[4].ends_with("cachet provides only WASI preview 1 (`wasi_snapshot_preview1`) and `cachet` imports"), "{}", lines[4]);
+    // An empty component is one, and no WASI command.
+    assert!(
+        lines[3].starts_with("cachet: component.wasm: component.wasm: "),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[3].ends_with(": the component is not a WASI command (it exports no `wasi:cli/run`); build it as a test binary, not a library"), "{}", lines[3]);
+    assert!(lines[4].contains("env::host_magic") && lines[4].ends_with("cachet provides only WASI preview 1 (`wasi_snapshot_preview1` and `cachet` imports to a core module) and WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:io`, `wasi:clocks`, `wasi:random` to a component)"), "{}", lines[4]);
 }

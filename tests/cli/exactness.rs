@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cachet_testkit::{fixture, with_find_dev};
+use cachet_testkit::{fixture_for, with_find_dev, TARGET, TARGET_P2};
 
 use crate::{cachet_with, stderr, stdout};
 
@@ -19,12 +19,16 @@ struct World {
 }
 
 impl World {
-    fn new() -> Self {
+    fn new(target: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         let pkg = root.path().join("pkg");
         std::fs::create_dir_all(pkg.join("testdata")).unwrap();
         std::fs::create_dir_all(root.path().join("data")).unwrap();
-        std::fs::copy(&fixture("suite_exactness").wasm, pkg.join("exactness.wasm")).unwrap();
+        std::fs::copy(
+            &fixture_for("suite_exactness", target).wasm,
+            pkg.join("exactness.wasm"),
+        )
+        .unwrap();
         std::fs::write(pkg.join("testdata/value.txt"), "A").unwrap();
         std::fs::write(root.path().join("data/input.txt"), "input").unwrap();
         World {
@@ -62,13 +66,40 @@ impl World {
     }
 }
 
+/// Each scenario runs with the module built for WASI preview 1 and again
+/// with it built as a preview 2 component (issue 18): the cache is as exact
+/// for both.
+macro_rules! for_both_targets {
+    ($($name:ident),* $(,)?) => {
+        mod preview1 {
+            $( #[test] fn $name() { super::$name(super::TARGET) } )*
+        }
+        mod preview2 {
+            $( #[test] fn $name() { super::$name(super::TARGET_P2) } )*
+        }
+    };
+}
+
+for_both_targets!(
+    issue_8_rw_mount_operations_that_restore_the_world_are_cached_and_depend_on_it,
+    issue_8_a_run_that_changes_a_rw_mount_is_not_cached,
+    issue_8_hard_links_between_a_mount_and_scratch_are_refused,
+    issue_8_an_input_changed_and_changed_back_during_the_run_is_not_cached,
+    issue_8_symlink_targets_are_logged_byte_for_byte,
+    issue_8_a_special_file_swapped_for_another_kind_reruns,
+    issue_8_the_module_file_name_is_in_the_key,
+    issue_8_two_packages_with_the_same_module_keep_their_own_logs,
+    issue_8_verify_compares_whole_outputs_longer_than_the_cache_keeps,
+    issue_8_interrupted_saves_and_runs_leave_nothing_behind,
+    issue_8_a_fresh_clone_of_a_cargo_package_hits_the_cache,
+);
+
 fn case(name: &str) -> String {
     format!("tests::{name}")
 }
 
-#[test]
-fn issue_8_rw_mount_operations_that_restore_the_world_are_cached_and_depend_on_it() {
-    let w = World::new();
+fn issue_8_rw_mount_operations_that_restore_the_world_are_cached_and_depend_on_it(target: &str) {
+    let w = World::new(target);
     for name in [
         "rw_creates_exclusively_and_cleans_up",
         "rw_makes_and_removes_a_dir",
@@ -99,9 +130,8 @@ fn issue_8_rw_mount_operations_that_restore_the_world_are_cached_and_depend_on_i
     }
 }
 
-#[test]
-fn issue_8_a_run_that_changes_a_rw_mount_is_not_cached() {
-    let w = World::new();
+fn issue_8_a_run_that_changes_a_rw_mount_is_not_cached(target: &str) {
+    let w = World::new(target);
     let (_, o) = w.ran("^tests::rw_leaves_a_file_behind$");
     assert_eq!(o.status.code(), Some(0));
     assert!(
@@ -113,9 +143,8 @@ fn issue_8_a_run_that_changes_a_rw_mount_is_not_cached() {
     assert_eq!(ran.len(), 1, "still not cached");
 }
 
-#[test]
-fn issue_8_hard_links_between_a_mount_and_scratch_are_refused() {
-    let w = World::new();
+fn issue_8_hard_links_between_a_mount_and_scratch_are_refused(target: &str) {
+    let w = World::new(target);
     let (ran, o) = w.ran("^tests::rw_hard_links_across_mounts_fail$");
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert_eq!(
@@ -126,9 +155,8 @@ fn issue_8_hard_links_between_a_mount_and_scratch_are_refused() {
     assert!(!w.path("data/mine").exists());
 }
 
-#[test]
-fn issue_8_an_input_changed_and_changed_back_during_the_run_is_not_cached() {
-    let w = World::new();
+fn issue_8_an_input_changed_and_changed_back_during_the_run_is_not_cached(target: &str) {
+    let w = World::new(target);
     let value = w.path("pkg/testdata/value.txt");
     let mount = format!("{}:/data:rw", w.path("data").display());
     let (mut cmd, _results) = crate::cachet_command(w.root.path(), &[]);
@@ -172,10 +200,9 @@ fn issue_8_an_input_changed_and_changed_back_during_the_run_is_not_cached() {
     );
 }
 
-#[test]
-fn issue_8_symlink_targets_are_logged_byte_for_byte() {
+fn issue_8_symlink_targets_are_logged_byte_for_byte(target: &str) {
     use std::os::unix::ffi::OsStrExt;
-    let w = World::new();
+    let w = World::new(target);
     let link = w.path("pkg/testdata/link");
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"\xff"), &link).unwrap();
     let (ran, _) = w.ran("reads_a_link");
@@ -192,9 +219,8 @@ fn issue_8_symlink_targets_are_logged_byte_for_byte() {
     );
 }
 
-#[test]
-fn issue_8_a_special_file_swapped_for_another_kind_reruns() {
-    let w = World::new();
+fn issue_8_a_special_file_swapped_for_another_kind_reruns(target: &str) {
+    let w = World::new(target);
     let special = w.path("pkg/testdata/special");
     let made = std::process::Command::new("mkfifo")
         .arg(&special)
@@ -221,9 +247,8 @@ fn issue_8_a_special_file_swapped_for_another_kind_reruns() {
     assert_eq!(o.status.code(), Some(1), "it opens now, so the case fails");
 }
 
-#[test]
-fn issue_8_the_module_file_name_is_in_the_key() {
-    let w = World::new();
+fn issue_8_the_module_file_name_is_in_the_key(target: &str) {
+    let w = World::new(target);
     let (ran, _) = w.ran("knows_its_name");
     assert_eq!(ran.len(), 1);
     assert!(w.ran("knows_its_name").0.is_empty(), "cached");
@@ -237,14 +262,17 @@ fn issue_8_the_module_file_name_is_in_the_key() {
     );
 }
 
-#[test]
-fn issue_8_two_packages_with_the_same_module_keep_their_own_logs() {
+fn issue_8_two_packages_with_the_same_module_keep_their_own_logs(target: &str) {
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     for (pkg, text) in [("one", "alpha"), ("two", "a different alpha")] {
         let dir = root.path().join(pkg);
         std::fs::create_dir_all(dir.join("testdata")).unwrap();
-        std::fs::copy(&fixture("suite_cachecases").wasm, dir.join("cases.wasm")).unwrap();
+        std::fs::copy(
+            &fixture_for("suite_cachecases", target).wasm,
+            dir.join("cases.wasm"),
+        )
+        .unwrap();
         std::fs::write(dir.join("testdata/a.txt"), text).unwrap();
     }
     let run = |pkg: &str| {
@@ -272,9 +300,8 @@ fn issue_8_two_packages_with_the_same_module_keep_their_own_logs() {
     assert_eq!(run("two"), "ok  \ttwo\t(cached)\n");
 }
 
-#[test]
-fn issue_8_verify_compares_whole_outputs_longer_than_the_cache_keeps() {
-    let w = World::new();
+fn issue_8_verify_compares_whole_outputs_longer_than_the_cache_keeps(target: &str) {
+    let w = World::new(target);
     let (_, o) = w.ran("prints_megabytes");
     assert_eq!(o.status.code(), Some(0));
     let o = w.cachet(&["--verify", "--run", "prints_megabytes$"]);
@@ -294,9 +321,8 @@ fn issue_8_verify_compares_whole_outputs_longer_than_the_cache_keeps() {
     );
 }
 
-#[test]
-fn issue_8_interrupted_saves_and_runs_leave_nothing_behind() {
-    let w = World::new();
+fn issue_8_interrupted_saves_and_runs_leave_nothing_behind(target: &str) {
+    let w = World::new(target);
     let tmp = w.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let o = cachet_with(
@@ -366,21 +392,24 @@ fn cargo_package(dir: &Path, embed: bool) {
     std::fs::write(dir.join("src/lib.rs"), source).unwrap();
 }
 
-#[test]
-fn issue_8_a_fresh_clone_of_a_cargo_package_hits_the_cache() {
+fn issue_8_a_fresh_clone_of_a_cargo_package_hits_the_cache(target: &str) {
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
     cargo_package(&root.path().join("first/clone"), false);
     cargo_package(&root.path().join("first/embeds"), true);
-    let o = cachet_with(&root.path().join("first"), &["test", "./..."], &env);
+    let o = cachet_with(
+        &root.path().join("first"),
+        &["test", "--target", target, "./..."],
+        &env,
+    );
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     // Another checkout, elsewhere, built from scratch.
     cargo_package(&root.path().join("elsewhere/deeper/clone"), false);
     cargo_package(&root.path().join("elsewhere/deeper/embeds"), true);
     let o = cachet_with(
         &root.path().join("elsewhere/deeper"),
-        &["test", "--explain", "./..."],
+        &["test", "--target", target, "--explain", "./..."],
         &env,
     );
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));

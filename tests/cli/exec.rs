@@ -278,13 +278,11 @@ impl GoRun {
 
 /// Each test's final action in a `go test -json` stream, by package.
 fn verdicts(json: &str) -> BTreeMap<String, String> {
-    json.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| matches!(e["Action"].as_str(), Some("pass" | "fail" | "skip")))
-        .filter_map(|e| {
-            let pkg = e["Package"].as_str()?.rsplit('/').next()?.to_string();
-            let test = e["Test"].as_str().unwrap_or("");
-            Some((format!("{pkg} {test}"), e["Action"].as_str()?.to_string()))
+    crate::json_verdicts(json)
+        .into_iter()
+        .filter_map(|(package, test, action)| {
+            let pkg = package.rsplit('/').next()?.to_string();
+            Some((format!("{pkg} {test}"), action))
         })
         .collect()
 }
@@ -411,7 +409,8 @@ fn wordcount() -> (tempfile::TempDir, tempfile::TempDir) {
     (root, tempfile::tempdir().unwrap())
 }
 
-fn cargo_test(root: &Path, cache: &Path, extra: &[&str]) -> Output {
+/// `cargo test --target TARGET` with cachet as that target's runner.
+fn cargo_test_for(root: &Path, cache: &Path, extra: &[&str], target: &str) -> Output {
     let runner = format!(
         "{} exec --summary --env TMPDIR=/tmp",
         cachet_bin().display()
@@ -419,10 +418,16 @@ fn cargo_test(root: &Path, cache: &Path, extra: &[&str]) -> Output {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     Command::new(cargo)
         .current_dir(root)
-        .args(["test", "--quiet", "--target", "wasm32-wasip1"])
+        .args(["test", "--quiet", "--target", target])
         .args(extra)
         .env("CARGO_TARGET_DIR", root.join("target"))
-        .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", runner)
+        .env(
+            format!(
+                "CARGO_TARGET_{}_RUNNER",
+                target.to_uppercase().replace('-', "_")
+            ),
+            runner,
+        )
         .env("CACHET_CACHE", cache)
         .env_remove("RUSTFLAGS")
         .output()
@@ -431,6 +436,19 @@ fn cargo_test(root: &Path, cache: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn cargo_runner_gains_the_cache_unchanged() {
+    cargo_runner_gains_the_cache_unchanged_for("wasm32-wasip1");
+}
+
+/// Issue 18: cachet exec as `CARGO_TARGET_WASM32_WASIP2_RUNNER`, running
+/// the test binaries cargo builds as components.
+#[test]
+fn cargo_runner_for_wasip2_components_gains_the_cache_unchanged() {
+    cargo_runner_gains_the_cache_unchanged_for("wasm32-wasip2");
+}
+
+fn cargo_runner_gains_the_cache_unchanged_for(target: &str) {
+    let cargo_test =
+        |root: &Path, cache: &Path, extra: &[&str]| cargo_test_for(root, cache, extra, target);
     let (root, cache) = wordcount();
     let first = cargo_test(root.path(), cache.path(), &[]);
     assert_eq!(

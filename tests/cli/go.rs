@@ -60,15 +60,10 @@ impl GoModule {
 
 /// Every (sub)test's final action in a `go test -json` stream.
 fn verdicts(json: &str) -> BTreeMap<String, String> {
-    json.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| matches!(e["Action"].as_str(), Some("pass" | "fail" | "skip")))
-        .filter_map(|e| {
-            Some((
-                e["Test"].as_str()?.to_string(),
-                e["Action"].as_str()?.to_string(),
-            ))
-        })
+    crate::json_verdicts(json)
+        .into_iter()
+        .filter(|(_, test, _)| !test.is_empty())
+        .map(|(_, test, action)| (test, action))
         .collect()
 }
 

@@ -7,13 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cachet_testkit::{fixture, hostile_tree, wat_module, wat_names, HOSTILE_RUST};
+use cachet_testkit::{
+    fixture, hostile_tree_for, wat_module, wat_names, HOSTILE_RUST, TARGET, TARGET_P2,
+};
 
 use crate::{cachet_command, cachet_with, stderr, stdout};
 
 /// Rust fixtures in the hostile suite, and what each package's report holds.
 const RUST: &[(&str, &str)] = &[
-    ("limit_fd_hog", "cachet: open files limit: tried to hold more than 64 files open (opens failed with EMFILE)"),
+    ("limit_fd_hog", "cachet: open files limit: tried to hold more than 64 files open (opens failed with EMFILE; with `quota` under WASI preview 2, which has no EMFILE)"),
     ("limit_fifo_open", "ok  \t"),
     ("limit_memory_bomb", "cachet: memory limit: tried to grow linear memory past 64 MiB"),
     ("limit_output_flood", "cachet: output limit: wrote more than 1 MiB of output"),
@@ -52,18 +54,25 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn one_run_over_every_hostile_fixture_reports_each_and_the_canary_passes() {
-    hostile_suite("auto");
+    hostile_suite("auto", TARGET);
+}
+
+/// Issue 18: the Rust fixtures built as preview 2 components end with the
+/// same reports, reasons, frames and limits.
+#[test]
+fn every_hostile_fixture_ends_the_same_as_a_component() {
+    hostile_suite("auto", TARGET_P2);
 }
 
 /// The same reports, causes, frames and limits with each compiler alone
 /// (issue 17: Winch's code must be judged exactly as Cranelift's).
 #[test]
 fn every_hostile_fixture_ends_the_same_on_winch_and_on_cranelift() {
-    hostile_suite("winch");
-    hostile_suite("cranelift");
+    hostile_suite("winch", TARGET);
+    hostile_suite("cranelift", TARGET);
 }
 
-fn hostile_suite(tier: &str) {
+fn hostile_suite(tier: &str, target: &str) {
     let work = tempfile::tempdir().unwrap();
     let (root, tmp, data) = (
         work.path().join("suite"),
@@ -84,7 +93,7 @@ fn hostile_suite(tier: &str) {
         .collect();
     std::fs::write(work.path().join("cachet.toml"), overrides).unwrap();
     std::fs::write(data.join("in.txt"), "inside").unwrap();
-    let names = hostile_tree(&root);
+    let names = hostile_tree_for(&root, target);
     let mut listed: Vec<&str> = RUST.iter().chain(WAT).map(|(n, _)| *n).collect();
     listed.sort();
     let mut all: Vec<String> = HOSTILE_RUST.iter().map(|n| n.to_string()).collect();
@@ -224,10 +233,15 @@ fn blocked_cases_end_within_their_timeout_by_the_wall_clock() {
 
 /// A package whose one case writes 8 MiB to its /tmp, then sleeps.
 fn sleeper(root: &Path) -> PathBuf {
+    sleeper_for(root, TARGET)
+}
+
+/// [`sleeper`] built for `target`.
+fn sleeper_for(root: &Path, target: &str) -> PathBuf {
     let dir = root.join("sleeper");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(
-        &fixture("scratch_then_sleep").wasm,
+        &cachet_testkit::fixture_for("scratch_then_sleep", target).wasm,
         dir.join("sleeper.wasm"),
     )
     .unwrap();
@@ -259,10 +273,20 @@ fn wait_for_scratch_file(tmp: &Path) {
 
 #[test]
 fn ctrl_c_stops_the_run_reports_it_and_leaves_nothing() {
+    ctrl_c_stops_the_run(TARGET);
+}
+
+/// Issue 18: a component sleeping in `wasi:io/poll` stops at Ctrl-C too.
+#[test]
+fn ctrl_c_stops_a_component_sleeping_in_poll() {
+    ctrl_c_stops_the_run(TARGET_P2);
+}
+
+fn ctrl_c_stops_the_run(target: &str) {
     let work = tempfile::tempdir().unwrap();
     let tmp = work.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let dir = sleeper(work.path());
+    let dir = sleeper_for(work.path(), target);
     let (mut cmd, _cache) = cachet_command(work.path(), &[("TMPDIR", tmp.to_str().unwrap())]);
     let child = cmd
         .args(["test", "-p", "1", "sleeper", "sleeper", "sleeper"])
@@ -607,7 +631,7 @@ fn prebuilt_mode_never_runs_cargo() {
     )
     .unwrap();
     std::fs::write(pkg.join("src/lib.rs"), "#[test]\nfn t() {}\n").unwrap();
-    let want = "cachet: untrusted: is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/wasm32-wasip1/debug/deps/*.wasm)\n";
+    let want = "cachet: untrusted: is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/wasm32-wasip1/debug/deps/*.wasm, or wasip2)\n";
     let o = cachet_with(work.path(), &["test", "--prebuilt", "untrusted"], &[]);
     assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(2), want));
     let o = cachet_with(

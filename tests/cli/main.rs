@@ -12,6 +12,7 @@ mod go_stdlib;
 mod hostile;
 mod house;
 mod json;
+mod preview2;
 mod report;
 mod select;
 mod should_panic;
@@ -74,6 +75,22 @@ pub fn cachet_bin() -> std::path::PathBuf {
         assert!(status.success(), "building the cachet binary failed");
     });
     assert_cmd::cargo::cargo_bin("cachet")
+}
+
+/// Every final action (`pass`, `fail`, `skip`) of a `go test -json`
+/// stream, in order: (package, test or "" for the package's own, action).
+pub fn json_verdicts(json: &str) -> Vec<(String, String, String)> {
+    json.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| matches!(e["Action"].as_str(), Some("pass" | "fail" | "skip")))
+        .filter_map(|e| {
+            Some((
+                e["Package"].as_str().unwrap_or("").to_string(),
+                e["Test"].as_str().unwrap_or("").to_string(),
+                e["Action"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -12,13 +12,10 @@ const SUITE: &str = "fixtures/suites/shouldpanic";
 
 /// Every case's final action in a `--json` stream.
 fn verdicts(json: &str) -> BTreeMap<String, String> {
-    json.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| matches!(e["Action"].as_str(), Some("pass" | "fail" | "skip")))
-        .filter_map(|e| {
-            let test = e["Test"].as_str()?.trim_start_matches("tests::");
-            Some((test.to_string(), e["Action"].as_str()?.to_string()))
-        })
+    crate::json_verdicts(json)
+        .into_iter()
+        .filter(|(_, test, _)| !test.is_empty())
+        .map(|(_, test, action)| (test.trim_start_matches("tests::").to_string(), action))
         .collect()
 }
 

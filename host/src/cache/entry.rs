@@ -224,13 +224,29 @@ pub(super) const NAMES: &str = "names";
 pub struct ModuleFacts {
     pub(super) framework: String,
     pub embeds_dir: bool,
+    /// A preview 2 component (facts written before components ran are of
+    /// core modules).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub component: bool,
 }
 
 impl ModuleFacts {
-    pub fn new(framework: crate::framework::Framework, embeds_dir: bool) -> Self {
+    pub fn new(
+        framework: crate::framework::Framework,
+        embeds_dir: bool,
+        wasi: cachet_runtime::Wasi,
+    ) -> Self {
         ModuleFacts {
             framework: framework.name().to_string(),
             embeds_dir,
+            component: wasi == cachet_runtime::Wasi::P2,
+        }
+    }
+
+    pub fn wasi(&self) -> cachet_runtime::Wasi {
+        match self.component {
+            true => cachet_runtime::Wasi::P2,
+            false => cachet_runtime::Wasi::P1,
         }
     }
 

@@ -6,8 +6,9 @@
 //!    file name (`argv[0]`, which the guest can read), the arguments
 //!    after `--`, the mount layout (logical names, guest paths, modes; never
 //!    host paths), the limits that can change an outcome (memory, wasm
-//!    stack, output, scratch size, open files) and the clock and random mode
-//!    (real, or hermetic with its seed). It maps to the input logs of the
+//!    stack, output, scratch size, open files), the clock and random mode
+//!    (real, or hermetic with its seed) and the WASI version (a preview 2
+//!    component's keys say so; a preview 1 module's are unchanged). It maps to the input logs of the
 //!    last passing runs, one per package holding the module (two packages
 //!    with the same module read different files).
 //! 2. Lookup re-observes that log in today's world (`reobserve`), giving an
@@ -18,7 +19,7 @@
 //! `--timeout`, `-p`, `--json`; the environment is not in the key because
 //! the log records exactly what the test read of it.
 
-use cachet_runtime::{InputsDigest, ModuleDigest, MountMode, Policy, Sha256Digest};
+use cachet_runtime::{InputsDigest, ModuleDigest, MountMode, Policy, Sha256Digest, Wasi};
 use sha2::{Digest as _, Sha256};
 
 /// Bumped when the meaning of a key or entry changes: old entries then miss.
@@ -47,6 +48,10 @@ pub struct KeyParts {
     pub open_files: u32,
     /// `real`, or `hermetic seed=N`.
     pub time: String,
+    /// `preview2` for a component; absent for a preview 1 module, whose
+    /// keys are those of cachet before components ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
 }
 
 /// Digest of [`KeyParts`].
@@ -65,6 +70,7 @@ pub struct NameKey(pub Sha256Digest);
 impl KeyParts {
     pub fn new(
         module: ModuleDigest,
+        wasi: Wasi,
         framework: &str,
         case: &str,
         args: &[String],
@@ -98,6 +104,7 @@ impl KeyParts {
                 Some(seed) => format!("hermetic seed={seed}"),
                 None => "real".to_string(),
             },
+            wasi: (wasi == Wasi::P2).then(|| wasi.as_str().to_string()),
         }
     }
 
@@ -131,6 +138,8 @@ impl KeyParts {
             "clock mode changed (--hermetic, --seed)"
         } else if self.framework != before.framework {
             "framework changed"
+        } else if self.wasi != before.wasi {
+            "WASI version changed"
         } else {
             "no cache entry"
         }
@@ -175,6 +184,7 @@ mod tests {
             scratch: 4,
             open_files: 5,
             time: "real".into(),
+            wasi: None,
         }
     }
 
@@ -212,6 +222,9 @@ mod tests {
         let mut p = parts();
         p.time = "hermetic seed=0".into();
         changed.push(p);
+        let mut p = parts();
+        p.wasi = Some("preview2".into());
+        changed.push(p);
         for c in &changed {
             assert_ne!(c.key(), base.key(), "{c:?}");
         }
@@ -221,5 +234,8 @@ mod tests {
             "module file name changed (argv[0])"
         );
         assert_eq!(changed[4].difference(&base), "mount layout changed");
+        // A preview 1 key is what it was before components ran.
+        let json = serde_json::to_string(&base).unwrap();
+        assert!(!json.contains("wasi"), "{json}");
     }
 }

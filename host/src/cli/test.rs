@@ -61,6 +61,9 @@ pub struct TestFlags {
     /// Go tests: how many t.Parallel tests run at once inside a case (-test.parallel).
     #[arg(long = "parallel", value_name = "N")]
     pub go_parallel: Option<usize>,
+    /// Rust target of cargo packages' tests: wasm32-wasip1 or wasm32-wasip2 (default: the package's cargo configuration, else wasm32-wasip1).
+    #[arg(long, value_name = "TRIPLE", value_parser = rust_target)]
+    pub target: Option<crate::discover::RustTarget>,
     /// Never run a host tool (cargo, go): only prebuilt .wasm modules, for trees you do not trust.
     #[arg(long, env = "CACHET_PREBUILT", value_parser = clap::builder::FalseyValueParser::new())]
     pub prebuilt: bool,
@@ -97,6 +100,12 @@ pub struct TestFlags {
     /// The cachet.toml profile to use (default: `default`; also CACHET_PROFILE).
     #[arg(long, value_name = "NAME", env = "CACHET_PROFILE")]
     pub profile: Option<String>,
+}
+
+fn rust_target(s: &str) -> Result<crate::discover::RustTarget, String> {
+    crate::discover::RustTarget::parse(s).ok_or_else(|| {
+        format!("cachet runs tests built for wasm32-wasip1 or wasm32-wasip2, not {s}")
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

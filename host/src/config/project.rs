@@ -68,6 +68,7 @@ pub struct Settings {
     short: Option<bool>,
     prebuilt: Option<bool>,
     tier: Option<crate::cli::TierArg>,
+    target: Option<crate::discover::RustTarget>,
     #[serde(default)]
     overrides: Vec<OverrideSettings>,
     /// Keys that are none of the above: an error naming them.
@@ -239,6 +240,7 @@ impl Settings {
             short: self.short.or(base.short),
             prebuilt: self.prebuilt.or(base.prebuilt),
             tier: self.tier.or(base.tier),
+            target: self.target.or(base.target),
             overrides,
             unknown: BTreeMap::new(),
         }
@@ -284,6 +286,7 @@ impl Project {
         args.short |= s.short.unwrap_or(false);
         args.prebuilt |= s.prebuilt.unwrap_or(false);
         args.tier = args.tier.or(s.tier);
+        args.target = args.target.or(s.target);
         if args.junit.is_none() {
             args.junit = s.junit.as_ref().map(PathBuf::from);
         }

@@ -484,6 +484,7 @@ mod tests {
             config.apply(&mut p);
             let key = KeyParts::new(
                 cachet_runtime::ModuleDigest(cachet_runtime::Sha256Digest::of(b"m")),
+                cachet_runtime::Wasi::P1,
                 "plain",
                 "c",
                 &[],

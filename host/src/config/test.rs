@@ -60,6 +60,8 @@ pub struct TestConfig {
     pub sandbox: SandboxConfig,
     /// `--prebuilt`: never run cargo or any other host tool.
     pub prebuilt: bool,
+    /// `--target`: the Rust target of cargo packages' tests.
+    pub target: Option<crate::discover::RustTarget>,
     /// `--short`, `--parallel`: Go's `-test.short` and `-test.parallel`.
     pub flags: RunFlags,
     pub compile_timeout: Duration,
@@ -175,6 +177,7 @@ impl TestConfig {
             count: flags.count.unwrap_or(1),
             sandbox,
             prebuilt: flags.prebuilt,
+            target: flags.target,
             flags: RunFlags {
                 short: flags.short,
                 parallel: flags.go_parallel,
@@ -256,6 +259,16 @@ impl TestConfig {
         self.mode == OutputMode::Verbose
             && (self.parallel == 1 || packages == 1)
             && self.layout == Layout::Package
+    }
+
+    /// What discovery may build, and for which target.
+    pub fn build(&self) -> crate::discover::Build {
+        match self.prebuilt {
+            true => crate::discover::Build::Never,
+            false => crate::discover::Build::Allowed {
+                target: self.target,
+            },
+        }
     }
 
     /// Whether wasm runs without a time limit (`--timeout 0`).

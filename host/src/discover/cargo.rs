@@ -1,4 +1,4 @@
-//! Building cargo packages' tests for wasm32-wasip1 with `cargo test
+//! Building cargo packages' tests for wasm32-wasip1 or -wasip2 with `cargo test
 //! --no-run`: on the host, outside the sandbox (a package's build scripts
 //! and proc macros are host programs; `--prebuilt` turns this off), made
 //! independent of the checkout's location so that every clone builds the
@@ -10,24 +10,29 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use crate::discover::{Package, TARGET};
+use crate::discover::{Package, RustTarget};
 
-pub(crate) fn build(name: String, dir: &Path) -> Package {
+/// Builds the tests of the cargo package in `dir` for `target`, running
+/// cargo in `dir` as `cargo test` there would run (its `.cargo/config.toml`
+/// applies).
+pub(crate) fn build(name: String, dir: &Path, target: RustTarget) -> Package {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = dir.join("Cargo.toml");
+    let manifest = std::path::absolute(dir.join("Cargo.toml")).unwrap_or(dir.join("Cargo.toml"));
+    let target = target.triple();
     let mut cmd = Command::new(&cargo);
-    cmd.args([
-        "test",
-        "--no-run",
-        "--quiet",
-        "--target",
-        TARGET,
-        "--message-format=json",
-        "--manifest-path",
-    ])
-    .arg(&manifest);
+    cmd.current_dir(dir)
+        .args([
+            "test",
+            "--no-run",
+            "--quiet",
+            "--target",
+            target,
+            "--message-format=json",
+            "--manifest-path",
+        ])
+        .arg(&manifest);
     if let Some(root) = workspace_root(&cargo, &manifest) {
-        portable(&mut cmd, &root);
+        portable(&mut cmd, &root, target);
     }
     child_mode(&mut cmd);
     let output = cmd.output();
@@ -49,11 +54,11 @@ pub(crate) fn build(name: String, dir: &Path) -> Package {
         let error = if stderr.contains("target may not be installed")
             || stderr.contains("can't find crate for `core`")
         {
-            format!("the {TARGET} target is not installed; run `rustup target add {TARGET}`")
+            format!("the {target} target is not installed; run `rustup target add {target}`")
         } else {
             eprint!("{stderr}");
             format!(
-                "cargo could not build the tests of {} for {TARGET} (errors above)",
+                "cargo could not build the tests of {} for {target} (errors above)",
                 dir.display()
             )
         };
@@ -155,10 +160,10 @@ fn workspace_root(cargo: &str, manifest: &Path) -> Option<PathBuf> {
 /// target dir (`target/cachet`), so that these flags do not make cargo
 /// rebuild the user's own `cargo test` artifacts each time. Rust flags the
 /// user set (`RUSTFLAGS`, `CARGO_ENCODED_RUSTFLAGS`) are kept; without them,
-/// the remaps go in as `target.wasm32-wasip1.rustflags` config, which joins
+/// the remaps go in as `target.<triple>.rustflags` config, which joins
 /// that key's values from config files (but takes precedence over
 /// `build.rustflags`).
-fn portable(cmd: &mut Command, root: &Path) {
+fn portable(cmd: &mut Command, root: &Path, target: &str) {
     let mut flags = vec![format!("--remap-path-prefix={}=.", root.display())];
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -187,11 +192,15 @@ fn portable(cmd: &mut Command, root: &Path) {
         (None, None) => {
             let list: Vec<String> = flags.iter().map(|f| toml_string(f)).collect();
             cmd.arg("--config")
-                .arg(format!("target.{TARGET}.rustflags=[{}]", list.join(",")));
+                .arg(format!("target.{target}.rustflags=[{}]", list.join(",")));
         }
     }
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t).join("cachet"),
+        // Cargo runs in the package dir: a relative dir is cachet's.
+        Some(t) => {
+            let dir = PathBuf::from(t).join("cachet");
+            std::path::absolute(&dir).unwrap_or(dir)
+        }
         None => root.join("target").join("cachet"),
     };
     cmd.arg("--target-dir").arg(target_dir);

@@ -1,5 +1,5 @@
 //! Discovery: from command-line patterns to packages, building cargo packages
-//! for wasm32-wasip1 on the way.
+//! for wasm32-wasip1 or wasm32-wasip2 (`target.rs`) on the way.
 //!
 //! - `x.wasm`: one package, the module alone; its dir is the file's dir.
 //! - `dir`: a cargo package if it has a `Cargo.toml` with `[package]` (its
@@ -19,8 +19,10 @@
 
 mod cargo;
 pub mod go;
+mod target;
 
 pub use cargo::wrap_rustc;
+pub use target::RustTarget;
 
 use std::path::{Path, PathBuf};
 
@@ -86,13 +88,12 @@ impl Package {
     }
 }
 
-/// The Rust target of cargo packages' test binaries.
-pub const TARGET: &str = "wasm32-wasip1";
-
 /// Whether discovery may run host tools (cargo) to build packages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Build {
-    Allowed,
+    /// Cargo packages are built for `target` (`--target`), or for what
+    /// their cargo configuration says ([`RustTarget::for_package`]).
+    Allowed { target: Option<RustTarget> },
     /// `--prebuilt`: only existing `.wasm` files.
     Never,
 }
@@ -203,10 +204,17 @@ fn package_at(dir: &Path, explicit: bool, build: Build) -> Option<Package> {
             return Some(Package::failed(
                 name,
                 dir.to_path_buf(),
-                format!("is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/{TARGET}/debug/deps/*.wasm)"),
+                "is a cargo package, and --prebuilt never runs cargo (its build scripts would run on the host, unsandboxed); build its tests yourself and pass the .wasm files (target/wasm32-wasip1/debug/deps/*.wasm, or wasip2)".into(),
             ));
         }
-        return Some(cargo::build(name, dir));
+        let Build::Allowed { target } = build else {
+            unreachable!("Build::Never returned above")
+        };
+        return Some(cargo::build(
+            name,
+            dir,
+            RustTarget::for_package(target, dir),
+        ));
     }
     let files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -287,7 +295,7 @@ mod tests {
     fn missing_paths_and_empty_patterns_are_package_errors() {
         let got = discover(
             &["/nonexistent/cachet/x.wasm".to_string()],
-            Build::Allowed,
+            Build::Allowed { target: None },
             None,
         );
         assert_eq!(
@@ -296,11 +304,13 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let pattern = format!("{}/...", dir.path().display());
-        assert!(discover(&[pattern], Build::Allowed, None)[0]
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("matched no packages"));
+        assert!(
+            discover(&[pattern], Build::Allowed { target: None }, None)[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("matched no packages")
+        );
     }
 
     #[test]
@@ -312,14 +322,14 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("b")).unwrap();
         let got = discover(
             &[format!("{}/...", dir.path().display())],
-            Build::Allowed,
+            Build::Allowed { target: None },
             None,
         );
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].modules, [dir.path().join("a/x.wasm")]);
         let empty = discover(
             &[dir.path().join("b").display().to_string()],
-            Build::Allowed,
+            Build::Allowed { target: None },
             None,
         );
         assert!(empty[0].modules.is_empty() && empty[0].error.is_none());

@@ -11,7 +11,7 @@
 //! Listing, `cachet exec`'s invocations and the native report are
 //! libtest's; only how a case runs and what its outcome means differ.
 
-use cachet_runtime::{RunOutcome, Status};
+use cachet_runtime::{RunOutcome, Status, Wasi};
 
 use super::invocation::{Invocation, Native};
 use super::libtest::{Libtest, LibtestNative};
@@ -88,6 +88,23 @@ impl Harness for LibtestChild {
                 reason = None;
                 Verdict::Pass
             }
+            // WASI 0.2's `exit` carries success or failure, not a code:
+            // libtest's exit 50 arrives as failure, status 1, as does a
+            // test's own `process::exit(3)`. Who called exit tells them
+            // apart (libtest's failures abort: a trap).
+            Status::Exited(1)
+                if outcome.wasi == Wasi::P2 && libtest_exited(&outcome.exit_frames) =>
+            {
+                reason = None;
+                Verdict::Pass
+            }
+            Status::Exited(1) if outcome.wasi == Wasi::P2 => {
+                reason = Some(format!(
+                    "the test exited with failure, from {} (a preview 2 exit carries no status code: a test libtest runs alone ends with libtest's own exit when it passes)",
+                    exit_caller(&outcome.exit_frames).unwrap_or("an unnamed function")
+                ));
+                Verdict::Fail
+            }
             Status::Exited(code) => {
                 reason = Some(format!(
                     "exit status {code} (a test libtest runs alone exits {TR_OK} when it passes: did it call process::exit?)"
@@ -97,7 +114,7 @@ impl Harness for LibtestChild {
             Status::Trapped { catch_unwind, .. } => {
                 if *catch_unwind {
                     reason = Some(
-                        "the test panicked inside catch_unwind, which needs unwinding: panics abort on wasm32-wasip1, so it cannot catch them there".into(),
+                        "the test panicked inside catch_unwind, which needs unwinding: panics abort on wasm32-wasip1 and wasm32-wasip2, so it cannot catch them there".into(),
                     );
                 } else if LIBTEST_VERDICTS.iter().any(|m| raw.contains(m)) {
                     reason = None;
@@ -128,6 +145,25 @@ impl Harness for LibtestChild {
     }
 }
 
+/// The function that called `std::process::exit`, by a failing exit's
+/// innermost frames (`RunOutcome::exit_frames`).
+fn exit_caller(frames: &[String]) -> Option<&str> {
+    let exit = frames.iter().rposition(|f| f == "std::process::exit")?;
+    frames.get(exit + 1).map(String::as_str)
+}
+
+/// Whether a failing preview 2 exit is libtest's own exit of a passing
+/// child (`process::exit(TR_OK)` in `run_test_in_spawned_subprocess`).
+/// A module without function names cannot say: its exit is taken as
+/// libtest's (docs/design/sandbox.md, "Preview 2").
+fn libtest_exited(frames: &[String]) -> bool {
+    let named = frames.iter().any(|f| !f.starts_with("wasm function "));
+    match exit_caller(frames) {
+        Some(caller) => caller.starts_with("test::run_test_in_spawned_subprocess"),
+        None => !named,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +171,10 @@ mod tests {
     use std::time::Duration;
 
     fn outcome(status: Status) -> RunOutcome {
+        outcome_of(status, Wasi::P1)
+    }
+
+    fn outcome_of(status: Status, wasi: Wasi) -> RunOutcome {
         RunOutcome {
             status,
             output: Vec::new(),
@@ -145,6 +185,8 @@ mod tests {
             collected: None,
             compiler: cachet_runtime::Compiler::Cranelift,
             restarted: false,
+            wasi,
+            exit_frames: Vec::new(),
         }
     }
 
@@ -172,6 +214,36 @@ mod tests {
         assert!(r.reason.unwrap().contains("unreachable"), "a bare trap");
         let r = LibtestChild.case_result("t", &outcome(trapped(true)), "panicked at x\n");
         assert!(r.reason.unwrap().contains("catch_unwind"));
+    }
+
+    fn exited_from(caller: &str) -> RunOutcome {
+        let mut o = outcome_of(Status::Exited(1), Wasi::P2);
+        o.exit_frames = [
+            "exit_exit",
+            "_Exit",
+            "exit",
+            "std::sys::exit::exit",
+            "std::process::exit",
+            caller,
+            "test::run_test_in_spawned_subprocess",
+        ]
+        .map(String::from)
+        .to_vec();
+        o
+    }
+
+    #[test]
+    fn under_preview_2_status_1_is_the_exit_50_of_a_pass_when_libtest_called_exit() {
+        let libtest = exited_from("test::run_test_in_spawned_subprocess::{closure#0}");
+        let pass = LibtestChild.case_result("t", &libtest, "");
+        assert_eq!(pass.verdict, Verdict::Pass);
+        let own = LibtestChild.case_result("t", &exited_from("pkg::exits_nonzero"), "");
+        assert_eq!(own.verdict, Verdict::Fail);
+        assert!(own.reason.unwrap().contains("from pkg::exits_nonzero"));
+        let fail = LibtestChild.case_result("t", &outcome_of(Status::Exited(1), Wasi::P1), "");
+        assert_eq!(fail.verdict, Verdict::Fail);
+        let abort = LibtestChild.case_result("t", &outcome_of(trapped(false), Wasi::P2), "");
+        assert_eq!(abort.verdict, Verdict::Fail);
     }
 
     #[test]

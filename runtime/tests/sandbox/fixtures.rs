@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cachet_runtime::{Entry, Observation, Status};
-use cachet_testkit::{fixture_dirs, repo_root};
+use cachet_testkit::{fixture_dirs, repo_root, TARGET, TARGET_P2};
 
 use crate::{text, Sandbox};
 
@@ -57,6 +57,7 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("limit_sleep_forever", Expect::Timeout),
     ("limit_spin_forever", Expect::Timeout),
     ("limit_stack_recursion", Expect::StackOverflow),
+    ("net_refused", Expect::Pass),
     ("rw_symlink_escape", Expect::PassWithRwMount),
     ("scratch_deep_dirs", Expect::Pass),
     ("scratch_then_sleep", Expect::Timeout),
@@ -84,7 +85,7 @@ fn every_fixture_has_an_expected_outcome() {
 }
 
 /// The policy for one fixture: the common one, tightened for the limit tests.
-fn run(name: &str, expect: Expect) -> (cachet_runtime::RunOutcome, Sandbox) {
+fn run(name: &str, expect: Expect, target: &str) -> (cachet_runtime::RunOutcome, Sandbox) {
     let sb = Sandbox::new(name);
     let mut policy = sb.policy();
     match expect {
@@ -124,7 +125,7 @@ fn run(name: &str, expect: Expect) -> (cachet_runtime::RunOutcome, Sandbox) {
     if name == "escape_absolute" {
         policy.env("SECRET_PATH", sb.secret_path().to_str().unwrap());
     }
-    (sb.run(name, &policy), sb)
+    (sb.run_for(name, &policy, target), sb)
 }
 
 fn golden(name: &str, log: &cachet_runtime::InputLog) -> String {
@@ -151,14 +152,34 @@ fn golden(name: &str, log: &cachet_runtime::InputLog) -> String {
 
 #[test]
 fn fixtures_end_as_expected_with_exact_input_logs() {
+    every_fixture_ends_as_expected(TARGET);
+}
+
+/// The same fixtures built as preview 2 components: the same outcomes and
+/// the same logs, except where `runtime/tests/golden/p2/` holds a log of
+/// its own (the differences docs/design/sandbox.md lists).
+#[test]
+fn components_end_as_the_modules_do_with_the_same_input_logs() {
+    every_fixture_ends_as_expected(TARGET_P2);
+}
+
+fn every_fixture_ends_as_expected(target: &str) {
     let bless = std::env::var_os("CACHET_BLESS").is_some();
+    let only = std::env::var("CACHET_FIXTURE").ok();
     let mut failures = Vec::new();
     for &(name, expect) in EXPECTED {
-        let (outcome, _sb) = run(name, expect);
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let (outcome, _sb) = run(name, expect, target);
         let out = text(&outcome);
         let ok = match (expect, &outcome.status) {
             (Expect::Pass, s) => s.passed(),
-            (Expect::Exit(c), Status::Exited(got)) => c == *got,
+            // WASI 0.2's `exit` says only success or failure, which the
+            // wasmtime CLI reports as status 1 too.
+            (Expect::Exit(c), Status::Exited(got)) => {
+                c == *got || (target == TARGET_P2 && c != 0 && *got == 1)
+            }
             (Expect::Trap(msg), Status::Trapped { .. }) => {
                 out.contains(msg) && out.contains("panicked at")
             }
@@ -179,7 +200,7 @@ fn fixtures_end_as_expected_with_exact_input_logs() {
         };
         if !ok {
             failures.push(format!(
-                "{name}: expected {expect:?}, got {} with output:\n{out}",
+                "{name} ({target}): expected {expect:?}, got {} with output:\n{out}",
                 outcome.status
             ));
             continue;
@@ -196,15 +217,26 @@ fn fixtures_end_as_expected_with_exact_input_logs() {
             _ => assert!(change.is_none(), "{name}: {change:?}"),
         }
         let got = golden(name, &outcome.log);
-        let path = repo_root().join(format!("runtime/tests/golden/{name}.log"));
+        let p1 = repo_root().join(format!("runtime/tests/golden/{name}.log"));
+        let p2 = repo_root().join(format!("runtime/tests/golden/p2/{name}.log"));
+        let path = match target {
+            TARGET_P2 if p2.exists() => p2.clone(),
+            _ => p1.clone(),
+        };
         if bless {
-            std::fs::write(&path, &got).unwrap();
+            match target {
+                TARGET_P2 if std::fs::read_to_string(&p1).ok().as_deref() == Some(&got) => {
+                    let _ = std::fs::remove_file(&p2);
+                }
+                TARGET_P2 => std::fs::write(&p2, &got).unwrap(),
+                _ => std::fs::write(&p1, &got).unwrap(),
+            }
             continue;
         }
         let want = std::fs::read_to_string(&path).unwrap_or_default();
         if got != want {
             failures.push(format!(
-                "{name}: input log differs from {}\n--- want\n{want}--- got\n{got}",
+                "{name} ({target}): input log differs from {}\n--- want\n{want}--- got\n{got}",
                 path.display()
             ));
         }

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cachet_runtime::{Module, Policy, RunOutcome, Runtime, RuntimeConfig};
-use cachet_testkit::{copy_tree, fixture};
+use cachet_testkit::{copy_tree, fixture, fixture_for};
 
 /// Content of the secret file next to every sandboxed package; it must never
 /// appear in any output or log.
@@ -51,6 +51,14 @@ pub fn winch_runtime() -> &'static Runtime {
 
 pub fn load(name: &str) -> Module {
     runtime().load_file(&fixture(name).wasm).unwrap()
+}
+
+/// A fixture built for `target` (a preview 1 module or a preview 2
+/// component), loaded.
+pub fn load_for(name: &str, target: &str) -> Module {
+    runtime()
+        .load_file(&fixture_for(name, target).wasm)
+        .unwrap()
 }
 
 /// A fixture's package copied into a fresh directory, with a secret file and
@@ -111,6 +119,11 @@ impl Sandbox {
 
     pub fn run(&self, name: &str, policy: &Policy) -> RunOutcome {
         runtime().run(&load(name), policy).unwrap()
+    }
+
+    /// [`Sandbox::run`] of the fixture built for `target`.
+    pub fn run_for(&self, name: &str, policy: &Policy, target: &str) -> RunOutcome {
+        runtime().run(&load_for(name, target), policy).unwrap()
     }
 }
 

@@ -36,11 +36,20 @@ fn bad_modules_are_one_line_load_errors() {
     let e = rt.load(&unknown).unwrap_err();
     assert!(matches!(e, LoadError::Link(_)), "{e}");
     assert!(e.to_string().contains("env::nope"), "{e}");
-    let component = b"\0asm\x0d\x00\x01\x00";
-    assert!(matches!(rt.load(component), Err(LoadError::Component)));
+    // A component is loaded as preview 2; a bare header is not one, and
+    // one importing an interface cachet does not provide fails to link.
+    let empty = b"\0asm\x0d\x00\x01\x00";
+    let e = rt.load(empty).unwrap_err();
+    assert!(matches!(e, LoadError::NotCommand(_)), "{e}");
+    let foreign =
+        module(r#"(component (import "example:nope/thing@1.0.0" (instance (export "f" (func)))))"#);
+    let e = rt.load(&foreign).unwrap_err();
+    assert!(matches!(e, LoadError::Link(_)), "{e}");
+    assert!(e.to_string().contains("example:nope/thing"), "{e}");
     for e in [
         rt.load(truncated).unwrap_err(),
         rt.load(&unknown).unwrap_err(),
+        rt.load(&foreign).unwrap_err(),
     ] {
         assert!(!e.to_string().contains('\n'), "{e}");
     }
