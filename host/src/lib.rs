@@ -27,10 +27,13 @@ pub mod home;
 pub mod inputs;
 pub mod job;
 pub mod plan;
+pub mod reapi;
+pub mod remote_exec;
 pub mod reporter;
 pub mod scheduler;
 pub mod units;
 pub mod workdir;
+pub mod worker;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -74,7 +77,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let sub = args
                 .get(1)
                 .and_then(|a| a.to_str())
-                .filter(|s| ["exec", "inputs", "clean"].contains(s))
+                .filter(|s| ["exec", "inputs", "clean", "worker"].contains(s))
                 .unwrap_or("test");
             eprintln!("cachet: {first}; see `cachet {sub} --help`");
             return ExitCode::from(exit::SETUP_ERROR);
@@ -84,6 +87,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Inputs(args) => inputs::run(args, home::open_cache()),
         Command::Clean(args) => home::clean(args.results),
+        Command::RunAction { manifest } => remote_exec::run_action(&manifest),
+        Command::Worker(args) => match worker_config(args) {
+            Ok(config) => worker::run(config),
+            Err(e) => {
+                eprintln!("cachet worker: {e}");
+                exit::SETUP_ERROR
+            }
+        },
         Command::Compile(a) => {
             match cachet_runtime::compile_child(
                 &a.input,
@@ -117,6 +128,39 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 fn test_config(args: cli::TestArgs) -> Result<TestConfig, config::ConfigError> {
     let cwd = std::env::current_dir().map_err(|e| config::ConfigError::Cwd(e.to_string()))?;
     TestConfig::load(args.flags, args.packages, args.args, &cwd)
+}
+
+/// `cachet worker`'s flags, checked.
+fn worker_config(args: cli::WorkerArgs) -> Result<worker::WorkerConfig, String> {
+    let token = std::env::var("CACHET_REMOTE_EXECUTOR_TOKEN").ok();
+    let endpoint = reapi::Endpoint::parse(&args.buildgrid, &args.remote_instance, token)
+        .map_err(|e| e.to_string())?;
+    let mut properties = Vec::new();
+    for p in &args.properties {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(format!("--property {p}: write it KEY=VALUE"));
+        };
+        properties.push((k.to_string(), v.to_string()));
+    }
+    let capacity = match args.capacity {
+        Some(0) => return Err("--capacity 0: a bot runs at least one action".into()),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "cachet".into());
+    Ok(worker::WorkerConfig {
+        endpoint,
+        capacity,
+        work_dir: args.work_dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("cachet-worker-{}", std::process::id()))
+        }),
+        bot_id: args
+            .bot_id
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        properties,
+    })
 }
 
 fn test(config: TestConfig) -> u8 {
@@ -167,7 +211,7 @@ fn test(config: TestConfig) -> u8 {
         Progress::new(!json),
     )
     .fail_on_flaky(config.fail_flaky);
-    scheduler::run(
+    let executed = scheduler::run(
         Arc::new(config),
         packages,
         runtime,
@@ -185,6 +229,9 @@ fn test(config: TestConfig) -> u8 {
         c.save_memo();
     }
     let mut code = reporter.finish();
+    if let Some(line) = executed {
+        eprintln!("cachet: {line}");
+    }
     if let Some(s) = explain_modules.and_then(|r| r.stats()) {
         println!(
             "cachet: explain: modules: {} compiled by Cranelift ({} after starting on Winch), {} by Winch, {} from the local cache, {} from the remote cache",

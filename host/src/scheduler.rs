@@ -50,6 +50,8 @@ struct Ctx {
     scratch: PathBuf,
     /// Cases' output is sent as it is written (`-v`, one at a time).
     live: bool,
+    /// `--remote-executor`: misses run on a farm.
+    remote: Option<Arc<crate::remote_exec::RemoteExecutor>>,
 }
 
 impl Ctx {
@@ -61,6 +63,7 @@ impl Ctx {
             cache: self.cache.as_ref(),
             facts: self.facts.as_ref(),
             live: self.live,
+            remote: self.remote.as_deref(),
             tx,
         }
     }
@@ -79,23 +82,46 @@ pub fn run(
     cache: Option<Cache>,
     scratch: &Path,
     mut on_event: impl FnMut(Event),
-) {
+) -> Option<String> {
     let workers = config.parallel.max(1);
+    // Runners of a remote executor wait on the network: as many as actions
+    // in flight, on blocking threads of their own.
+    let remote_jobs = config.executor.as_ref().map_or(0, |(_, n)| *n);
     // As go test: -v output streams with one package or -p 1.
     let live = config.live_output(packages.len());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Lookups wait on a remote cache's answers, not on the CPU.
-        .max_blocking_threads(if config.remote.is_some() {
-            (workers + 2).max(REMOTE_LOOKUPS)
-        } else {
-            workers + 2
-        })
+        .max_blocking_threads(
+            if config.remote.is_some() {
+                (workers + 2).max(REMOTE_LOOKUPS)
+            } else {
+                workers + 2
+            } + remote_jobs,
+        )
         .enable_io()
         .enable_time()
         .build()
         .expect("a tokio runtime starts");
+    let remote = config.executor.as_ref().and_then(|(endpoint, _)| {
+        let skip_cache = !config.cache || config.verify;
+        match crate::remote_exec::RemoteExecutor::new(
+            endpoint.clone(),
+            skip_cache,
+            rt.handle().clone(),
+        ) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                on_event(Event::Warning {
+                    message: format!("remote executor: {e}; running locally"),
+                });
+                None
+            }
+        }
+    });
+    let executor = remote.clone();
     let ctx = Arc::new(Ctx {
+        remote,
         runtime,
         slots: Slots::new(workers),
         facts: cache.clone(),
@@ -142,6 +168,7 @@ pub fn run(
         }
         signals.abort();
     });
+    executor.and_then(|e| e.summary())
 }
 
 /// The first Ctrl-C or SIGTERM stops every running case and starts no new
@@ -163,6 +190,9 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
         if first {
             ctx.interrupted.store(true, Ordering::SeqCst);
             ctx.runtime.interrupt();
+            if let Some(r) = &ctx.remote {
+                r.interrupt();
+            }
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(Event::Interrupted {
                     at_host_calls: ctx.config.unlimited_time(),
@@ -181,7 +211,11 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     //    go at once, so one package's lookups (in the cache, or a remote
     //    cache's round trips) overlap the hashing of the next, and one
     //    package's compile the runs of those before it.
-    let queue = Arc::new(JobQueue::new(packages.len(), ctx.config.parallel));
+    let runners = match &ctx.remote {
+        Some(_) => ctx.config.executor.as_ref().map_or(1, |(_, n)| *n),
+        None => ctx.config.parallel,
+    };
+    let queue = Arc::new(JobQueue::new(packages.len(), runners));
     let prepared: Vec<_> = packages
         .into_iter()
         .enumerate()
@@ -301,6 +335,13 @@ async fn feed(
 /// A runner: runs the queued jobs on a guest thread until none is left.
 async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
     let (ctx2, tx2, queue2) = (ctx.clone(), tx.clone(), queue.clone());
+    if ctx.remote.is_some() {
+        // Remote runs wait on the network; a local run (a read-write
+        // mount, or after the executor failed) goes to a guest thread from
+        // here as from anywhere.
+        let _ = tokio::task::spawn_blocking(move || run_queue(&ctx2, &tx2, &queue2)).await;
+        return;
+    }
     let ran = on_guest(&ctx.runtime, move || run_queue(&ctx2, &tx2, &queue2)).await;
     // No guest thread: each job left fails with the reason.
     if let Err(e) = ran {

@@ -3,7 +3,7 @@
 //! the run's state, its outcome and the code all name it.
 
 /// The WASI version a binary targets, told by its header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Wasi {
     /// A core module importing `wasi_snapshot_preview1`.
     P1,

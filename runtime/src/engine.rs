@@ -126,7 +126,7 @@ impl ModuleInner {
 }
 
 /// Which compilers make a module's code.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Tier {
     /// Cranelift only: every module is compiled (or loaded) before it runs.
     #[default]
@@ -150,7 +150,7 @@ impl Tier {
 }
 
 /// The compiler of a piece of code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Compiler {
     Cranelift,
     Winch,

@@ -36,6 +36,7 @@ mod random;
 mod recorder;
 mod run;
 mod scratch;
+mod spec;
 mod state;
 
 #[path = "../../guest-shim/src/abi.rs"]
@@ -63,6 +64,7 @@ pub use policy::{
 };
 pub use quota::INODE_CHARGE;
 pub use scratch::remove_tree;
+pub use spec::{MountSpec, OutcomeSpec, PolicySpec};
 
 /// Formats a duration as Go does (`10m0s`, `1.5s`, `250ms`), for messages
 /// that users of `go test` read every day.

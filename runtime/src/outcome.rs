@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::log::InputLog;
 
 /// How a run ended. Every limit has its own variant with a one-line reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// The guest exited (returned from `_start`: 0, or called `proc_exit`).
     Exited(i32),

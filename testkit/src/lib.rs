@@ -3,6 +3,8 @@
 //! workspace) for `wasm32-wasip1` once per process, installing the target with
 //! rustup when it is missing, and lays out sandboxes to run them in.
 
+pub mod buildgrid;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,6 +13,7 @@ mod hostile;
 mod house;
 mod json;
 mod preview2;
+mod remote_exec;
 mod report;
 mod select;
 mod should_panic;

@@ -11,6 +11,7 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 
 use super::remote::RemoteConfig;
 use super::transport::{ActionResult, Transport, TransportError};
+use crate::reapi::re;
 
 /// A response body larger than this is not a cachet entry.
 const MAX_BODY: u64 = 64 << 20;
@@ -154,102 +155,35 @@ impl Resolver for OnceResolver {
 }
 
 /// REAPI's `ActionResult` in protobuf's wire format, as the HTTP protocol
-/// stores it under `ac/`: `stdout_raw` is field 5, `stdout_digest` field 6
-/// (a `Digest`: `hash` 1, `size_bytes` 2).
+/// stores it under `ac/`: only `stdout_raw` and `stdout_digest` are cachet's.
 fn encode(a: &ActionResult) -> Vec<u8> {
-    let mut out = Vec::new();
-    if let Some(raw) = &a.stdout_raw {
-        field_bytes(&mut out, 5, raw);
+    use prost::Message as _;
+    re::ActionResult {
+        stdout_raw: a.stdout_raw.clone().unwrap_or_default(),
+        stdout_digest: a.stdout_digest.map(|(d, size)| re::Digest {
+            hash: d.hex(),
+            size_bytes: size as i64,
+        }),
+        ..Default::default()
     }
-    if let Some((digest, size)) = &a.stdout_digest {
-        let mut d = Vec::new();
-        field_bytes(&mut d, 1, digest.hex().as_bytes());
-        varint(&mut d, 2 << 3);
-        varint(&mut d, *size);
-        field_bytes(&mut out, 6, &d);
-    }
-    out
+    .encode_to_vec()
 }
 
-/// Reads the fields above, skipping every other; `None` if malformed.
-fn decode(mut b: &[u8]) -> Option<ActionResult> {
-    let mut a = ActionResult::default();
-    while !b.is_empty() {
-        let (field, value) = next_field(&mut b)?;
-        match (field, value) {
-            (5, Value::Bytes(raw)) => a.stdout_raw = Some(raw.to_vec()),
-            (6, Value::Bytes(mut d)) => {
-                let (mut hash, mut size) = (None, 0);
-                while !d.is_empty() {
-                    match next_field(&mut d)? {
-                        (1, Value::Bytes(h)) => hash = Some(std::str::from_utf8(h).ok()?),
-                        (2, Value::Varint(s)) => size = s,
-                        _ => {}
-                    }
-                }
-                let digest = Sha256Digest::parse_hex(&hash?.to_ascii_lowercase())?;
-                a.stdout_digest = Some((digest, size));
-            }
-            _ => {}
-        }
-    }
-    Some(a)
-}
-
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-fn next_field<'a>(b: &mut &'a [u8]) -> Option<(u64, Value<'a>)> {
-    let tag = read_varint(b)?;
-    let value = match tag & 7 {
-        0 => Value::Varint(read_varint(b)?),
-        1 => {
-            *b = b.get(8..)?;
-            Value::Fixed
-        }
-        2 => {
-            let len = usize::try_from(read_varint(b)?).ok()?;
-            let (v, rest) = (b.get(..len)?, b.get(len..)?);
-            *b = rest;
-            Value::Bytes(v)
-        }
-        5 => {
-            *b = b.get(4..)?;
-            Value::Fixed
-        }
-        _ => return None,
+/// Reads the fields above (every other is ignored); `None` if malformed.
+fn decode(b: &[u8]) -> Option<ActionResult> {
+    use prost::Message as _;
+    let a = re::ActionResult::decode(b).ok()?;
+    let stdout_digest = match a.stdout_digest {
+        None => None,
+        Some(d) => Some((
+            Sha256Digest::parse_hex(&d.hash.to_ascii_lowercase())?,
+            u64::try_from(d.size_bytes).ok()?,
+        )),
     };
-    Some((tag >> 3, value))
-}
-
-fn read_varint(b: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&byte, rest) = b.split_first()?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    varint(out, (field << 3) | 2);
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
+    Some(ActionResult {
+        stdout_raw: (!a.stdout_raw.is_empty()).then_some(a.stdout_raw),
+        stdout_digest,
+    })
 }
 
 #[cfg(test)]

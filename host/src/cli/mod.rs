@@ -7,6 +7,7 @@ mod exec;
 mod inputs;
 mod sandbox;
 mod test;
+mod worker;
 
 pub use clean::CleanArgs;
 pub use compile::CompileArgs;
@@ -14,6 +15,7 @@ pub use exec::ExecArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
 pub use test::{FrameworkArg, IsolateArg, TestArgs, TestFlags, TierArg};
+pub use worker::WorkerArgs;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +43,12 @@ pub enum Command {
     Inputs(InputsArgs),
     /// Remove cached results (and compiled modules, without --results).
     Clean(CleanArgs),
+    /// Serve a BuildGrid farm as one of its bots: run the actions it hands
+    /// out (cachet's own and any other command).
+    Worker(WorkerArgs),
+    /// Run one remote action's case (a worker runs this itself).
+    #[command(name = "__run-action", hide = true)]
+    RunAction { manifest: std::path::PathBuf },
     /// Compile one module in a child process (cachet runs this itself).
     #[command(name = "__compile", hide = true)]
     Compile(CompileArgs),

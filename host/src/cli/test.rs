@@ -85,6 +85,15 @@ pub struct TestFlags {
     /// Also share compiled modules (native code) through the remote cache: only with a server you trust as you trust your build machines.
     #[arg(long, env = "CACHET_REMOTE_CACHE_COMPILED", value_parser = clap::builder::FalseyValueParser::new())]
     pub remote_cache_compiled: bool,
+    /// Run the cases that miss every cache on a REAPI farm (grpc://HOST:PORT, grpcs:// for TLS): BuildGrid, Buildbarn, NativeLink, BuildBuddy.
+    #[arg(long, value_name = "URL", env = "CACHET_REMOTE_EXECUTOR")]
+    pub remote_executor: Option<String>,
+    /// The REAPI instance name on the remote executor (default: the server's default instance).
+    #[arg(long, value_name = "NAME", env = "CACHET_REMOTE_INSTANCE")]
+    pub remote_instance: Option<String>,
+    /// Actions in flight on the remote executor at once (default 64).
+    #[arg(long, value_name = "N")]
+    pub remote_jobs: Option<usize>,
     /// Run only shard K of N: count:K/N (every Nth case in order) or hash:K/N (by case name).
     #[arg(long, value_name = "count:K/N|hash:K/N")]
     pub partition: Option<String>,

@@ -27,6 +27,10 @@ pub use test::{cores, Isolate, Layout, PackageOverride, TestConfig};
 pub enum ConfigError {
     #[error("--remote-cache-compiled shares compiled modules through the remote cache: give --remote-cache URL too")]
     CompiledWithoutRemote,
+    #[error("--remote-executor {0}")]
+    Executor(String),
+    #[error("--remote-jobs 0: give at least 1 action in flight")]
+    RemoteJobs,
     #[error("invalid --{flag} regular expression {pattern:?}: {reason}")]
     Regex {
         flag: &'static str,

@@ -60,6 +60,9 @@ pub struct Settings {
     remote_cache: Option<String>,
     remote_cache_read_only: Option<bool>,
     remote_cache_compiled: Option<bool>,
+    remote_executor: Option<String>,
+    remote_instance: Option<String>,
+    remote_jobs: Option<usize>,
     partition: Option<String>,
     junit: Option<String>,
     /// `-p`
@@ -233,6 +236,9 @@ impl Settings {
             remote_cache: self.remote_cache.or(base.remote_cache),
             remote_cache_read_only: self.remote_cache_read_only.or(base.remote_cache_read_only),
             remote_cache_compiled: self.remote_cache_compiled.or(base.remote_cache_compiled),
+            remote_executor: self.remote_executor.or(base.remote_executor),
+            remote_instance: self.remote_instance.or(base.remote_instance),
+            remote_jobs: self.remote_jobs.or(base.remote_jobs),
             partition: self.partition.or(base.partition),
             junit: self.junit.or(base.junit),
             parallel: self.parallel.or(base.parallel),
@@ -277,6 +283,13 @@ impl Project {
         if args.partition.is_none() {
             args.partition.clone_from(&s.partition);
         }
+        if args.remote_executor.is_none() {
+            args.remote_executor.clone_from(&s.remote_executor);
+        }
+        if args.remote_instance.is_none() {
+            args.remote_instance.clone_from(&s.remote_instance);
+        }
+        args.remote_jobs = args.remote_jobs.or(s.remote_jobs);
         args.retries = args.retries.or(s.retries);
         args.parallel = args.parallel.or(s.parallel);
         args.fail_flaky |= s.fail_flaky.unwrap_or(false);

@@ -82,6 +82,8 @@ pub struct TestConfig {
     pub layout: Layout,
     /// `--remote-cache`: shared results.
     pub remote: Option<crate::cache::RemoteConfig>,
+    /// `--remote-executor`: where misses run, and how many at once.
+    pub executor: Option<(crate::reapi::Endpoint, usize)>,
     /// `--partition`: only this shard's cases.
     pub partition: Option<Partition>,
     /// `--junit FILE`.
@@ -93,6 +95,10 @@ pub struct TestConfig {
     /// Per-package settings from `cachet.toml`, in order (later wins).
     pub overrides: Vec<PackageOverride>,
 }
+
+/// Actions in flight on a remote executor: a farm's worth, not this
+/// machine's cores (each waits on the network, not on a core here).
+pub const DEFAULT_REMOTE_JOBS: usize = 64;
 
 impl TestConfig {
     /// The configuration of `cachet test` (and `cachet inputs`): the
@@ -150,6 +156,20 @@ impl TestConfig {
         if flags.remote_cache_compiled && remote.is_none() {
             return Err(ConfigError::CompiledWithoutRemote);
         }
+        let executor = match flags.remote_executor.as_deref().filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => {
+                let token = std::env::var("CACHET_REMOTE_EXECUTOR_TOKEN").ok();
+                let instance = flags.remote_instance.as_deref().unwrap_or("");
+                let endpoint = crate::reapi::Endpoint::parse(url, instance, token)
+                    .map_err(|e| ConfigError::Executor(e.to_string()))?;
+                let jobs = flags.remote_jobs.unwrap_or(DEFAULT_REMOTE_JOBS);
+                if jobs == 0 {
+                    return Err(ConfigError::RemoteJobs);
+                }
+                Some((endpoint, jobs))
+            }
+        };
         let partition = flags
             .partition
             .as_deref()
@@ -213,6 +233,7 @@ impl TestConfig {
             verify: flags.verify,
             layout: Layout::Package,
             remote,
+            executor,
             partition,
             junit: flags.junit,
             retries: flags.retries.unwrap_or(0),

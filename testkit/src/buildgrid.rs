@@ -1,0 +1,297 @@
+//! A real REAPI server for the remote-execution tests: BuildGrid (from
+//! `scripts/tools.sh`'s virtual environment) with its scheduler on Debian's
+//! PostgreSQL, both started on free ports of 127.0.0.1 and stopped by PID
+//! when dropped. Workers are `cachet worker` processes.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::repo_root;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct BuildGrid {
+    postgres: Child,
+    bgd: Child,
+    workers: Vec<Child>,
+    dir: tempfile::TempDir,
+    /// `grpc://127.0.0.1:PORT`
+    pub url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path, limit: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
+}
+
+/// A command run as `postgres` when this is root (PostgreSQL refuses root);
+/// `setpriv` execs, so the child's PID is the server's own.
+fn as_postgres(program: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+            program,
+        ]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn bgd() -> PathBuf {
+    let bgd = repo_root().join(".tools/buildgrid-venv/bin/bgd");
+    assert!(
+        bgd.is_file(),
+        "BuildGrid is installed in .tools/buildgrid-venv (scripts/test installs it)"
+    );
+    bgd
+}
+
+impl BuildGrid {
+    /// PostgreSQL, migrated, and BuildGrid serving action cache, CAS,
+    /// ByteStream, Execution and Bots on `grpc://127.0.0.1:PORT`.
+    /// `keepalive`: how long the server waits to hear from a bot before it
+    /// takes the bot's leases back and queues them again.
+    pub fn start(keepalive: Duration) -> BuildGrid {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("pg");
+        std::fs::create_dir(&pgdata).unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let init_log = dir.path().join("initdb.log");
+        let out = as_postgres(&format!("{PG_BIN}/initdb"))
+            .args(["-A", "trust", "-U", "bgd", "--no-sync", "-E", "UTF8", "-D"])
+            .arg(&pgdata)
+            .output()
+            .unwrap();
+        std::fs::write(&init_log, [out.stdout, out.stderr].concat()).unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            std::fs::read_to_string(&init_log).unwrap()
+        );
+        let pg_port = free_port();
+        let pg_log = dir.path().join("postgres.log");
+        let postgres = as_postgres(&format!("{PG_BIN}/postgres"))
+            .arg("-D")
+            .arg(&pgdata)
+            .arg("-k")
+            .arg(&pgdata)
+            .args(["-p", &pg_port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&pg_log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut grid = BuildGrid {
+            postgres,
+            bgd: Command::new("true").spawn().unwrap(),
+            workers: Vec::new(),
+            url: String::new(),
+            dir,
+        };
+        wait_for_port(pg_port, "PostgreSQL", &pg_log, Duration::from_secs(30));
+        let db = format!("postgresql://bgd@127.0.0.1:{pg_port}/bgd");
+        let created = Command::new(format!("{PG_BIN}/createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg_port.to_string(),
+                "-U",
+                "bgd",
+                "bgd",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let migrated = Command::new(bgd())
+            .args(["migrate", "apply", &db])
+            .output()
+            .unwrap();
+        assert!(
+            migrated.status.success(),
+            "bgd migrate: {}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+        let port = free_port();
+        let config = grid.dir.path().join("bgd.yml");
+        std::fs::write(&config, config_yaml(port, &db, keepalive)).unwrap();
+        let bgd_log = grid.dir.path().join("bgd.log");
+        grid.bgd = Command::new(bgd())
+            .args(["server", "start"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&bgd_log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "BuildGrid", &bgd_log, Duration::from_secs(60));
+        grid.url = format!("grpc://127.0.0.1:{port}");
+        grid
+    }
+
+    /// Starts a `cachet worker` (the binary at `cachet`) with `capacity`.
+    pub fn add_worker(&mut self, cachet: &Path, capacity: usize) -> u32 {
+        let n = self.workers.len();
+        let work = self.dir.path().join(format!("worker-{n}"));
+        let log = self.dir.path().join(format!("worker-{n}.log"));
+        let child = Command::new(cachet)
+            .args([
+                "worker",
+                "--buildgrid",
+                &self.url,
+                "--capacity",
+                &capacity.to_string(),
+            ])
+            .arg("--work-dir")
+            .arg(&work)
+            .args(["--bot-id", &format!("test-bot-{n}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let id = child.id();
+        self.workers.push(child);
+        id
+    }
+
+    /// Kills worker `n` (SIGKILL: as a machine dies).
+    pub fn kill_worker(&mut self, n: usize) {
+        let _ = self.workers[n].kill();
+        let _ = self.workers[n].wait();
+    }
+
+    /// What worker `n` printed.
+    pub fn worker_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("worker-{n}.log"))).unwrap_or_default()
+    }
+
+    /// What the server printed.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (the database stays up): the executor unreachable.
+    pub fn stop_server(&mut self) {
+        stop(&mut self.bgd, "TERM");
+    }
+}
+
+/// SIGTERM (or `signal`), then SIGKILL after 5 s.
+fn stop(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for BuildGrid {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        stop(&mut self.bgd, "TERM");
+        // SIGINT: PostgreSQL's fast shutdown.
+        stop(&mut self.postgres, "INT");
+    }
+}
+
+/// BuildGrid's configuration: LRU storage and action cache in memory, the
+/// SQL scheduler with an assigner that polls every 50 ms without jitter
+/// (else each miss waits up to a second for its assignment).
+fn config_yaml(port: u16, db: &str, keepalive: Duration) -> String {
+    format!(
+        r#"server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+authorization:
+  method: none
+connections:
+  - !sql-connection &sql
+    connection-string: {db}
+    pool-size: 10
+    pool-timeout: 30
+    max-overflow: 10
+storages:
+  - !lru-storage &main-storage
+    size: 2G
+caches:
+  - !lru-action-cache &main-action
+    storage: *main-storage
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+schedulers:
+  - !sql-scheduler &state-database
+    sql: *sql
+    action-cache: *main-action
+    storage: *main-storage
+    bot-session-keepalive-timeout: {keepalive}
+    max-execution-timeout: 7200
+    assigners:
+      - !priority-age-assigner
+        count: 1
+        interval: 0.05
+        jitter-factor: 0
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *main-action
+      - !execution
+        scheduler: *state-database
+      - !cas
+        storage: *main-storage
+      - !bytestream
+        storage: *main-storage
+thread-pool-size: 40
+"#,
+        keepalive = keepalive.as_secs().max(1)
+    )
+}

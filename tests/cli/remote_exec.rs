@@ -1,0 +1,439 @@
+//! Remote execution (issue 19) on a real REAPI server: BuildGrid with its
+//! scheduler on PostgreSQL, started here on 127.0.0.1, and `cachet worker`
+//! processes as its bots. Actions are submitted through cachet's own REAPI
+//! client (`cachet::reapi`), as `cachet test --remote-executor` will.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachet::reapi::cas::{Blob, Cas};
+use cachet::reapi::exec::{ExecError, Executor};
+use cachet::reapi::tree::TreeBuilder;
+use cachet::reapi::{re, Endpoint};
+use cachet_testkit::buildgrid::BuildGrid;
+use prost::Message as _;
+
+use crate::cachet_bin;
+
+/// A shell command as an action: its input root holds `files`.
+async fn submit(
+    url: &str,
+    files: &[(&str, &[u8])],
+    script: &str,
+    outputs: &[&str],
+    timeout: Option<Duration>,
+) -> Result<re::ExecuteResponse, ExecError> {
+    let conn = Endpoint::parse(url, "", None).unwrap().connect().unwrap();
+    let cas = Cas::new(conn.clone());
+    let mut tree = TreeBuilder::default();
+    for (path, bytes) in files {
+        tree.add_bytes(path, bytes.to_vec(), false);
+    }
+    let tree = tree.finish();
+    let command = re::Command {
+        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        environment_variables: vec![re::command::EnvironmentVariable {
+            name: "PATH".into(),
+            value: "/usr/bin:/bin".into(),
+        }],
+        output_paths: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let command = Blob::bytes(command.encode_to_vec());
+    let action = re::Action {
+        command_digest: Some(command.digest.clone()),
+        input_root_digest: Some(tree.root.clone()),
+        timeout: timeout.map(|t| cachet::reapi::protobuf::Duration {
+            seconds: t.as_secs() as i64,
+            nanos: 0,
+        }),
+        do_not_cache: true,
+        ..Default::default()
+    };
+    let action = Blob::bytes(action.encode_to_vec());
+    let digest = action.digest.clone();
+    let mut blobs = tree.blobs;
+    blobs.extend([command, action]);
+    cas.upload(blobs).await.unwrap();
+    Executor::new(conn).execute(digest, true, &|_| {}).await
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+async fn read(url: &str, d: &re::Digest) -> Vec<u8> {
+    let conn = Endpoint::parse(url, "", None).unwrap().connect().unwrap();
+    Cas::new(conn).read(d).await.unwrap()
+}
+
+#[test]
+fn a_cachet_worker_runs_buildgrid_actions_as_hosttools_would() {
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 2);
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = block_on(submit(
+        &grid.url,
+        &[("in/hello.txt", b"hello"), ("in/big.bin", &big)],
+        "tr a-z A-Z < in/hello.txt > out/up.txt; mkdir -p dir/sub; cp in/big.bin dir/sub/; \
+         echo to-stdout; echo to-stderr >&2; exit 3",
+        &["out/up.txt", "dir", "never-made.txt"],
+        None,
+    ))
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nworker: {}\nserver: {}",
+            grid.worker_log(0),
+            grid.server_log()
+        )
+    });
+    let result = r.result.expect("an ActionResult");
+    assert_eq!(result.exit_code, 3);
+    block_on(async {
+        assert_eq!(
+            read(&grid.url, result.stdout_digest.as_ref().unwrap()).await,
+            b"to-stdout\n"
+        );
+        assert_eq!(
+            read(&grid.url, result.stderr_digest.as_ref().unwrap()).await,
+            b"to-stderr\n"
+        );
+        assert_eq!(result.output_files.len(), 1, "{:?}", result.output_files);
+        assert_eq!(result.output_files[0].path, "out/up.txt");
+        let up = read(&grid.url, result.output_files[0].digest.as_ref().unwrap()).await;
+        assert_eq!(up, b"HELLO");
+        assert_eq!(result.output_directories.len(), 1);
+        let tree = read(
+            &grid.url,
+            result.output_directories[0].tree_digest.as_ref().unwrap(),
+        )
+        .await;
+        let tree = re::Tree::decode(tree.as_slice()).unwrap();
+        let sub = &tree.children[0];
+        assert_eq!(sub.files[0].name, "big.bin");
+        assert_eq!(
+            read(&grid.url, sub.files[0].digest.as_ref().unwrap()).await,
+            big
+        );
+    });
+    assert!(
+        result
+            .execution_metadata
+            .unwrap()
+            .worker
+            .starts_with("test-bot-"),
+        "the worker names itself"
+    );
+}
+
+#[test]
+fn buildgrid_requeues_a_killed_workers_action_and_kills_overdue_ones() {
+    let mut grid = BuildGrid::start(Duration::from_secs(4));
+    grid.add_worker(&cachet_bin(), 1);
+    let url = grid.url.clone();
+    let marker = tempfile::tempdir().unwrap();
+    let started = marker.path().join("started");
+    let script = format!("touch {}; sleep 3; echo survived", started.display());
+    let job = std::thread::spawn(move || block_on(submit(&url, &[], &script, &[], None)));
+    let t = Instant::now();
+    while !started.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the action never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The machine running it dies; another bot comes up.
+    grid.kill_worker(0);
+    grid.add_worker(&cachet_bin(), 1);
+    let r = job
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", grid.server_log()));
+    eprintln!("requeued and done after {:?}", t.elapsed());
+    let result = r.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(result.execution_metadata.unwrap().worker, "test-bot-1");
+
+    // An action past its own timeout is killed, its process group too.
+    let t = Instant::now();
+    let e = block_on(submit(
+        &grid.url,
+        &[],
+        "sleep 30 & sleep 30",
+        &[],
+        Some(Duration::from_secs(1)),
+    ))
+    .unwrap_err();
+    eprintln!("timeout seen after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    match e {
+        ExecError::Failed(s) => {
+            assert_eq!(s.code(), tonic_code_deadline(), "{s:?}");
+            assert!(s.message().contains("timeout"), "{s:?}");
+        }
+        e => panic!("{e}"),
+    }
+}
+
+fn tonic_code_deadline() -> cachet::reapi::exec::Code {
+    cachet::reapi::exec::Code::DeadlineExceeded
+}
+
+/// A project of two prebuilt test modules reading testdata, with its own
+/// cache: one "machine".
+struct Project {
+    root: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let root = tempfile::tempdir().unwrap();
+        let p = root.path();
+        std::fs::create_dir_all(p.join("testdata/listed")).unwrap();
+        for (f, name) in [
+            ("suite_cachecases", "cachecases.wasm"),
+            ("suite_cachenoshim", "noshim.wasm"),
+        ] {
+            std::fs::copy(&cachet_testkit::fixture(f).wasm, p.join(name)).unwrap();
+        }
+        std::fs::write(p.join("testdata/a.txt"), "alpha").unwrap();
+        std::fs::write(p.join("testdata/b.txt"), "bravo").unwrap();
+        std::fs::write(p.join("testdata/listed/x"), "").unwrap();
+        std::os::unix::fs::symlink("a.txt", p.join("testdata/link")).unwrap();
+        Project {
+            root,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn test(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec!["test", "--explain", "-v"];
+        args.extend(extra);
+        crate::cachet_with(
+            self.root.path(),
+            &args,
+            &[("CACHET_CACHE", self.cache.path().to_str().unwrap())],
+        )
+    }
+}
+
+/// Cases that ran, from `--explain`.
+fn ran(out: &str) -> std::collections::BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("cachet: explain: "))
+        .filter_map(|l| l.split_once(" ran: "))
+        .map(|(who, _)| who.rsplit(": ").next().unwrap().to_string())
+        .collect()
+}
+
+/// Each case's verdict line (`--- PASS: name`), sorted, without times.
+fn verdicts(o: &std::process::Output) -> Vec<String> {
+    let re = regex::Regex::new(r" \(\d+\.\d+s\)").unwrap();
+    let mut v: Vec<String> = crate::stdout(o)
+        .lines()
+        .filter(|l| l.starts_with("--- "))
+        .map(|l| re.replace_all(l, "").into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn misses_run_on_buildgrid_and_are_cached_here_exactly() {
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 2);
+    grid.add_worker(&cachet_bin(), 2);
+    let remote = Project::new();
+    let local = Project::new();
+    let exec = ["--remote-executor", grid.url.as_str()];
+
+    let here = local.test(&[]);
+    let there = remote.test(&exec);
+    let err = crate::stderr(&there);
+    assert_eq!(there.status.code(), here.status.code(), "{err}");
+    assert!(!verdicts(&here).is_empty());
+    assert_eq!(verdicts(&there), verdicts(&here), "{err}");
+    let runs = ran(&crate::stdout(&there));
+    assert_eq!(runs, ran(&crate::stdout(&here)));
+    let summary =
+        regex::Regex::new(r"remote executor grpc://[^ ]+: (\d+) of (\d+) runs remote").unwrap();
+    let c = summary
+        .captures(&err)
+        .unwrap_or_else(|| panic!("{err}\n{}", grid.worker_log(0)));
+    assert_eq!(c[1], c[2], "every run went to the farm: {err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // Cached here: the second run asks the executor nothing.
+    let again = remote.test(&exec);
+    assert_eq!(verdicts(&again), verdicts(&here));
+    assert!(
+        ran(&crate::stdout(&again)).is_empty(),
+        "{}",
+        crate::stdout(&again)
+    );
+    assert!(
+        !crate::stderr(&again).contains("runs remote"),
+        "{}",
+        crate::stderr(&again)
+    );
+
+    // A changed input reruns exactly its readers, remotely.
+    for p in [&remote, &local] {
+        std::fs::write(p.root.path().join("testdata/a.txt"), "ALPHA").unwrap();
+    }
+    let here = local.test(&[]);
+    let there = remote.test(&exec);
+    let (rh, rt) = (ran(&crate::stdout(&here)), ran(&crate::stdout(&there)));
+    assert!(
+        !rh.is_empty() && rh.len() < runs.len(),
+        "{rh:?} of {runs:?}"
+    );
+    assert_eq!(rt, rh);
+    assert_eq!(verdicts(&there), verdicts(&here));
+    let err = crate::stderr(&there);
+    let c = summary.captures(&err).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(
+        (c[1].parse::<usize>().unwrap(), &c[2]),
+        (rh.len(), &c[1]),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_executor_warns_once_and_the_run_goes_on_locally() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = Project::new();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let o = p.test(&["--remote-executor", &url]);
+    let err = crate::stderr(&o);
+    let here = Project::new().test(&[]);
+    assert_eq!(o.status.code(), here.status.code(), "{err}");
+    assert_eq!(verdicts(&o), verdicts(&here));
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains(&format!("remote executor {url}")), "{err}");
+    assert!(err.contains("running the rest locally"), "{err}");
+    // What ran locally is cached as any local result.
+    let again = p.test(&[]);
+    assert!(ran(&crate::stdout(&again)).is_empty());
+}
+
+/// A bot gone bad: it answers every lease it gets, without running
+/// anything, with `outcome` as the run's `outcome.json`.
+fn lying_bot(url: String, outcome: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    use cachet::reapi::bots::{self, BotSession, BotStatus, BotsClient, Lease, LeaseState};
+    std::thread::spawn(move || {
+        block_on(async move {
+            let conn = Endpoint::parse(&url, "", None).unwrap().connect().unwrap();
+            let bots = BotsClient::new(conn.clone());
+            let blob = Blob::bytes(outcome);
+            Cas::new(conn).upload(vec![blob.clone()]).await.unwrap();
+            let result = re::ActionResult {
+                output_files: vec![re::OutputFile {
+                    path: "outcome.json".into(),
+                    digest: Some(blob.digest.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let template = BotSession {
+                bot_id: "liar".into(),
+                status: BotStatus::Ok as i32,
+                ..Default::default()
+            };
+            let mut session = bots.create(template, Duration::from_secs(5)).await.unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let mut answer = session.clone();
+                answer.leases = session
+                    .leases
+                    .iter()
+                    .filter(|l| l.state != LeaseState::Completed as i32)
+                    .map(|l| Lease {
+                        state: LeaseState::Completed as i32,
+                        status: Some(cachet::reapi::rpc::Status::default()),
+                        result: Some(bots::pack(
+                            "build.bazel.remote.execution.v2.ActionResult",
+                            &result,
+                        )),
+                        payload: None,
+                        ..l.clone()
+                    })
+                    .collect();
+                if let Ok(s) = bots.update(answer, Duration::from_secs(5)).await {
+                    session = s;
+                }
+            }
+        })
+    })
+}
+
+#[test]
+fn a_workers_results_are_data_checked_before_they_count() {
+    use cachet_runtime::log::{Entry, InputLog, Observation, ReadOp};
+    use cachet_runtime::{OutcomeSpec, Sha256Digest, Status};
+    let grid = BuildGrid::start(Duration::from_secs(10));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Garbage for an outcome: one warning, then every case runs here.
+    let bot = lying_bot(grid.url.clone(), b"{not json".to_vec(), stop.clone());
+    let p = Project::new();
+    let here = Project::new().test(&[]);
+    let o = p.test(&["--remote-executor", &grid.url]);
+    let err = crate::stderr(&o);
+    assert_eq!(verdicts(&o), verdicts(&here), "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains("malformed"), "{err}");
+    stop.store(true, Ordering::SeqCst);
+    bot.join().unwrap();
+
+    // A well-formed lie: every case "passed" having read a testdata file
+    // this machine holds otherwise. A run whose inputs are not this
+    // machine's is not this machine's result: each case runs here.
+    let lie = OutcomeSpec {
+        status: Status::Exited(0),
+        elapsed: Duration::from_millis(1),
+        log: InputLog {
+            entries: vec![Entry::Read {
+                op: ReadOp::Open,
+                path: "pkg/testdata/a.txt".into(),
+                observation: Observation::Digest(Sha256Digest::of(b"forged")),
+            }],
+        },
+        changed_during_run: None,
+        cleanup_error: None,
+        compiler: cachet_runtime::Compiler::Cranelift,
+        restarted: false,
+        wasi: cachet_runtime::Wasi::P1,
+        exit_frames: Vec::new(),
+        collected: false,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let bot = lying_bot(
+        grid.url.clone(),
+        serde_json::to_vec(&lie).unwrap(),
+        stop.clone(),
+    );
+    let p = Project::new();
+    let o = p.test(&["--remote-executor", &grid.url]);
+    let err = crate::stderr(&o);
+    assert_eq!(verdicts(&o), verdicts(&here), "{err}");
+    assert!(err.contains(": 0 of "), "{err}");
+    stop.store(true, Ordering::SeqCst);
+    bot.join().unwrap();
+    let after = p.test(&[]);
+    assert!(
+        ran(&crate::stdout(&after)).is_empty(),
+        "{}",
+        crate::stdout(&after)
+    );
+}
