@@ -54,6 +54,20 @@ const ACTION_SLACK: Duration = Duration::from_secs(120);
 /// maximum is two hours; longer limits are `--timeout 0`'s "none").
 const MAX_ACTION_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
+/// Attempts of a call the server refused for being at its limit
+/// (RESOURCE_EXHAUSTED) before it counts as a failure: about a minute.
+const MAX_BUSY: u32 = 64;
+
+/// The wait before the `n`th attempt of a refused call: 20 ms doubling,
+/// at most a second, spread so waiters do not come back together.
+fn backoff(n: u32) -> Duration {
+    let base = Duration::from_millis(20u64 << n.min(6)).min(Duration::from_secs(1));
+    let spread = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1000);
+    base + base * spread / 2000
+}
+
 /// A run's manifest: what the worker needs besides the input root.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -223,15 +237,27 @@ impl RemoteExecutor {
             ops.lock().expect("ops").insert(n.to_string());
         };
         let mut stop = self.interrupted.subscribe();
-        let response = tokio::select! {
-            r = exec.execute(digest, self.skip_cache, &named) => r,
-            _ = stop.wait_for(|v| *v) => {
-                return Ok(interrupted(policy));
+        let mut busy = 0u32;
+        let response = loop {
+            let r = tokio::select! {
+                r = exec.execute(digest.clone(), self.skip_cache, &named) => r,
+                _ = stop.wait_for(|v| *v) => {
+                    return Ok(interrupted(policy));
+                }
+            };
+            // A server at its limit of calls is not a failed one: wait and
+            // ask again (each wait longer, up to a second).
+            match r {
+                Err(ExecError::Busy(_)) if busy < MAX_BUSY => {
+                    busy += 1;
+                    tokio::time::sleep(backoff(busy)).await;
+                }
+                r => break r,
             }
         };
         let response = match response {
             Ok(r) => r,
-            Err(ExecError::Unavailable(e)) => return Err(self.give_up(e)),
+            Err(ExecError::Unavailable(e) | ExecError::Busy(e)) => return Err(self.give_up(e)),
             Err(ExecError::Failed(s)) => {
                 return Err(self.give_up(format!(
                     "the action failed: {:?}: {}",
@@ -364,10 +390,18 @@ impl RemoteExecutor {
     /// Uploads what the server lacks, and counts it.
     async fn upload(&self, cas: &Cas, blobs: Vec<Blob>) -> Result<(), String> {
         let hashes: Vec<String> = blobs.iter().map(|b| b.digest.hash.clone()).collect();
-        let up = cas
-            .upload(blobs)
-            .await
-            .map_err(|e| format!("uploading inputs: {e}"))?;
+        let mut busy = 0u32;
+        let up = loop {
+            match cas.upload(&blobs).await {
+                Err(crate::reapi::cas::CasError::Status(s))
+                    if s.code() == tonic::Code::ResourceExhausted && busy < MAX_BUSY =>
+                {
+                    busy += 1;
+                    tokio::time::sleep(backoff(busy)).await;
+                }
+                r => break r.map_err(|e| format!("uploading inputs: {e}"))?,
+            }
+        };
         self.stats
             .uploaded_bytes
             .fetch_add(up.bytes, Ordering::Relaxed);

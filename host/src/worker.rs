@@ -533,7 +533,7 @@ async fn run_action(
             blobs.extend(dirs);
         }
     }
-    cas.upload(blobs).await.map_err(cas_status)?;
+    cas.upload(&blobs).await.map_err(cas_status)?;
     let now = |d: Duration| timestamp(wall + d);
     result.execution_metadata = Some(re::ExecutedActionMetadata {
         worker: bot.to_string(),

@@ -55,7 +55,7 @@ async fn submit(
     let digest = action.digest.clone();
     let mut blobs = tree.blobs;
     blobs.extend([command, action]);
-    cas.upload(blobs).await.unwrap();
+    cas.upload(&blobs).await.unwrap();
     Executor::new(conn).execute(digest, true, &|_| {}).await
 }
 
@@ -337,7 +337,10 @@ fn lying_bot(url: String, outcome: Vec<u8>, stop: Arc<AtomicBool>) -> std::threa
             let conn = Endpoint::parse(&url, "", None).unwrap().connect().unwrap();
             let bots = BotsClient::new(conn.clone());
             let blob = Blob::bytes(outcome);
-            Cas::new(conn).upload(vec![blob.clone()]).await.unwrap();
+            Cas::new(conn)
+                .upload(std::slice::from_ref(&blob))
+                .await
+                .unwrap();
             let result = re::ActionResult {
                 output_files: vec![re::OutputFile {
                     path: "outcome.json".into(),

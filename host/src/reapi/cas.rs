@@ -119,8 +119,8 @@ impl Cas {
     }
 
     /// Uploads what the server lacks of `blobs` (duplicates once).
-    pub async fn upload(&self, blobs: Vec<Blob>) -> Result<Uploaded, CasError> {
-        let mut unique: BTreeMap<String, Blob> = BTreeMap::new();
+    pub async fn upload(&self, blobs: &[Blob]) -> Result<Uploaded, CasError> {
+        let mut unique: BTreeMap<String, &Blob> = BTreeMap::new();
         for b in blobs {
             unique.entry(b.digest.hash.clone()).or_insert(b);
         }

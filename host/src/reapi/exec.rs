@@ -26,6 +26,10 @@ pub enum ExecError {
     /// The server could not be reached or failed: worth running elsewhere.
     #[error("{0}")]
     Unavailable(String),
+    /// The server is at its limit of calls (RESOURCE_EXHAUSTED): worth
+    /// the same call again a little later.
+    #[error("{0}")]
+    Busy(String),
     /// The server answered, and its answer says the action failed
     /// (a timeout, a missing input, a refused command).
     #[error("{0}")]
@@ -124,7 +128,9 @@ impl Executor {
 }
 
 fn unavailable_or_failed(s: tonic::Status) -> ExecError {
-    if super::transient(&s) {
+    if s.code() == tonic::Code::ResourceExhausted {
+        ExecError::Busy(s.message().to_string())
+    } else if super::transient(&s) {
         ExecError::Unavailable(format!("{}: {}", code_name(s.code()), s.message()))
     } else {
         ExecError::Failed(s)
