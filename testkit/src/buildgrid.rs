@@ -290,7 +290,9 @@ instances:
         storage: *main-storage
       - !bytestream
         storage: *main-storage
-thread-pool-size: 40
+# Execute streams hold a thread each while their action waits: room for
+# a client's 64 in flight and the bots' UpdateBotSession calls beside them.
+thread-pool-size: 200
 "#,
         keepalive = keepalive.as_secs().max(1)
     )
