@@ -38,6 +38,7 @@ use crate::reapi::tree::TreeBuilder;
 use crate::reapi::{re, Conn, Endpoint};
 
 const MANIFEST: &str = "action.json";
+const MODULE: &str = "module.wasm";
 const OUTCOME: &str = "outcome.json";
 const OUTPUT: &str = "output.bin";
 const COLLECTED: &str = "collected.bin";
@@ -242,7 +243,7 @@ impl RemoteExecutor {
             let r = tokio::select! {
                 r = exec.execute(digest.clone(), self.skip_cache, &named) => r,
                 _ = stop.wait_for(|v| *v) => {
-                    return Ok(interrupted(policy));
+                    return Ok(interrupted());
                 }
             };
             // A server at its limit of calls is not a failed one: wait and
@@ -292,18 +293,18 @@ impl RemoteExecutor {
         let mut blobs = Vec::new();
         let exe = std::env::current_exe()
             .map_err(|e| self.give_up(format!("cannot find cachet's own binary: {e}")))?;
-        for (path, host, exec) in [("cachet", &exe, true), ("module.wasm", &module.path, false)] {
+        for (path, host, exec) in [("cachet", &exe, true), (MODULE, &module.path, false)] {
             let digest = self.file(host, cas).await?;
             tree.add_blob(path, digest, host.clone(), exec);
         }
         for (i, m) in policy.mounts().iter().enumerate() {
             let root = self.subtree(&m.host, cas).await?;
-            tree.add_tree(&format!("m{i}"), root);
+            tree.add_tree(&mount_dir(i), root);
         }
         let manifest = Manifest {
             version: WIRE_VERSION,
-            module: "module.wasm".into(),
-            policy: policy.spec(|i, _| format!("m{i}")),
+            module: MODULE.into(),
+            policy: policy.spec(|i, _| mount_dir(i)),
             tier: config.tier,
             stack: config.sandbox.stack,
             compile_timeout: config.compile_timeout,
@@ -485,6 +486,11 @@ impl RemoteExecutor {
     }
 }
 
+/// Where the `i`th mount of a policy is in an action's input root.
+fn mount_dir(i: usize) -> String {
+    format!("m{i}")
+}
+
 /// A worker's outcome, its input log re-observed on this machine: a run
 /// that saw something else (a file left out of the input root, a worker
 /// that lies about what it read) is not this machine's result, and the
@@ -498,7 +504,7 @@ fn checked_here(outcome: RunOutcome, policy: &Policy) -> Result<RunOutcome, Fall
 }
 
 /// The outcome of a run stopped by Ctrl-C before its result came back.
-fn interrupted(policy: &Policy) -> RunOutcome {
+fn interrupted() -> RunOutcome {
     let spec = OutcomeSpec {
         status: Status::Interrupted,
         elapsed: Duration::ZERO,
@@ -511,7 +517,6 @@ fn interrupted(policy: &Policy) -> RunOutcome {
         exit_frames: Vec::new(),
         collected: false,
     };
-    let _ = policy;
     RunOutcome::from_spec(spec, Vec::new(), None)
 }
 

@@ -426,7 +426,10 @@ fn a_workers_results_are_data_checked_before_they_count() {
         serde_json::to_vec(&lie).unwrap(),
         stop.clone(),
     );
+    // Another input root than the first project's: the farm's action cache
+    // holds the garbage above for those actions.
     let p = Project::new();
+    std::fs::write(p.root.path().join("unread.txt"), "another input root").unwrap();
     let o = p.test(&["--remote-executor", &grid.url]);
     let err = crate::stderr(&o);
     assert_eq!(verdicts(&o), verdicts(&here), "{err}");

@@ -131,14 +131,10 @@ fn unavailable_or_failed(s: tonic::Status) -> ExecError {
     if s.code() == tonic::Code::ResourceExhausted {
         ExecError::Busy(s.message().to_string())
     } else if super::transient(&s) {
-        ExecError::Unavailable(format!("{}: {}", code_name(s.code()), s.message()))
+        ExecError::Unavailable(format!("{:?}: {}", s.code(), s.message()))
     } else {
         ExecError::Failed(s)
     }
-}
-
-fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}")
 }
 
 /// A finished operation's response, or why there is none.
