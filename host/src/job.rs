@@ -187,9 +187,10 @@ pub fn cached_listing(env: &Env, package: &str, m: &Artifact, policy: &Policy) -
 }
 
 /// Lists a module's cases by running it with its framework's list
-/// protocol, and caches the listing (`policy`: the module's). A module
-/// that cannot list is its one case; it is compiled now, so a module that
-/// cannot load fails its package's setup, as a listing would.
+/// protocol (on the farm, with a remote executor), and caches the listing
+/// (`policy`: the module's). A module that cannot list is its one case;
+/// here it is compiled now, so a module that cannot load fails its
+/// package's setup, as a listing would.
 pub fn list_module(
     env: &Env,
     package: &str,
@@ -197,9 +198,15 @@ pub fn list_module(
     policy: &Policy,
 ) -> Result<Listing, SetupError> {
     let file = m.path.display().to_string();
-    let runtime = env.runtime.get()?;
-    let module = m.module(runtime)?;
     let harness = m.framework.harness();
+    // A listing on a farm is compiled by the worker (one it cannot load is
+    // listed here after all, and fails as it would have); a module with
+    // no listing is compiled here, so that one that cannot load fails its
+    // package's setup.
+    let farm = env.remote.is_some_and(|r| r.takes(policy)) && harness.list_args().is_some();
+    if !farm {
+        m.module(env.runtime.get()?)?;
+    }
     let Some(args) = harness.list_args() else {
         return Ok(Listing::whole(m));
     };
@@ -209,10 +216,17 @@ pub fn list_module(
     let list = |args: &[String]| -> Result<(Vec<String>, RunOutcome), SetupError> {
         let mut p = policy.clone();
         p.args(args);
-        let outcome = runtime.run(&module, &p).map_err(|e| SetupError::Run {
-            file: file.clone(),
-            error: Arc::new(e),
-        })?;
+        let outcome = match on_farm(env, m, &p) {
+            Some(o) => o,
+            None => {
+                let runtime = env.runtime.get()?;
+                let module = m.module(runtime)?;
+                runtime.run(&module, &p).map_err(|e| SetupError::Run {
+                    file: file.clone(),
+                    error: Arc::new(e),
+                })?
+            }
+        };
         if !outcome.status.passed() {
             return Err(SetupError::Listing {
                 file: file.clone(),
@@ -597,18 +611,7 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         policy.output_tee(tee.clone());
         (stream, live, tee)
     });
-    let remote = env.remote.filter(|r| r.takes(&policy)).and_then(|r| {
-        match r.run(&job.module, &policy, env.config) {
-            Ok(outcome) => Some(outcome),
-            Err(fallback) => {
-                if let Some(message) = fallback.warning {
-                    let _ = env.tx.send(Event::Warning { message });
-                }
-                None
-            }
-        }
-    });
-    let mut outcome = match remote {
+    let mut outcome = match on_farm(env, &job.module, &policy) {
         Some(o) => {
             // A remote run's output arrives whole: through the same stream.
             if let Some((_, _, tee)) = &stream {
@@ -641,6 +644,21 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
         rerun_not_started(env, job, &mut results, &outcome, &raw);
     }
     (results, Some(outcome))
+}
+
+/// The run of `policy` on the farm, when there is one and it takes the
+/// run; `None` runs it here (a fallback's warning, said once, reported).
+fn on_farm(env: &Env, module: &Artifact, policy: &Policy) -> Option<RunOutcome> {
+    let remote = env.remote.filter(|r| r.takes(policy))?;
+    match remote.run(module, policy, env.config) {
+        Ok(outcome) => Some(outcome),
+        Err(fallback) => {
+            if let Some(message) = fallback.warning {
+                let _ = env.tx.send(Event::Warning { message });
+            }
+            None
+        }
+    }
 }
 
 /// Runs the job's policy in this machine's sandbox.

@@ -147,6 +147,12 @@ fn worker_config(args: cli::WorkerArgs) -> Result<worker::WorkerConfig, String> 
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let store_limit = units::parse_size(&args.store_size).ok_or_else(|| {
+        format!(
+            "--store-size {}: write a size such as 512MiB or 20G",
+            args.store_size
+        )
+    })?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "cachet".into());
@@ -154,8 +160,11 @@ fn worker_config(args: cli::WorkerArgs) -> Result<worker::WorkerConfig, String> 
         endpoint,
         capacity,
         work_dir: args.work_dir.unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("cachet-worker-{}", std::process::id()))
+            home::cache_dir()
+                .unwrap_or_else(|| std::env::temp_dir().join("cachet"))
+                .join("worker")
         }),
+        store_limit,
         bot_id: args
             .bot_id
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),

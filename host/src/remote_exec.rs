@@ -2,14 +2,19 @@
 //! on a farm (`--remote-executor`), and `cachet __run-action`, the command
 //! those actions run on a worker. Both ends of the wire are here.
 //!
-//! An action is one job's sandbox run. Its input root holds this cachet
-//! binary (`cachet`), the module (`module.wasm`), each mount of the job's
-//! policy (`m0/`, `m1/`, ...; a package directory without its `target/`
-//! and `.git/`) and the run's manifest (`action.json`: the policy as data,
-//! the tier and compile limits). Every name in it is by content, none by
-//! host path, so the same job from any machine is the same action. The
-//! worker writes the outcome back (`outcome.json`, `output.bin`,
-//! `collected.bin`): status, input log, output. Everything after the run
+//! An action is a batch of sandbox runs of one module: the jobs of that
+//! module that reach the executor within a few milliseconds of each other
+//! (up to [`FIRST_BATCH`] at first, then about a second's work of them), so the
+//! farm's per-action cost (queueing, fetching inputs, starting cachet) is
+//! paid once per batch. Its input root holds this cachet binary
+//! (`cachet`), the module (`module.wasm`), each mount of the runs'
+//! policies (`m0/`, `m1/`, ...; a package directory without its `target/`
+//! and `.git/`) and the manifest (`action.json`: each run's policy as
+//! data, the tier and compile limits). Every name in it is by content,
+//! none by host path, so the same batch from any machine is the same
+//! action. The worker writes each run's outcome back (`r0/outcome.json`,
+//! `r0/output.bin`, `r0/collected.bin`, ...): status, input log, output.
+//! Everything after the run
 //! (the harness's verdicts, the cache, the report) happens here, as for a
 //! local run; a result from a worker is trusted as a remote cache entry is,
 //! and is data: parsed with limits, and its input log must hold on this
@@ -42,12 +47,22 @@ const MODULE: &str = "module.wasm";
 const OUTCOME: &str = "outcome.json";
 const OUTPUT: &str = "output.bin";
 const COLLECTED: &str = "collected.bin";
+/// Written instead of outcomes when the module cannot load or run.
+const MODULE_ERROR: &str = "module-error.txt";
+/// The most runs an action carries before its module's runs were timed,
+/// and after (when they are short).
+pub const FIRST_BATCH: usize = 8;
+pub const MAX_BATCH: usize = 64;
+/// How long a batch waits for more runs of its module before it goes.
+const LINGER: Duration = Duration::from_millis(5);
+/// The work an action should be, once its module's runs were timed.
+const BATCH_WORK: Duration = Duration::from_secs(1);
 /// The largest outcome cachet reads back (the input log is most of it).
 const MAX_OUTCOME: i64 = 256 << 20;
 const MAX_COLLECTED: i64 = 16 << 20;
 /// Bumped when the manifest or outcome changes meaning: part of every
 /// action, so workers of another version never serve this one.
-const WIRE_VERSION: u32 = 1;
+const WIRE_VERSION: u32 = 2;
 /// Extra time an action gets past its run's limit (fetching inputs,
 /// compiling the module happen in it too).
 const ACTION_SLACK: Duration = Duration::from_secs(120);
@@ -55,26 +70,13 @@ const ACTION_SLACK: Duration = Duration::from_secs(120);
 /// maximum is two hours; longer limits are `--timeout 0`'s "none").
 const MAX_ACTION_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
-/// Attempts of a call the server refused for being at its limit
-/// (RESOURCE_EXHAUSTED) before it counts as a failure: about a minute.
-const MAX_BUSY: u32 = 64;
-
-/// The wait before the `n`th attempt of a refused call: 20 ms doubling,
-/// at most a second, spread so waiters do not come back together.
-fn backoff(n: u32) -> Duration {
-    let base = Duration::from_millis(20u64 << n.min(6)).min(Duration::from_secs(1));
-    let spread = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() % 1000);
-    base + base * spread / 2000
-}
-
-/// A run's manifest: what the worker needs besides the input root.
+/// An action's manifest: what the worker needs besides the input root.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: u32,
     pub module: String,
-    pub policy: PolicySpec,
+    /// Each run's policy; run `i` writes its outcome under `r{i}/`.
+    pub runs: Vec<PolicySpec>,
     pub tier: Tier,
     pub stack: Option<usize>,
     pub compile_timeout: Duration,
@@ -91,6 +93,7 @@ pub struct Fallback {
 /// What remote execution did in a run, for the summary and benchmarks.
 #[derive(Debug, Default)]
 pub struct ExecStats {
+    pub runs: AtomicU64,
     pub actions: AtomicU64,
     pub fallbacks: AtomicU64,
     pub uploaded_bytes: AtomicU64,
@@ -99,6 +102,73 @@ pub struct ExecStats {
     pub upload_us: AtomicU64,
     pub execute_us: AtomicU64,
     pub download_us: AtomicU64,
+    /// Of the execution, what the workers report they spent fetching
+    /// inputs, running, and uploading outputs (the rest is the server's
+    /// queue and hand-offs).
+    pub worker_fetch_us: AtomicU64,
+    pub worker_run_us: AtomicU64,
+    pub worker_upload_us: AtomicU64,
+}
+
+impl ExecStats {
+    /// Adds a worker's own account of an action.
+    fn add_worker(&self, m: &re::ExecutedActionMetadata) {
+        let span = |a: &Option<crate::reapi::protobuf::Timestamp>,
+                    b: &Option<crate::reapi::protobuf::Timestamp>| {
+            let us = |t: &crate::reapi::protobuf::Timestamp| {
+                t.seconds as i128 * 1_000_000 + i128::from(t.nanos / 1000)
+            };
+            match (a, b) {
+                (Some(a), Some(b)) => u64::try_from(us(b) - us(a)).unwrap_or(0),
+                _ => 0,
+            }
+        };
+        let add = |c: &AtomicU64, v: u64| c.fetch_add(v.min(1 << 40), Ordering::Relaxed);
+        add(
+            &self.worker_fetch_us,
+            span(
+                &m.input_fetch_start_timestamp,
+                &m.input_fetch_completed_timestamp,
+            ),
+        );
+        add(
+            &self.worker_run_us,
+            span(
+                &m.execution_start_timestamp,
+                &m.execution_completed_timestamp,
+            ),
+        );
+        add(
+            &self.worker_upload_us,
+            span(
+                &m.output_upload_start_timestamp,
+                &m.output_upload_completed_timestamp,
+            ),
+        );
+    }
+}
+
+/// Runs of one module over the same mounts: they can share an action.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct BatchKey {
+    module: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+/// A run waiting in a batch: its policy as data, its time and output
+/// limits, and where its outcome goes.
+struct Queued {
+    spec: PolicySpec,
+    timeout: Duration,
+    output_limit: usize,
+    done: std::sync::mpsc::SyncSender<Result<RunOutcome, Fallback>>,
+}
+
+/// A batch being filled; its opener sends it.
+struct Open {
+    runs: Mutex<Vec<Queued>>,
+    /// Told when the batch is full (it goes before its linger ends).
+    full: tokio::sync::Notify,
 }
 
 /// A mount directory's tree, or a file, built and uploaded once per run
@@ -118,7 +188,14 @@ pub struct RemoteExecutor {
     /// Digests the server is known to hold.
     present: Mutex<BTreeSet<String>>,
     operations: Mutex<BTreeSet<String>>,
+    open: Mutex<HashMap<BatchKey, Arc<Open>>>,
+    /// Actions in flight at once: `--remote-jobs` / [`FIRST_BATCH`].
+    in_flight: tokio::sync::Semaphore,
+    /// Per module: runs timed on the farm, and their summed time.
+    timing: Mutex<HashMap<PathBuf, (u32, Duration)>>,
     skip_cache: bool,
+    /// The cache's stat memo: files unchanged since a run are not read.
+    memo: Option<Arc<dyn cachet_runtime::DigestMemo>>,
     pub stats: ExecStats,
 }
 
@@ -127,6 +204,8 @@ impl RemoteExecutor {
     pub fn new(
         endpoint: Endpoint,
         skip_cache: bool,
+        memo: Option<Arc<dyn cachet_runtime::DigestMemo>>,
+        runs_in_flight: usize,
         rt: tokio::runtime::Handle,
     ) -> Result<Self, String> {
         // The channel's connection task lives on `rt`.
@@ -144,7 +223,11 @@ impl RemoteExecutor {
             files: Mutex::default(),
             present: Mutex::default(),
             operations: Mutex::default(),
+            open: Mutex::default(),
+            in_flight: tokio::sync::Semaphore::new(runs_in_flight.div_ceil(FIRST_BATCH).max(1)),
+            timing: Mutex::default(),
             skip_cache,
+            memo,
             stats: ExecStats::default(),
         })
     }
@@ -178,19 +261,96 @@ impl RemoteExecutor {
         });
     }
 
-    /// Runs `policy` over `module` on the farm (from a blocking thread).
+    /// Runs `policy` over `module` on the farm (from a blocking thread):
+    /// in a batch with the other runs of the module that arrive with it.
     pub fn run(
         &self,
         module: &Artifact,
         policy: &Policy,
         config: &TestConfig,
     ) -> Result<RunOutcome, Fallback> {
-        self.stats.actions.fetch_add(1, Ordering::Relaxed);
-        let r = self.rt.block_on(self.run_async(module, policy, config));
+        self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+        let key = BatchKey {
+            module: module.path.clone(),
+            mounts: policy.mounts().iter().map(|m| m.host.clone()).collect(),
+        };
+        let run = Queued {
+            spec: policy.spec(|i, _| mount_dir(i)),
+            timeout: policy.timeout_duration(),
+            output_limit: policy.output_limit_bytes(),
+            done,
+        };
+        if let Some(batch) = self.join(&key, run) {
+            // This run opened the batch: it waits for company, then sends it.
+            // Then it waits for a free action: while every action is in
+            // flight, the batch stays open and grows (under load, batches
+            // grow; idle, a run goes at once).
+            let _permit = self.rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = batch.full.notified() => {}
+                }
+                self.in_flight.acquire().await.expect("never closed")
+            });
+            {
+                let mut open = self.open.lock().expect("open batches");
+                if open.get(&key).is_some_and(|b| Arc::ptr_eq(b, &batch)) {
+                    open.remove(&key);
+                }
+            }
+            let runs = std::mem::take(&mut *batch.runs.lock().expect("batch"));
+            self.rt.block_on(self.send(&key, runs, config));
+        }
+        let r = outcome
+            .recv()
+            .unwrap_or(Err(Fallback { warning: None }))
+            .and_then(|o| checked_here(o, policy));
         if r.is_err() {
             self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         r
+    }
+
+    /// Adds `run` to the open batch of `key`, or opens one (returned: its
+    /// opener sends it). A full batch is closed at once.
+    fn join(&self, key: &BatchKey, run: Queued) -> Option<Arc<Open>> {
+        let limit = self.batch_limit(&key.module);
+        let mut open = self.open.lock().expect("open batches");
+        if let Some(batch) = open.get(key) {
+            let mut runs = batch.runs.lock().expect("batch");
+            runs.push(run);
+            if runs.len() >= limit {
+                drop(runs);
+                if let Some(b) = open.remove(key) {
+                    b.full.notify_one();
+                }
+            }
+            return None;
+        }
+        let batch = Arc::new(Open {
+            runs: Mutex::new(vec![run]),
+            full: tokio::sync::Notify::new(),
+        });
+        if limit > 1 {
+            open.insert(key.clone(), batch.clone());
+        } else {
+            batch.full.notify_one();
+        }
+        Some(batch)
+    }
+
+    /// How many runs of `module` an action takes: [`FIRST_BATCH`] until
+    /// its runs were timed, then about [`BATCH_WORK`] of them.
+    fn batch_limit(&self, module: &Path) -> usize {
+        let timing = self.timing.lock().expect("timing");
+        match timing.get(module) {
+            Some(&(n, total)) if n > 0 && !total.is_zero() => {
+                let each = total / n;
+                ((BATCH_WORK.as_nanos() / each.as_nanos().max(1)) as usize).clamp(1, MAX_BATCH)
+            }
+            _ => FIRST_BATCH,
+        }
     }
 
     /// The executor failed: off for the rest of the run, said once.
@@ -206,15 +366,46 @@ impl RemoteExecutor {
         }
     }
 
-    async fn run_async(
+    /// Sends a batch as one action; each run hears its own outcome.
+    async fn send(&self, key: &BatchKey, runs: Vec<Queued>, config: &TestConfig) {
+        let (runs, done): (Vec<_>, Vec<_>) = runs
+            .into_iter()
+            .map(|q| ((q.spec, q.timeout, q.output_limit), q.done))
+            .unzip();
+        match self.execute(key, &runs, config).await {
+            Ok(outcomes) => {
+                let mut timing = self.timing.lock().expect("timing");
+                let t = timing.entry(key.module.clone()).or_default();
+                for (o, done) in outcomes.into_iter().zip(done) {
+                    if let Ok(o) = &o {
+                        t.0 += 1;
+                        t.1 += o.elapsed;
+                    }
+                    let _ = done.send(o);
+                }
+            }
+            Err(first) => {
+                // The first run says why (once per cachet run); the rest
+                // just run locally.
+                let mut why = Some(first);
+                for done in done {
+                    let _ = done.send(Err(why.take().unwrap_or(Fallback { warning: None })));
+                }
+            }
+        }
+    }
+
+    /// One action of `runs`: each run's outcome, or why none came back.
+    async fn execute(
         &self,
-        module: &Artifact,
-        policy: &Policy,
+        key: &BatchKey,
+        runs: &[(PolicySpec, Duration, usize)],
         config: &TestConfig,
-    ) -> Result<RunOutcome, Fallback> {
+    ) -> Result<Vec<Result<RunOutcome, Fallback>>, Fallback> {
         let started = Instant::now();
+        self.stats.actions.fetch_add(1, Ordering::Relaxed);
         let cas = Cas::new(self.conn.clone());
-        let (action, blobs) = self.action(module, policy, config, &cas).await?;
+        let (action, blobs) = self.action(key, runs, config, &cas).await?;
         let digest = action.digest.clone();
         let mut upload: Vec<Blob> = {
             let present = self.present.lock().expect("present");
@@ -243,15 +434,15 @@ impl RemoteExecutor {
             let r = tokio::select! {
                 r = exec.execute(digest.clone(), self.skip_cache, &named) => r,
                 _ = stop.wait_for(|v| *v) => {
-                    return Ok(interrupted());
+                    return Ok(runs.iter().map(|_| Ok(interrupted())).collect());
                 }
             };
             // A server at its limit of calls is not a failed one: wait and
             // ask again (each wait longer, up to a second).
             match r {
-                Err(ExecError::Busy(_)) if busy < MAX_BUSY => {
+                Err(ExecError::Busy(_)) if busy < crate::reapi::MAX_BUSY => {
                     busy += 1;
-                    tokio::time::sleep(backoff(busy)).await;
+                    tokio::time::sleep(crate::reapi::backoff(busy)).await;
                 }
                 r => break r,
             }
@@ -271,21 +462,25 @@ impl RemoteExecutor {
         self.stats
             .execute_us
             .fetch_add((executed - uploaded).as_micros() as u64, Ordering::Relaxed);
-        let outcome = self
-            .read_outcome(&cas, response, policy)
-            .await
-            .and_then(|o| checked_here(o, policy));
+        if let Some(m) = response
+            .result
+            .as_ref()
+            .and_then(|r| r.execution_metadata.as_ref())
+        {
+            self.stats.add_worker(m);
+        }
+        let outcomes = self.read_outcomes(&cas, response, runs).await;
         self.stats
             .download_us
             .fetch_add(executed.elapsed().as_micros() as u64, Ordering::Relaxed);
-        outcome
+        outcomes
     }
 
-    /// The action of a run, and the blobs it needs.
+    /// The action of a batch, and the blobs it needs.
     async fn action(
         &self,
-        module: &Artifact,
-        policy: &Policy,
+        key: &BatchKey,
+        runs: &[(PolicySpec, Duration, usize)],
         config: &TestConfig,
         cas: &Cas,
     ) -> Result<(Blob, Vec<Blob>), Fallback> {
@@ -293,18 +488,18 @@ impl RemoteExecutor {
         let mut blobs = Vec::new();
         let exe = std::env::current_exe()
             .map_err(|e| self.give_up(format!("cannot find cachet's own binary: {e}")))?;
-        for (path, host, exec) in [("cachet", &exe, true), (MODULE, &module.path, false)] {
+        for (path, host, exec) in [("cachet", &exe, true), (MODULE, &key.module, false)] {
             let digest = self.file(host, cas).await?;
             tree.add_blob(path, digest, host.clone(), exec);
         }
-        for (i, m) in policy.mounts().iter().enumerate() {
-            let root = self.subtree(&m.host, cas).await?;
+        for (i, host) in key.mounts.iter().enumerate() {
+            let root = self.subtree(host, cas).await?;
             tree.add_tree(&mount_dir(i), root);
         }
         let manifest = Manifest {
             version: WIRE_VERSION,
             module: MODULE.into(),
-            policy: policy.spec(|i, _| mount_dir(i)),
+            runs: runs.iter().map(|r| r.0.clone()).collect(),
             tier: config.tier,
             stack: config.sandbox.stack,
             compile_timeout: config.compile_timeout,
@@ -320,15 +515,20 @@ impl RemoteExecutor {
         );
         let command = re::Command {
             arguments: vec!["./cachet".into(), "__run-action".into(), MANIFEST.into()],
-            output_paths: vec![OUTCOME.into(), OUTPUT.into(), COLLECTED.into()],
+            output_paths: (0..runs.len())
+                .flat_map(|i| [OUTCOME, OUTPUT, COLLECTED].map(|f| run_file(i, f)))
+                .chain([MODULE_ERROR.to_string()])
+                .collect(),
             ..Default::default()
         };
         let command = Blob::bytes(command.encode_to_vec());
-        // A backstop against a stuck worker (the sandbox keeps the run's own
-        // limit): none for a run without a time limit.
-        let timeout = policy
-            .timeout_duration()
-            .checked_add(config.compile_timeout + ACTION_SLACK)
+        // A backstop against a stuck worker (the sandbox keeps each run's
+        // own limit): none when a run has no time limit.
+        let timeout = runs
+            .iter()
+            .try_fold(config.compile_timeout + ACTION_SLACK, |sum, r| {
+                sum.checked_add(r.1)
+            })
             .filter(|t| *t < MAX_ACTION_TIMEOUT);
         let action = re::Action {
             command_digest: Some(command.digest.clone()),
@@ -356,10 +556,12 @@ impl RemoteExecutor {
             .clone();
         let r = cell
             .get_or_init(|| async {
-                let bytes =
-                    std::fs::read(host).map_err(|e| format!("reading {}: {e}", host.display()))?;
-                let blob = Blob::bytes(bytes);
-                let digest = blob.digest.clone();
+                let digest = crate::reapi::digest_file(host, self.memo.as_deref())
+                    .map_err(|e| format!("reading {}: {e}", host.display()))?;
+                let blob = Blob {
+                    digest: digest.clone(),
+                    source: crate::reapi::cas::Source::File(host.to_path_buf()),
+                };
                 self.upload(cas, vec![blob]).await.map(|()| digest)
             })
             .await;
@@ -378,7 +580,7 @@ impl RemoteExecutor {
         let r = cell
             .get_or_init(|| async {
                 let skip = |rel: &Path| rel == Path::new("target") || rel == Path::new(".git");
-                let mut t = TreeBuilder::default();
+                let mut t = TreeBuilder::with_memo(self.memo.clone());
                 t.add_dir("", host, &skip)
                     .map_err(|e| format!("reading {}: {e}", host.display()))?;
                 let tree = t.finish();
@@ -391,18 +593,10 @@ impl RemoteExecutor {
     /// Uploads what the server lacks, and counts it.
     async fn upload(&self, cas: &Cas, blobs: Vec<Blob>) -> Result<(), String> {
         let hashes: Vec<String> = blobs.iter().map(|b| b.digest.hash.clone()).collect();
-        let mut busy = 0u32;
-        let up = loop {
-            match cas.upload(&blobs).await {
-                Err(crate::reapi::cas::CasError::Status(s))
-                    if s.code() == tonic::Code::ResourceExhausted && busy < MAX_BUSY =>
-                {
-                    busy += 1;
-                    tokio::time::sleep(backoff(busy)).await;
-                }
-                r => break r.map_err(|e| format!("uploading inputs: {e}"))?,
-            }
-        };
+        let up = cas
+            .upload(&blobs)
+            .await
+            .map_err(|e| format!("uploading inputs: {e}"))?;
         self.stats
             .uploaded_bytes
             .fetch_add(up.bytes, Ordering::Relaxed);
@@ -410,19 +604,36 @@ impl RemoteExecutor {
         Ok(())
     }
 
-    /// The outcome a worker wrote, read with limits and checked.
-    async fn read_outcome(
+    /// The outcomes a worker wrote, each read with limits. A result with
+    /// no outcomes (the worker could not run the batch) fails the executor;
+    /// a run whose outcome is malformed too.
+    async fn read_outcomes(
         &self,
         cas: &Cas,
         response: re::ExecuteResponse,
-        policy: &Policy,
-    ) -> Result<RunOutcome, Fallback> {
+        runs: &[(PolicySpec, Duration, usize)],
+    ) -> Result<Vec<Result<RunOutcome, Fallback>>, Fallback> {
         let bad = |why: String| self.give_up(why);
         let Some(result) = response.result else {
             return Err(bad("the response holds no result".into()));
         };
-        let file = |name: &str| result.output_files.iter().find(|f| f.path == name);
-        let Some(outcome) = file(OUTCOME).and_then(|f| f.digest.clone()) else {
+        let file = |i: usize, name: &str| {
+            let path = run_file(i, name);
+            result
+                .output_files
+                .iter()
+                .find(|f| f.path == path)
+                .and_then(|f| f.digest.clone())
+        };
+        if result.output_files.iter().any(|f| f.path == MODULE_ERROR) {
+            // The module cannot load or run there: each run goes here, and
+            // fails as it would have (the executor stays on).
+            return Ok(runs
+                .iter()
+                .map(|_| Err(Fallback { warning: None }))
+                .collect());
+        }
+        if file(0, OUTCOME).is_none() {
             // The worker could not run it (exit 2): its stderr says why.
             let why = match &result.stderr_digest {
                 Some(d) if d.size_bytes < 64 << 10 => cas.read(d).await.ok(),
@@ -432,7 +643,7 @@ impl RemoteExecutor {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("exit status {}", result.exit_code));
             return Err(bad(format!("the worker could not run the case: {why}")));
-        };
+        }
         let limit = |d: &re::Digest, max: i64| {
             if d.size_bytes > max {
                 Err(bad(format!(
@@ -443,47 +654,63 @@ impl RemoteExecutor {
                 Ok(())
             }
         };
-        limit(&outcome, MAX_OUTCOME)?;
-        let spec_bytes = cas.read(&outcome).await.map_err(|e| bad(e.to_string()))?;
-        let spec: OutcomeSpec = serde_json::from_slice(&spec_bytes)
-            .map_err(|e| bad(format!("the outcome is malformed: {e}")))?;
-        let output = match file(OUTPUT).and_then(|f| f.digest.clone()) {
-            Some(d) => {
-                limit(&d, policy.output_limit_bytes() as i64 + (1 << 20))?;
-                cas.read(&d).await.map_err(|e| bad(e.to_string()))?
-            }
-            None => Vec::new(),
-        };
-        let collected = match file(COLLECTED).and_then(|f| f.digest.clone()) {
-            Some(d) => {
-                limit(&d, MAX_COLLECTED)?;
-                Some(cas.read(&d).await.map_err(|e| bad(e.to_string()))?)
-            }
-            None => None,
-        };
-        Ok(RunOutcome::from_spec(spec, output, collected))
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for (i, (_, _, output_limit)) in runs.iter().enumerate() {
+            let Some(outcome) = file(i, OUTCOME) else {
+                return Err(bad(format!("the result lacks run {i}'s outcome")));
+            };
+            limit(&outcome, MAX_OUTCOME)?;
+            let spec_bytes = cas.read(&outcome).await.map_err(|e| bad(e.to_string()))?;
+            let spec: OutcomeSpec = serde_json::from_slice(&spec_bytes)
+                .map_err(|e| bad(format!("the outcome is malformed: {e}")))?;
+            let output = match file(i, OUTPUT) {
+                Some(d) => {
+                    limit(&d, *output_limit as i64 + (1 << 20))?;
+                    cas.read(&d).await.map_err(|e| bad(e.to_string()))?
+                }
+                None => Vec::new(),
+            };
+            let collected = match file(i, COLLECTED) {
+                Some(d) => {
+                    limit(&d, MAX_COLLECTED)?;
+                    Some(cas.read(&d).await.map_err(|e| bad(e.to_string()))?)
+                }
+                None => None,
+            };
+            outcomes.push(Ok(RunOutcome::from_spec(spec, output, collected)));
+        }
+        Ok(outcomes)
     }
 
     /// A line for the run's end: what went to the farm.
     pub fn summary(&self) -> Option<String> {
         let s = &self.stats;
-        let actions = s.actions.load(Ordering::Relaxed);
-        if actions == 0 {
+        let runs = s.runs.load(Ordering::Relaxed);
+        if runs == 0 {
             return None;
         }
         let fallbacks = s.fallbacks.load(Ordering::Relaxed);
-        let remote = (actions - fallbacks).max(1) as f64;
-        let ms = |us: &AtomicU64| us.load(Ordering::Relaxed) as f64 / 1000.0 / remote;
+        let actions = s.actions.load(Ordering::Relaxed);
+        let per = actions.max(1) as f64;
+        let ms = |us: &AtomicU64| us.load(Ordering::Relaxed) as f64 / 1000.0 / per;
         Some(format!(
-            "remote executor {}: {} of {actions} runs remote, {:.1} MiB uploaded; per action: inputs {:.1} ms, execution {:.1} ms, outcome {:.1} ms",
+            "remote executor {}: {} of {runs} runs remote in {actions} actions, {:.1} MiB uploaded; per action: inputs {:.1} ms, execution {:.1} ms (on the worker: fetch {:.1} ms, run {:.1} ms, upload {:.1} ms), outcome {:.1} ms",
             self.endpoint.display(),
-            actions - fallbacks,
+            runs - fallbacks,
             s.uploaded_bytes.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
             ms(&s.upload_us),
             ms(&s.execute_us),
+            ms(&s.worker_fetch_us),
+            ms(&s.worker_run_us),
+            ms(&s.worker_upload_us),
             ms(&s.download_us),
         ))
     }
+}
+
+/// Where run `i` of an action writes its file `name`.
+fn run_file(i: usize, name: &str) -> String {
+    format!("r{i}/{name}")
 }
 
 /// Where the `i`th mount of a policy is in an action's input root.
@@ -520,28 +747,53 @@ fn interrupted() -> RunOutcome {
     RunOutcome::from_spec(spec, Vec::new(), None)
 }
 
-/// `cachet __run-action action.json`: a worker's side. Exit 0 when the run
-/// passed, 1 when it did not (so REAPI caches only passing runs), 2 when
-/// it could not run (the reason on stderr).
+/// `cachet __run-action action.json`: a worker's side. Runs the batch in
+/// order, in one runtime with the module loaded once. Exit 0 when every
+/// run passed, 1 when one did not (so REAPI caches only passing batches),
+/// 2 when it could not run (the reason on stderr), 3 when the module
+/// could not be loaded or run (the reason in `module-error.txt` too: the
+/// batch is then run on the client, where it fails as it would have).
 pub fn run_action(manifest: &Path) -> u8 {
     match try_run_action(manifest) {
         Ok(passed) => u8::from(!passed),
-        Err(e) => {
+        Err(ActionError::Setup(e)) => {
             eprintln!("cachet __run-action: {e}");
             crate::exit::SETUP_ERROR
+        }
+        Err(ActionError::Module(e)) => {
+            eprintln!("cachet __run-action: {e}");
+            let at = manifest.with_file_name(MODULE_ERROR);
+            if std::fs::write(&at, &e).is_err() {
+                return crate::exit::SETUP_ERROR;
+            }
+            3
         }
     }
 }
 
-fn try_run_action(manifest: &Path) -> Result<bool, String> {
+/// Why a worker ran no batch.
+enum ActionError {
+    /// The worker or the action is at fault: the executor is.
+    Setup(String),
+    /// The module cannot load or run here: nor would it on the client.
+    Module(String),
+}
+
+impl From<String> for ActionError {
+    fn from(e: String) -> Self {
+        ActionError::Setup(e)
+    }
+}
+
+fn try_run_action(manifest: &Path) -> Result<bool, ActionError> {
     let bytes = std::fs::read(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     let m: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{}: not a cachet action manifest: {e}", manifest.display()))?;
     if m.version != WIRE_VERSION {
-        return Err(format!(
+        return Err(ActionError::Setup(format!(
             "the action is of wire version {}, this cachet speaks {WIRE_VERSION}",
             m.version
-        ));
+        )));
     }
     let root = manifest
         .parent()
@@ -550,7 +802,11 @@ fn try_run_action(manifest: &Path) -> Result<bool, String> {
         .to_path_buf();
     let scratch = root.join(".scratch");
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let policy = Policy::from_spec(&m.policy, &root, &scratch)?;
+    let policies = m
+        .runs
+        .iter()
+        .map(|spec| Policy::from_spec(spec, &root, &scratch))
+        .collect::<Result<Vec<_>, _>>()?;
     let compiled_cache =
         std::env::var_os("CACHET_WORKER_CACHE").map(|d| PathBuf::from(d).join("compiled"));
     let runtime = Runtime::new(RuntimeConfig {
@@ -571,21 +827,36 @@ fn try_run_action(manifest: &Path) -> Result<bool, String> {
     let module_path = root.join(&m.module);
     let wasm =
         std::fs::read(&module_path).map_err(|e| format!("{}: {e}", module_path.display()))?;
-    let module = runtime.load(&wasm).map_err(|e| e.to_string())?;
-    let outcome = runtime.run(&module, &policy).map_err(|e| e.to_string())?;
-    runtime.finish_background();
-    let passed = outcome.status.passed();
-    let (spec, output, collected) = outcome.into_spec();
-    let write = |name: &str, bytes: &[u8]| {
-        std::fs::write(root.join(name), bytes).map_err(|e| format!("{name}: {e}"))
-    };
-    write(OUTPUT, &output)?;
-    if let Some(c) = collected {
-        write(COLLECTED, &c)?;
+    let module = runtime
+        .load(&wasm)
+        .map_err(|e| ActionError::Module(e.to_string()))?;
+    if policies.len() > 1 {
+        // Many runs of one module: worth Cranelift's code.
+        runtime.settle(&module);
     }
-    write(
-        OUTCOME,
-        &serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
-    )?;
+    let mut passed = true;
+    for (i, policy) in policies.iter().enumerate() {
+        let outcome = runtime
+            .run(&module, policy)
+            .map_err(|e| ActionError::Module(e.to_string()))?;
+        passed &= outcome.status.passed();
+        let (spec, output, collected) = outcome.into_spec();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = root.join(run_file(i, name));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        write(OUTPUT, &output)?;
+        if let Some(c) = collected {
+            write(COLLECTED, &c)?;
+        }
+        write(
+            OUTCOME,
+            &serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+        )?;
+    }
+    runtime.finish_background();
     Ok(passed)
 }

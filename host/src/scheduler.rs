@@ -103,11 +103,13 @@ pub fn run(
         .enable_time()
         .build()
         .expect("a tokio runtime starts");
-    let remote = config.executor.as_ref().and_then(|(endpoint, _)| {
+    let remote = config.executor.as_ref().and_then(|(endpoint, runs)| {
         let skip_cache = !config.cache || config.verify;
         match crate::remote_exec::RemoteExecutor::new(
             endpoint.clone(),
             skip_cache,
+            cache.as_ref().map(Cache::memo),
+            *runs,
             rt.handle().clone(),
         ) {
             Ok(r) => Some(Arc::new(r)),
@@ -912,6 +914,13 @@ async fn on_guest<T: Send + 'static>(
 
 /// Lists every module of a package: cached listings in one blocking task,
 /// the rest by running the modules on guest threads.
+/// A module's listing: cached, under way on a farm, or to run here.
+enum Listed {
+    Cached(Listing),
+    Farm(tokio::task::JoinHandle<Result<Listing, SetupError>>),
+    Here(Arc<Artifact>, Arc<Policy>),
+}
+
 async fn list_package(
     ctx: Arc<Ctx>,
     tx: Tx,
@@ -942,12 +951,35 @@ async fn list_package(
         .await
         .expect("lookups do not panic")
     };
-    let mut out = Vec::new();
+    // Listings on a farm go at once, on blocking threads that wait for
+    // them; the rest run here in order, a slot at a time.
+    let mut listings = Vec::new();
     for ((m, cached), p) in mods.into_iter().zip(cached).zip(policies) {
-        if let Some(listing) = cached {
-            out.push(listing);
-            continue;
-        }
+        listings.push(match cached {
+            Some(listing) => Listed::Cached(listing),
+            None if ctx.remote.as_ref().is_some_and(|r| r.takes(&p)) => {
+                queue.not_soon(pkg);
+                let (ctx, tx, package) = (ctx.clone(), tx.clone(), package.clone());
+                Listed::Farm(tokio::task::spawn_blocking(move || {
+                    job::list_module(&ctx.env(&tx), &package, &m, &p)
+                }))
+            }
+            None => Listed::Here(m, p),
+        });
+    }
+    let mut out = Vec::new();
+    for listed in listings {
+        let (m, p) = match listed {
+            Listed::Cached(listing) => {
+                out.push(listing);
+                continue;
+            }
+            Listed::Farm(task) => {
+                out.push(task.await.map_err(|_| SetupError::Panic)??);
+                continue;
+            }
+            Listed::Here(m, p) => (m, p),
+        };
         queue.not_soon(pkg);
         let permit = ctx.slot(pkg).await;
         let (ctx2, tx2, package) = (ctx.clone(), tx.clone(), package.clone());

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::reapi::bots::{self, BotSession, BotStatus, BotsClient, Lease, LeaseState, Property};
 use crate::reapi::cas::{Blob, Cas};
+use crate::reapi::store::Store;
 use crate::reapi::tree::{self, TreeBuilder};
 use crate::reapi::{re, rpc, Endpoint};
 
@@ -44,6 +45,20 @@ pub struct WorkerConfig {
     pub bot_id: String,
     /// Platform properties the bot offers (`key=value`).
     pub properties: Vec<(String, String)>,
+    /// The most the worker keeps of fetched blobs (`work_dir/blobs`).
+    pub store_limit: u64,
+}
+
+/// What every lease of a session shares.
+struct Shared {
+    cas: Cas,
+    store: Store,
+    work_dir: PathBuf,
+    bot_id: String,
+    /// Woken when a lease ends.
+    finished: Notify,
+    /// Leases ended and not yet reported, by id.
+    ends: std::sync::Mutex<BTreeMap<String, Ended>>,
 }
 
 /// Runs the bot until Ctrl-C (or SIGTERM); a lease in progress is then
@@ -79,9 +94,6 @@ pub fn run(config: WorkerConfig) -> u8 {
 /// A lease's end: its status, and its result when it ran.
 type Ended = (rpc::Status, Option<Box<re::ActionResult>>);
 
-/// Leases ended and not yet reported, by id.
-type Ends = Arc<std::sync::Mutex<BTreeMap<String, Ended>>>;
-
 /// A lease this bot holds.
 enum Held {
     Running(tokio::task::JoinHandle<()>),
@@ -103,10 +115,33 @@ async fn serve(config: WorkerConfig) -> u8 {
         );
         return crate::exit::SETUP_ERROR;
     }
+    // Input roots a killed worker left behind.
+    if let Ok(entries) = std::fs::read_dir(&config.work_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("action-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let store = match Store::open(&config.work_dir.join("blobs"), config.store_limit) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "cachet worker: cannot open its blob store in {}: {e}; pass --work-dir a writable directory",
+                config.work_dir.display()
+            );
+            return crate::exit::SETUP_ERROR;
+        }
+    };
     let bots = BotsClient::new(conn.clone());
-    let cas = Cas::new(conn.clone());
-    let finished = Arc::new(Notify::new());
-    let results: Ends = Arc::default();
+    let shared = Arc::new(Shared {
+        cas: Cas::new(conn.clone()),
+        store,
+        work_dir: config.work_dir.clone(),
+        bot_id: config.bot_id.clone(),
+        finished: Notify::new(),
+        ends: Default::default(),
+    });
     let mut warned = false;
     'session: loop {
         let template = BotSession {
@@ -155,17 +190,10 @@ async fn serve(config: WorkerConfig) -> u8 {
             config.capacity
         );
         let mut held: BTreeMap<String, (Lease, Held)> = BTreeMap::new();
-        start_new(
-            &session.leases,
-            &mut held,
-            &cas,
-            &config,
-            &finished,
-            &results,
-        );
+        start_new(&session.leases, &mut held, &shared);
         loop {
             // Finished leases are reported as COMPLETED.
-            for (id, r) in std::mem::take(&mut *results.lock().expect("results")) {
+            for (id, r) in std::mem::take(&mut *shared.ends.lock().expect("ends")) {
                 if let Some(entry) = held.get_mut(&id) {
                     entry.1 = Held::Done(r);
                 }
@@ -198,7 +226,7 @@ async fn serve(config: WorkerConfig) -> u8 {
             let update = bots.update(session.clone(), SESSION_DEADLINE);
             let answer = tokio::select! {
                 a = update => Some(a),
-                _ = finished.notified(), if running > 0 => None,
+                _ = shared.finished.notified(), if running > 0 => None,
             };
             let Some(answer) = answer else {
                 continue; // a lease finished while the server was polling
@@ -209,8 +237,14 @@ async fn serve(config: WorkerConfig) -> u8 {
                     for id in reported {
                         held.remove(&id);
                     }
-                    // A lease the server no longer lists was cancelled.
-                    let listed: Vec<&str> = session.leases.iter().map(|l| l.id.as_str()).collect();
+                    // A lease the server no longer lists, or lists as
+                    // CANCELLED, was cancelled.
+                    let listed: Vec<&str> = session
+                        .leases
+                        .iter()
+                        .filter(|l| l.state != LeaseState::Cancelled as i32)
+                        .map(|l| l.id.as_str())
+                        .collect();
                     held.retain(|id, (_, h)| {
                         let keep = listed.contains(&id.as_str());
                         if !keep {
@@ -220,14 +254,7 @@ async fn serve(config: WorkerConfig) -> u8 {
                         }
                         keep
                     });
-                    start_new(
-                        &session.leases,
-                        &mut held,
-                        &cas,
-                        &config,
-                        &finished,
-                        &results,
-                    );
+                    start_new(&session.leases, &mut held, &shared);
                 }
                 Err(e) if e.code() == tonic::Code::DeadlineExceeded => {}
                 Err(e) => {
@@ -246,9 +273,9 @@ async fn serve(config: WorkerConfig) -> u8 {
                 }
             }
             let busy = held.values().any(|(_, h)| matches!(h, Held::Running(_)));
-            if busy && results.lock().expect("results").is_empty() {
+            if busy && shared.ends.lock().expect("ends").is_empty() {
                 tokio::select! {
-                    _ = finished.notified() => {}
+                    _ = shared.finished.notified() => {}
                     _ = tokio::time::sleep(HEARTBEAT) => {}
                 }
             }
@@ -257,28 +284,25 @@ async fn serve(config: WorkerConfig) -> u8 {
 }
 
 /// Starts each lease of `leases` not yet held.
-fn start_new(
-    leases: &[Lease],
-    held: &mut BTreeMap<String, (Lease, Held)>,
-    cas: &Cas,
-    config: &WorkerConfig,
-    finished: &Arc<Notify>,
-    results: &Ends,
-) {
+fn start_new(leases: &[Lease], held: &mut BTreeMap<String, (Lease, Held)>, shared: &Arc<Shared>) {
     for lease in leases {
-        if held.contains_key(&lease.id) || lease.state == LeaseState::Completed as i32 {
+        if held.contains_key(&lease.id)
+            || lease.state == LeaseState::Completed as i32
+            || lease.state == LeaseState::Cancelled as i32
+        {
             continue;
         }
-        let (cas, lease_c, dir) = (cas.clone(), lease.clone(), config.work_dir.clone());
-        let (finished, results, bot) = (finished.clone(), results.clone(), config.bot_id.clone());
+        let (shared, lease_c) = (shared.clone(), lease.clone());
         let task = tokio::spawn(async move {
-            let (status, result) = execute_lease(&cas, &lease_c, &dir, &bot).await;
+            let (status, result) = execute_lease(&shared, &lease_c).await;
+            shared.store.trim();
             let r = (status, result.map(Box::new));
-            results
+            shared
+                .ends
                 .lock()
-                .expect("results")
+                .expect("ends")
                 .insert(lease_c.id.clone(), r);
-            finished.notify_one();
+            shared.finished.notify_one();
         });
         held.insert(lease.id.clone(), (lease.clone(), Held::Running(task)));
     }
@@ -293,12 +317,8 @@ fn status(code: tonic::Code, message: impl Into<String>) -> rpc::Status {
 }
 
 /// One lease: its action run, and what to report.
-async fn execute_lease(
-    cas: &Cas,
-    lease: &Lease,
-    work_dir: &Path,
-    bot: &str,
-) -> (rpc::Status, Option<re::ActionResult>) {
+async fn execute_lease(shared: &Shared, lease: &Lease) -> (rpc::Status, Option<re::ActionResult>) {
+    let work_dir = shared.work_dir.as_path();
     let Some(payload) = &lease.payload else {
         return (
             status(tonic::Code::InvalidArgument, "the lease has no action"),
@@ -308,7 +328,7 @@ async fn execute_lease(
     let action: re::Action = if let Some(a) = bots::unpack(ACTION, payload) {
         a
     } else if let Some(d) = bots::unpack::<re::Digest>(DIGEST, payload) {
-        match fetch_message(cas, &d).await {
+        match fetch_message(shared, &d).await {
             Ok(a) => a,
             Err(s) => return (s, None),
         }
@@ -336,17 +356,26 @@ async fn execute_lease(
             )
         }
     };
-    match run_action(cas, &action, dir.path(), bot).await {
+    match run_action(shared, &action, dir.path()).await {
         Ok(result) => (status(tonic::Code::Ok, ""), Some(result)),
         Err(s) => (s, None),
     }
 }
 
+/// A message by digest: from the worker's store, or fetched and kept.
 async fn fetch_message<M: prost::Message + Default>(
-    cas: &Cas,
+    shared: &Shared,
     digest: &re::Digest,
 ) -> Result<M, rpc::Status> {
-    let bytes = cas.read(digest).await.map_err(cas_status)?;
+    let bytes = match shared.store.get(digest) {
+        Some(b) => b,
+        None => {
+            let b = shared.cas.read(digest).await.map_err(cas_status)?;
+            // A store that cannot keep it costs only the next fetch.
+            let _ = shared.store.put(digest, &b, false);
+            b
+        }
+    };
     M::decode(bytes.as_slice()).map_err(|e| {
         status(
             tonic::Code::InvalidArgument,
@@ -370,11 +399,11 @@ fn cas_status(e: crate::reapi::cas::CasError) -> rpc::Status {
 
 /// Fetches the inputs into `root`, runs the command, uploads the outputs.
 async fn run_action(
-    cas: &Cas,
+    shared: &Shared,
     action: &re::Action,
     root: &Path,
-    bot: &str,
 ) -> Result<re::ActionResult, rpc::Status> {
+    let cas = &shared.cas;
     let (start, wall) = (Instant::now(), std::time::SystemTime::now());
     let missing = |what: &str| {
         status(
@@ -383,7 +412,7 @@ async fn run_action(
         )
     };
     let command: re::Command = fetch_message(
-        cas,
+        shared,
         action
             .command_digest
             .as_ref()
@@ -394,10 +423,12 @@ async fn run_action(
         .input_root_digest
         .as_ref()
         .ok_or_else(|| missing("input root"))?;
-    tree::fetch(cas, input, root).await.map_err(|e| match e {
-        tree::FetchError::Cas(c) => cas_status(c),
-        e => status(tonic::Code::InvalidArgument, e.to_string()),
-    })?;
+    tree::fetch(cas, input, root, Some(&shared.store))
+        .await
+        .map_err(|e| match e {
+            tree::FetchError::Cas(c) => cas_status(c),
+            e => status(tonic::Code::InvalidArgument, e.to_string()),
+        })?;
     let fetched = start.elapsed();
     let cwd = inside(root, &command.working_directory)?;
     // REAPI 2.0's output_files / output_directories, which clients before
@@ -535,11 +566,17 @@ async fn run_action(
     }
     cas.upload(&blobs).await.map_err(cas_status)?;
     let now = |d: Duration| timestamp(wall + d);
+    let done = start.elapsed();
     result.execution_metadata = Some(re::ExecutedActionMetadata {
-        worker: bot.to_string(),
+        worker: shared.bot_id.clone(),
+        worker_start_timestamp: Some(now(Duration::ZERO)),
+        input_fetch_start_timestamp: Some(now(Duration::ZERO)),
         input_fetch_completed_timestamp: Some(now(fetched)),
+        execution_start_timestamp: Some(now(fetched)),
         execution_completed_timestamp: Some(now(executed)),
-        output_upload_completed_timestamp: Some(now(start.elapsed())),
+        output_upload_start_timestamp: Some(now(executed)),
+        output_upload_completed_timestamp: Some(now(done)),
+        worker_completed_timestamp: Some(now(done)),
         ..Default::default()
     });
     Ok(result)

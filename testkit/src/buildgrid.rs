@@ -124,18 +124,31 @@ impl BuildGrid {
         };
         wait_for_port(pg_port, "PostgreSQL", &pg_log, Duration::from_secs(30));
         let db = format!("postgresql://bgd@127.0.0.1:{pg_port}/bgd");
-        let created = Command::new(format!("{PG_BIN}/createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg_port.to_string(),
-                "-U",
-                "bgd",
-                "bgd",
-            ])
-            .output()
-            .unwrap();
+        // The port opens before the server takes connections ("the
+        // database system is starting up"): ask again for a while.
+        let createdb = || {
+            Command::new(format!("{PG_BIN}/createdb"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &pg_port.to_string(),
+                    "-U",
+                    "bgd",
+                    "bgd",
+                ])
+                .output()
+                .unwrap()
+        };
+        let asked = Instant::now();
+        let mut created = createdb();
+        while !created.status.success()
+            && String::from_utf8_lossy(&created.stderr).contains("starting up")
+            && asked.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            created = createdb();
+        }
         assert!(
             created.status.success(),
             "createdb: {}",
@@ -191,6 +204,11 @@ impl BuildGrid {
         id
     }
 
+    /// Worker `n`'s `--work-dir`.
+    pub fn worker_dir(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{n}"))
+    }
+
     /// Kills worker `n` (SIGKILL: as a machine dies).
     pub fn kill_worker(&mut self, n: usize) {
         let _ = self.workers[n].kill();
@@ -215,6 +233,9 @@ impl BuildGrid {
 
 /// SIGTERM (or `signal`), then SIGKILL after 5 s.
 fn stop(child: &mut Child, signal: &str) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return; // stopped before
+    }
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
         .status();

@@ -129,6 +129,28 @@ fn a_cachet_worker_runs_buildgrid_actions_as_hosttools_would() {
             .starts_with("test-bot-"),
         "the worker names itself"
     );
+
+    // Another action with the same big input: the worker links it from
+    // its blob store (the same read-only file as the first action's).
+    let r = block_on(submit(
+        &grid.url,
+        &[("other/big.bin", &big)],
+        "stat -c '%i %a' other/big.bin",
+        &[],
+        None,
+    ))
+    .unwrap();
+    let result = r.result.expect("an ActionResult");
+    assert_eq!(result.exit_code, 0);
+    let out = block_on(read(&grid.url, result.stdout_digest.as_ref().unwrap()));
+    let d = cachet::reapi::digest_of(&big);
+    let kept = grid
+        .worker_dir(0)
+        .join("blobs")
+        .join(format!("{}-{}", d.hash, d.size_bytes));
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(&kept).expect("the blob is kept").ino();
+    assert_eq!(String::from_utf8_lossy(&out), format!("{inode} 444\n"));
 }
 
 #[test]
@@ -194,13 +216,18 @@ struct Project {
 
 impl Project {
     fn new() -> Project {
+        Project::of(&[
+            ("suite_cachecases", "cachecases.wasm"),
+            ("suite_cachenoshim", "noshim.wasm"),
+        ])
+    }
+
+    /// A project of the given fixture modules (fixture, file name).
+    fn of(modules: &[(&str, &str)]) -> Project {
         let root = tempfile::tempdir().unwrap();
         let p = root.path();
         std::fs::create_dir_all(p.join("testdata/listed")).unwrap();
-        for (f, name) in [
-            ("suite_cachecases", "cachecases.wasm"),
-            ("suite_cachenoshim", "noshim.wasm"),
-        ] {
+        for (f, name) in modules {
             std::fs::copy(&cachet_testkit::fixture(f).wasm, p.join(name)).unwrap();
         }
         std::fs::write(p.join("testdata/a.txt"), "alpha").unwrap();
@@ -222,6 +249,42 @@ impl Project {
             &[("CACHET_CACHE", self.cache.path().to_str().unwrap())],
         )
     }
+
+    /// `cachet test` on `url`'s farm, started and left running: after a
+    /// local run that only lists, so only the cases go to the farm.
+    fn spawn(&self, url: &str, extra: &[&str]) -> std::process::Child {
+        let first = self.test(&["--run", "^nothing$"]);
+        assert_eq!(first.status.code(), Some(0), "{}", crate::stderr(&first));
+        let cache = self.cache.path().to_str().unwrap();
+        let (mut cmd, _) = crate::cachet_command(self.root.path(), &[("CACHET_CACHE", cache)]);
+        cmd.args(["test", "--explain", "-v", "--remote-executor", url])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The worker (of the first `n`) holding an action, once one does.
+fn busy_worker(grid: &BuildGrid, n: usize) -> usize {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Some(w) = (0..n).find(|&w| holds_action(grid, w)) {
+            return w;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no worker took the action:\n{}", grid.server_log());
+}
+
+/// Whether worker `w` still holds an action.
+fn holds_action(grid: &BuildGrid, w: usize) -> bool {
+    std::fs::read_dir(grid.worker_dir(w))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("action-"))
 }
 
 /// Cases that ran, from `--explain`.
@@ -262,12 +325,20 @@ fn misses_run_on_buildgrid_and_are_cached_here_exactly() {
     assert_eq!(verdicts(&there), verdicts(&here), "{err}");
     let runs = ran(&crate::stdout(&there));
     assert_eq!(runs, ran(&crate::stdout(&here)));
-    let summary =
-        regex::Regex::new(r"remote executor grpc://[^ ]+: (\d+) of (\d+) runs remote").unwrap();
+    let summary = regex::Regex::new(
+        r"remote executor grpc://[^ ]+: (\d+) of (\d+) runs remote in (\d+) actions",
+    )
+    .unwrap();
     let c = summary
         .captures(&err)
         .unwrap_or_else(|| panic!("{err}\n{}", grid.worker_log(0)));
     assert_eq!(c[1], c[2], "every run went to the farm: {err}");
+    // Runs of one module travel together: fewer actions than runs.
+    let (runs_n, actions) = (
+        c[2].parse::<usize>().unwrap(),
+        c[3].parse::<usize>().unwrap(),
+    );
+    assert!(actions < runs_n, "{err}");
     assert!(!err.contains("warning"), "{err}");
 
     // Cached here: the second run asks the executor nothing.
@@ -329,25 +400,41 @@ fn an_unreachable_executor_warns_once_and_the_run_goes_on_locally() {
 }
 
 /// A bot gone bad: it answers every lease it gets, without running
-/// anything, with `outcome` as the run's `outcome.json`.
+/// anything, with `outcome` as each run's `outcome.json`.
 fn lying_bot(url: String, outcome: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     use cachet::reapi::bots::{self, BotSession, BotStatus, BotsClient, Lease, LeaseState};
     std::thread::spawn(move || {
         block_on(async move {
             let conn = Endpoint::parse(&url, "", None).unwrap().connect().unwrap();
             let bots = BotsClient::new(conn.clone());
+            let cas = Cas::new(conn);
             let blob = Blob::bytes(outcome);
-            Cas::new(conn)
-                .upload(std::slice::from_ref(&blob))
-                .await
-                .unwrap();
-            let result = re::ActionResult {
-                output_files: vec![re::OutputFile {
-                    path: "outcome.json".into(),
-                    digest: Some(blob.digest.clone()),
-                    ..Default::default()
-                }],
-                ..Default::default()
+            cas.upload(std::slice::from_ref(&blob)).await.unwrap();
+            // Every outcome file the action's command names.
+            let result = |lease: &Lease| {
+                let action: re::Action = bots::unpack(
+                    "build.bazel.remote.execution.v2.Action",
+                    lease.payload.as_ref().expect("a payload"),
+                )
+                .expect("an action");
+                let (cas, digest) = (cas.clone(), blob.digest.clone());
+                async move {
+                    let command = cas.read(&action.command_digest.unwrap()).await.unwrap();
+                    let command = re::Command::decode(command.as_slice()).unwrap();
+                    re::ActionResult {
+                        output_files: command
+                            .output_paths
+                            .iter()
+                            .filter(|p| p.ends_with("outcome.json"))
+                            .map(|p| re::OutputFile {
+                                path: p.clone(),
+                                digest: Some(digest.clone()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }
+                }
             };
             let template = BotSession {
                 bot_id: "liar".into(),
@@ -357,21 +444,22 @@ fn lying_bot(url: String, outcome: Vec<u8>, stop: Arc<AtomicBool>) -> std::threa
             let mut session = bots.create(template, Duration::from_secs(5)).await.unwrap();
             while !stop.load(Ordering::SeqCst) {
                 let mut answer = session.clone();
-                answer.leases = session
-                    .leases
-                    .iter()
-                    .filter(|l| l.state != LeaseState::Completed as i32)
-                    .map(|l| Lease {
+                answer.leases.clear();
+                for l in &session.leases {
+                    if l.state == LeaseState::Completed as i32 {
+                        continue;
+                    }
+                    answer.leases.push(Lease {
                         state: LeaseState::Completed as i32,
                         status: Some(cachet::reapi::rpc::Status::default()),
                         result: Some(bots::pack(
                             "build.bazel.remote.execution.v2.ActionResult",
-                            &result,
+                            &result(l).await,
                         )),
                         payload: None,
                         ..l.clone()
-                    })
-                    .collect();
+                    });
+                }
                 if let Ok(s) = bots.update(answer, Duration::from_secs(5)).await {
                     session = s;
                 }
@@ -441,5 +529,224 @@ fn a_workers_results_are_data_checked_before_they_count() {
         ran(&crate::stdout(&after)).is_empty(),
         "{}",
         crate::stdout(&after)
+    );
+}
+
+/// The output of a spawned `cachet test`, once it ends.
+fn finish(child: std::process::Child) -> std::process::Output {
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_worker_killed_mid_run_costs_time_not_the_result() {
+    let mut grid = BuildGrid::start(Duration::from_secs(4));
+    grid.add_worker(&cachet_bin(), 1);
+    grid.add_worker(&cachet_bin(), 1);
+    // One case that prints, then sleeps 3 s on the worker.
+    let p = Project::of(&[("suite_slowprint", "slowprint.wasm")]);
+    let child = p.spawn(&grid.url, &[]);
+    let w = busy_worker(&grid, 2);
+    grid.kill_worker(w);
+    let o = finish(child);
+    let err = crate::stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        crate::stdout(&o).contains("--- PASS: tests::prints_then_waits"),
+        "{}",
+        crate::stdout(&o)
+    );
+    // The server gave the action to the other bot: it still ran remotely.
+    assert!(err.contains(": 1 of 1 runs remote"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(holds_action(&grid, w), "the killed worker left its action");
+    let again = p.test(&[]);
+    assert!(ran(&crate::stdout(&again)).is_empty(), "cached");
+}
+
+#[test]
+fn a_server_gone_mid_run_leaves_the_run_to_this_machine() {
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 1);
+    let p = Project::of(&[("suite_slowprint", "slowprint.wasm")]);
+    let child = p.spawn(&grid.url, &[]);
+    busy_worker(&grid, 1);
+    grid.stop_server();
+    let o = finish(child);
+    let err = crate::stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(crate::stdout(&o).contains("--- PASS: tests::prints_then_waits"));
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains("running the rest locally"), "{err}");
+    assert!(err.contains(": 0 of 1 runs remote"), "{err}");
+    // What ran here is cached as any local result.
+    let again = p.test(&[]);
+    assert!(ran(&crate::stdout(&again)).is_empty(), "cached");
+}
+
+#[test]
+fn ctrl_c_cancels_the_farms_operations() {
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 1);
+    // A case that spins until its 60 s limit: only a cancel stops it early.
+    let p = Project::of(&[("suite_spin", "spin.wasm")]);
+    let child = p.spawn(&grid.url, &["--timeout", "60s"]);
+    busy_worker(&grid, 1);
+    let start = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(130), "{}", crate::stderr(&o));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    // The worker heard the cancel and stopped the action.
+    while holds_action(&grid, 0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the action still runs on the worker:\n{}",
+            grid.worker_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn go_packages_run_on_buildgrid_with_the_verdicts_of_a_local_run() {
+    use cachet_testkit::{copy_tree, repo_root};
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 2);
+    grid.add_worker(&cachet_bin(), 2);
+    let root = tempfile::tempdir().unwrap();
+    let m = root.path().join("m");
+    copy_tree(&repo_root().join("fixtures/go"), &m).unwrap();
+    let (here_cache, there_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // One instance per test on both sides (by default a Go module whose
+    // init measured slow shares one instance: a timing, not a verdict).
+    let go_test = |cache: &tempfile::TempDir, extra: &[&str]| {
+        let mut args = vec![
+            "test",
+            "--isolate",
+            "test",
+            "--env",
+            "CACHET_GREETING=hello",
+        ];
+        args.extend(extra);
+        args.push("./...");
+        crate::cachet_with(
+            &m,
+            &args,
+            &[("CACHET_CACHE", cache.path().to_str().unwrap())],
+        )
+    };
+    let exec = ["--remote-executor", grid.url.as_str()];
+    let here = go_test(&here_cache, &["--json"]);
+    let there = go_test(&there_cache, &["--json", exec[0], exec[1]]);
+    let err = crate::stderr(&there);
+    assert_eq!(there.status.code(), here.status.code(), "{err}");
+    let verdicts = |o: &std::process::Output| {
+        let mut v = crate::json_verdicts(&crate::stdout(o));
+        v.sort();
+        v
+    };
+    assert!(verdicts(&here).len() > 10, "{}", crate::stdout(&here));
+    assert_eq!(verdicts(&there), verdicts(&here), "{err}");
+    let summary =
+        regex::Regex::new(r"remote executor grpc://[^ ]+: (\d+) of (\d+) runs remote").unwrap();
+    let c = summary
+        .captures(&err)
+        .unwrap_or_else(|| panic!("{err}\n{}", grid.worker_log(0)));
+    assert_eq!(c[1], c[2], "every run went to the farm: {err}");
+    assert!(c[1].parse::<usize>().unwrap() > 0);
+    // The second run reruns what a local second run reruns (the failing
+    // tests), on the farm; the rest is cached here.
+    let again_here = go_test(&here_cache, &["--explain"]);
+    let again = go_test(&there_cache, &["--explain", "--remote-executor", &grid.url]);
+    let (rh, rt) = (
+        ran(&crate::stdout(&again_here)),
+        ran(&crate::stdout(&again)),
+    );
+    assert_eq!(
+        rt,
+        rh,
+        "first:\n{}\nsecond:\n{}{}",
+        crate::stdout(&there),
+        crate::stdout(&again),
+        crate::stderr(&again)
+    );
+    assert!(rh.len() < verdicts(&here).len(), "{rh:?}");
+    let err = crate::stderr(&again);
+    let c = summary.captures(&err).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(
+        (&c[1], &c[2]),
+        (&*rh.len().to_string(), &*rh.len().to_string())
+    );
+}
+
+#[test]
+fn a_module_a_worker_cannot_run_fails_here_as_it_would_have() {
+    let grid = {
+        let mut g = BuildGrid::start(Duration::from_secs(10));
+        g.add_worker(&cachet_bin(), 2);
+        g
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Loads, but imports what no host gives: it cannot be instantiated.
+    let imports = wat::parse_str(
+        r#"(module (import "env" "host_magic" (func)) (memory (export "memory") 1) (func (export "_start")))"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("imports.wasm"), imports).unwrap();
+    std::fs::copy(
+        &cachet_testkit::fixture("suite_cachecases").wasm,
+        d.join("good.wasm"),
+    )
+    .unwrap();
+    // Both listed by libtest's protocol: the listings go to the farm, whose
+    // worker cannot instantiate the first.
+    let args = [
+        "test",
+        "-p",
+        "1",
+        "--framework",
+        "libtest",
+        "imports.wasm",
+        "good.wasm",
+    ];
+    let here = crate::cachet_in(d, &args);
+    let mut remote = args.to_vec();
+    remote.extend(["--remote-executor", grid.url.as_str()]);
+    let there = crate::cachet_in(d, &remote);
+    let err = crate::stderr(&there);
+    assert_eq!(there.status.code(), Some(2), "{err}");
+    assert_eq!(
+        crate::normalize(&crate::stdout(&there)),
+        crate::normalize(&crate::stdout(&here))
+    );
+    // The same error line as here, and no warning: the executor stayed on
+    // and ran the good module's cases.
+    let setup = |o: &str| {
+        o.lines()
+            .filter(|l| l.starts_with("cachet: imports.wasm"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(setup(&err), setup(&crate::stderr(&here)), "{err}");
+    assert_eq!(setup(&err).len(), 1, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let summary =
+        regex::Regex::new(r"remote executor grpc://[^ ]+: (\d+) of (\d+) runs remote").unwrap();
+    let c = summary.captures(&err).unwrap_or_else(|| panic!("{err}"));
+    // The good module's listing and cases ran there; the bad one's listing
+    // came back here.
+    assert_eq!(
+        c[1].parse::<usize>().unwrap() + 1,
+        c[2].parse::<usize>().unwrap(),
+        "{err}"
     );
 }

@@ -91,7 +91,8 @@ pub struct TestFlags {
     /// The REAPI instance name on the remote executor (default: the server's default instance).
     #[arg(long, value_name = "NAME", env = "CACHET_REMOTE_INSTANCE")]
     pub remote_instance: Option<String>,
-    /// Actions in flight on the remote executor at once (default 64).
+    /// Runs in flight on the remote executor at once (default 256; up to
+    /// 8 runs of one module travel in one action).
     #[arg(long, value_name = "N")]
     pub remote_jobs: Option<usize>,
     /// Run only shard K of N: count:K/N (every Nth case in order) or hash:K/N (by case name).

@@ -16,9 +16,13 @@ pub struct WorkerArgs {
     /// Actions run at once (default: this machine's cores).
     #[arg(long, value_name = "N")]
     pub capacity: Option<usize>,
-    /// Where actions' input roots are written (default: a directory in TMPDIR).
+    /// Where actions' input roots are written and fetched blobs and
+    /// compiled modules are kept (default: the cache directory's `worker/`).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// The most kept of fetched blobs (e.g. 512MiB, 20G; default 10G).
+    #[arg(long, value_name = "SIZE", default_value = "10G")]
+    pub store_size: String,
     /// The bot's id (default: HOSTNAME-PID).
     #[arg(long, value_name = "ID")]
     pub bot_id: Option<String>,

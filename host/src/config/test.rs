@@ -96,9 +96,10 @@ pub struct TestConfig {
     pub overrides: Vec<PackageOverride>,
 }
 
-/// Actions in flight on a remote executor: a farm's worth, not this
-/// machine's cores (each waits on the network, not on a core here).
-pub const DEFAULT_REMOTE_JOBS: usize = 64;
+/// Runs in flight on a remote executor: a farm's worth, not this
+/// machine's cores (each waits on the network, not on a core here). Runs
+/// of one module share actions, so this is 32 actions or more.
+pub const DEFAULT_REMOTE_JOBS: usize = 256;
 
 impl TestConfig {
     /// The configuration of `cachet test` (and `cachet inputs`): the

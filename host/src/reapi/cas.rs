@@ -19,6 +19,9 @@ const BATCH_BYTES: usize = 3 << 20;
 const STREAM_CHUNK: usize = 1 << 20;
 /// Digests per `FindMissingBlobs`.
 const FIND_BATCH: usize = 10_000;
+/// In-memory blobs up to this many bytes in all are sent without asking
+/// the server which it lacks.
+const BLIND_UPLOAD: i64 = 64 << 10;
 /// The largest message cachet accepts from a server.
 const MAX_MESSAGE: usize = 64 << 20;
 /// The largest blob cachet reads (a module, a result bundle).
@@ -102,6 +105,25 @@ impl Cas {
 
     /// The digests among `digests` the server does not hold.
     pub async fn find_missing(&self, digests: &[re::Digest]) -> Result<Vec<re::Digest>, CasError> {
+        patiently(|| self.find_missing_once(digests)).await
+    }
+
+    /// Uploads what the server lacks of `blobs` (duplicates once).
+    pub async fn upload(&self, blobs: &[Blob]) -> Result<Uploaded, CasError> {
+        patiently(|| self.upload_once(blobs)).await
+    }
+
+    /// One blob's bytes, checked against its digest.
+    pub async fn read(&self, digest: &re::Digest) -> Result<Vec<u8>, CasError> {
+        patiently(|| self.read_once(digest)).await
+    }
+
+    /// Small blobs' bytes, in the order asked, each checked.
+    pub async fn read_batch(&self, digests: &[re::Digest]) -> Result<Vec<Vec<u8>>, CasError> {
+        patiently(|| self.read_batch_once(digests)).await
+    }
+
+    async fn find_missing_once(&self, digests: &[re::Digest]) -> Result<Vec<re::Digest>, CasError> {
         let mut missing = Vec::new();
         for chunk in digests.chunks(FIND_BATCH) {
             let req = re::FindMissingBlobsRequest {
@@ -118,14 +140,23 @@ impl Cas {
         Ok(missing)
     }
 
-    /// Uploads what the server lacks of `blobs` (duplicates once).
-    pub async fn upload(&self, blobs: &[Blob]) -> Result<Uploaded, CasError> {
+    async fn upload_once(&self, blobs: &[Blob]) -> Result<Uploaded, CasError> {
         let mut unique: BTreeMap<String, &Blob> = BTreeMap::new();
         for b in blobs {
             unique.entry(b.digest.hash.clone()).or_insert(b);
         }
         let digests: Vec<re::Digest> = unique.values().map(|b| b.digest.clone()).collect();
-        let missing = self.find_missing(&digests).await?;
+        // A few small blobs in memory go up without asking first: asking
+        // costs a round trip as long as sending them.
+        let small = unique
+            .values()
+            .all(|b| matches!(b.source, Source::Bytes(_)))
+            && digests.iter().map(|d| d.size_bytes).sum::<i64>() <= BLIND_UPLOAD;
+        let missing = if small {
+            digests
+        } else {
+            self.find_missing_once(&digests).await?
+        };
         let mut done = Uploaded {
             present: unique.len() - missing.len(),
             ..Uploaded::default()
@@ -229,13 +260,12 @@ impl Cas {
         Ok(())
     }
 
-    /// One blob's bytes, checked against its digest.
-    pub async fn read(&self, digest: &re::Digest) -> Result<Vec<u8>, CasError> {
+    async fn read_once(&self, digest: &re::Digest) -> Result<Vec<u8>, CasError> {
         if !(0..=MAX_BLOB).contains(&digest.size_bytes) {
             return Err(CasError::Corrupt(digest.hash.clone()));
         }
         let bytes = if digest.size_bytes as usize <= STREAM_CHUNK {
-            let mut all = self.read_batch(std::slice::from_ref(digest)).await?;
+            let mut all = self.read_batch_once(std::slice::from_ref(digest)).await?;
             all.pop().unwrap_or_default()
         } else {
             self.read_stream(digest).await?
@@ -243,8 +273,7 @@ impl Cas {
         Ok(bytes)
     }
 
-    /// Small blobs' bytes, in the order asked, each checked.
-    pub async fn read_batch(&self, digests: &[re::Digest]) -> Result<Vec<Vec<u8>>, CasError> {
+    async fn read_batch_once(&self, digests: &[re::Digest]) -> Result<Vec<Vec<u8>>, CasError> {
         let mut found: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut start = 0;
         while start < digests.len() {
@@ -363,6 +392,28 @@ fn upload_id() -> String {
         &h[17..20],
         &h[20..32]
     )
+}
+
+/// A call the server refused for being at its limit of calls
+/// (RESOURCE_EXHAUSTED) is made again after a wait, up to
+/// [`super::MAX_BUSY`] times: a busy server is not a failed one.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, CasError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CasError>>,
+{
+    let mut busy = 0;
+    loop {
+        match call().await {
+            Err(CasError::Status(s))
+                if s.code() == tonic::Code::ResourceExhausted && busy < super::MAX_BUSY =>
+            {
+                busy += 1;
+                tokio::time::sleep(super::backoff(busy)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 async fn read(source: &Source) -> Result<Vec<u8>, CasError> {

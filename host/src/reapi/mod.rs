@@ -9,6 +9,7 @@
 pub mod bots;
 pub mod cas;
 pub mod exec;
+pub mod store;
 pub mod tree;
 
 use std::time::Duration;
@@ -141,6 +142,45 @@ pub fn digest_of(bytes: &[u8]) -> re::Digest {
         hash: cachet_runtime::Sha256Digest::of(bytes).hex(),
         size_bytes: bytes.len() as i64,
     }
+}
+
+/// Attempts of a call the server refused for being at its limit
+/// (RESOURCE_EXHAUSTED) before it counts as a failure: about a minute.
+pub const MAX_BUSY: u32 = 64;
+
+/// The wait before the `n`th attempt of a refused call: 20 ms doubling,
+/// at most a second, spread so waiters do not come back together.
+pub fn backoff(n: u32) -> Duration {
+    let base = Duration::from_millis(20u64 << n.min(6)).min(Duration::from_secs(1));
+    let spread = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1000);
+    base + base * spread / 2000
+}
+
+/// A host file's digest: from the stat memo when it knows the file
+/// unchanged, else read and hashed (and remembered).
+pub fn digest_file(
+    path: &std::path::Path,
+    memo: Option<&dyn cachet_runtime::DigestMemo>,
+) -> std::io::Result<re::Digest> {
+    let meta = std::fs::metadata(path)?;
+    let id = cachet_runtime::FileId::of(&meta);
+    if let Some(d) = memo.and_then(|m| m.get(&id)) {
+        return Ok(re::Digest {
+            hash: d.hex(),
+            size_bytes: meta.len() as i64,
+        });
+    }
+    let bytes = std::fs::read(path)?;
+    let digest = cachet_runtime::Sha256Digest::of(&bytes);
+    if let Some(m) = memo.filter(|_| bytes.len() as u64 == meta.len()) {
+        m.put(id, digest);
+    }
+    Ok(re::Digest {
+        hash: digest.hex(),
+        size_bytes: bytes.len() as i64,
+    })
 }
 
 /// Whether a gRPC failure is worth another attempt (the server or the

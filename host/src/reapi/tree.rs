@@ -12,6 +12,7 @@ use prost::Message as _;
 
 use super::cas::{Blob, Cas, CasError, Source};
 use super::re;
+use super::store::Store;
 
 /// One entry of a tree being built, by its path in the root.
 #[derive(Clone, Debug)]
@@ -28,9 +29,11 @@ enum Entry {
 }
 
 /// A tree being built.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TreeBuilder {
     entries: BTreeMap<String, Entry>,
+    /// Remembers host files' digests between runs.
+    memo: Option<std::sync::Arc<dyn cachet_runtime::DigestMemo>>,
 }
 
 /// A finished tree: its root and every blob it needs.
@@ -43,6 +46,15 @@ pub struct Tree {
 }
 
 impl TreeBuilder {
+    /// A tree whose host files are hashed through `memo` (a file unchanged
+    /// since an earlier run costs a `stat`).
+    pub fn with_memo(memo: Option<std::sync::Arc<dyn cachet_runtime::DigestMemo>>) -> Self {
+        TreeBuilder {
+            entries: BTreeMap::new(),
+            memo,
+        }
+    }
+
     /// A file of `bytes` at `path` (`a/b/c`, no `..`).
     pub fn add_bytes(&mut self, path: &str, bytes: Vec<u8>, executable: bool) {
         let digest = super::digest_of(&bytes);
@@ -59,7 +71,7 @@ impl TreeBuilder {
     /// A host file at `path`, read now for its digest (and again when
     /// uploaded, which checks it did not change).
     pub fn add_file(&mut self, path: &str, host: &Path, executable: bool) -> io::Result<()> {
-        let digest = super::digest_of(&std::fs::read(host)?);
+        let digest = super::digest_file(host, self.memo.as_deref())?;
         self.add_blob(path, digest, host.to_path_buf(), executable);
         Ok(())
     }
@@ -272,46 +284,48 @@ const MAX_ENTRIES: usize = 1_000_000;
 
 /// Writes the tree under `root` into `into` (an empty directory): names
 /// are checked (no `/`, `.` or `..`), symlinks must stay inside the tree,
-/// every blob is checked against its digest.
-pub async fn fetch(cas: &Cas, root: &re::Digest, into: &Path) -> Result<usize, FetchError> {
+/// every blob is checked against its digest. With a `store`, blobs it
+/// holds are linked from it, and blobs fetched are kept in it.
+pub async fn fetch(
+    cas: &Cas,
+    root: &re::Digest,
+    into: &Path,
+    store: Option<&Store>,
+) -> Result<usize, FetchError> {
     let mut pending = vec![(root.clone(), into.to_path_buf())];
     let mut files: Vec<(re::Digest, PathBuf, bool)> = Vec::new();
     let mut entries = 0usize;
-    while let Some((digest, dir)) = pending.pop() {
-        let bytes = cas.read(&digest).await?;
-        let message = re::Directory::decode(bytes.as_slice())
-            .map_err(|e| FetchError::Malformed(format!("directory {}: {e}", digest.hash)))?;
-        entries += message.files.len() + message.directories.len() + message.symlinks.len();
-        if entries > MAX_ENTRIES {
-            return Err(FetchError::Malformed(format!(
-                "more than {MAX_ENTRIES} entries"
-            )));
-        }
-        for d in message.directories {
-            let path = dir.join(checked_name(&d.name)?);
-            std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
-            let digest = d
-                .digest
-                .ok_or_else(|| FetchError::Malformed(format!("{}: no digest", d.name)))?;
-            pending.push((digest, path));
-        }
-        for f in message.files {
-            let path = dir.join(checked_name(&f.name)?);
-            let digest = f
-                .digest
-                .ok_or_else(|| FetchError::Malformed(format!("{}: no digest", f.name)))?;
-            files.push((digest, path, f.is_executable));
-        }
-        for s in message.symlinks {
-            let path = dir.join(checked_name(&s.name)?);
-            let inside = path.parent().unwrap_or(into).join(&s.target);
-            if s.target.starts_with('/') || !stays_inside(into, &inside) {
-                return Err(FetchError::Malformed(format!(
-                    "symlink {} -> {} leaves the tree",
-                    s.name, s.target
-                )));
+    // A level of directories at a time, each level's messages in batches.
+    let mut messages: Vec<(re::Directory, PathBuf)> = Vec::new();
+    while !pending.is_empty() {
+        let level = std::mem::take(&mut pending);
+        let mut wanted = Vec::new();
+        for (digest, dir) in level {
+            match store.and_then(|s| s.get(&digest)) {
+                Some(b) => messages.push((decode_dir(&digest, &b)?, dir)),
+                None => wanted.push((digest, dir)),
             }
-            std::os::unix::fs::symlink(&s.target, &path).map_err(|e| io_error(&path, e))?;
+        }
+        for chunk in wanted.chunks(512) {
+            let digests: Vec<re::Digest> = chunk.iter().map(|(d, _)| d.clone()).collect();
+            let all = cas.read_batch(&digests).await?;
+            for ((digest, dir), bytes) in chunk.iter().zip(all) {
+                if let Some(s) = store {
+                    s.put(digest, &bytes, false)
+                        .map_err(|e| io_error(Path::new("store"), e))?;
+                }
+                messages.push((decode_dir(digest, &bytes)?, dir.clone()));
+            }
+        }
+        for (message, dir) in messages.drain(..) {
+            pending.extend(write_dir(
+                message,
+                &dir,
+                into,
+                store,
+                &mut files,
+                &mut entries,
+            )?);
         }
     }
     // Small files in batches, large ones streamed.
@@ -321,15 +335,110 @@ pub async fn fetch(cas: &Cas, root: &re::Digest, into: &Path) -> Result<usize, F
     for chunk in small.chunks(512) {
         let digests: Vec<re::Digest> = chunk.iter().map(|(d, _, _)| d.clone()).collect();
         let all = cas.read_batch(&digests).await?;
-        for ((_, path, exec), bytes) in chunk.iter().zip(all) {
-            write_file(path, &bytes, *exec)?;
+        for ((digest, path, exec), bytes) in chunk.iter().zip(all) {
+            place(store, digest, path, &bytes, *exec)?;
         }
     }
     for (digest, path, exec) in &large {
         let bytes = cas.read(digest).await?;
-        write_file(path, &bytes, *exec)?;
+        place(store, digest, path, &bytes, *exec)?;
     }
     Ok(entries)
+}
+
+/// A fetched file written at `path`: kept in the store and linked from
+/// it, or written out.
+fn place(
+    store: Option<&Store>,
+    digest: &re::Digest,
+    path: &Path,
+    bytes: &[u8],
+    executable: bool,
+) -> Result<(), FetchError> {
+    if let Some(s) = store {
+        s.put(digest, bytes, executable)
+            .map_err(|e| io_error(path, e))?;
+        if s.link(digest, path, executable)
+            .map_err(|e| io_error(path, e))?
+        {
+            return Ok(());
+        }
+    }
+    write_file(path, bytes, executable)
+}
+
+fn decode_dir(digest: &re::Digest, bytes: &[u8]) -> Result<re::Directory, FetchError> {
+    re::Directory::decode(bytes)
+        .map_err(|e| FetchError::Malformed(format!("directory {}: {e}", digest.hash)))
+}
+
+/// Writes one directory's symlinks and subdirectories under `dir`, links
+/// the files the store holds, and returns its subdirectories to fetch
+/// (the files left to fetch go to `files`).
+fn write_dir(
+    message: re::Directory,
+    dir: &Path,
+    into: &Path,
+    store: Option<&Store>,
+    files: &mut Vec<(re::Digest, PathBuf, bool)>,
+    entries: &mut usize,
+) -> Result<Vec<(re::Digest, PathBuf)>, FetchError> {
+    *entries += message.files.len() + message.directories.len() + message.symlinks.len();
+    if *entries > MAX_ENTRIES {
+        return Err(FetchError::Malformed(format!(
+            "more than {MAX_ENTRIES} entries"
+        )));
+    }
+    // Each name once: a file or directory may never be written through a
+    // symlink of the same name.
+    let mut names = std::collections::BTreeSet::new();
+    let all = (message.files.iter().map(|f| &f.name))
+        .chain(message.directories.iter().map(|d| &d.name))
+        .chain(message.symlinks.iter().map(|s| &s.name));
+    for name in all {
+        if !names.insert(name.as_str()) {
+            return Err(FetchError::Malformed(format!(
+                "{name} appears twice in {}",
+                dir.display()
+            )));
+        }
+    }
+    let mut pending = Vec::new();
+    for d in message.directories {
+        let path = dir.join(checked_name(&d.name)?);
+        std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
+        let digest = d
+            .digest
+            .ok_or_else(|| FetchError::Malformed(format!("{}: no digest", d.name)))?;
+        pending.push((digest, path));
+    }
+    for f in message.files {
+        let path = dir.join(checked_name(&f.name)?);
+        let digest = f
+            .digest
+            .ok_or_else(|| FetchError::Malformed(format!("{}: no digest", f.name)))?;
+        let linked = match store {
+            Some(s) => s
+                .link(&digest, &path, f.is_executable)
+                .map_err(|e| io_error(&path, e))?,
+            None => false,
+        };
+        if !linked {
+            files.push((digest, path, f.is_executable));
+        }
+    }
+    for s in message.symlinks {
+        let path = dir.join(checked_name(&s.name)?);
+        let inside = path.parent().unwrap_or(into).join(&s.target);
+        if s.target.starts_with('/') || !stays_inside(into, &inside) {
+            return Err(FetchError::Malformed(format!(
+                "symlink {} -> {} leaves the tree",
+                s.name, s.target
+            )));
+        }
+        std::os::unix::fs::symlink(&s.target, &path).map_err(|e| io_error(&path, e))?;
+    }
+    Ok(pending)
 }
 
 fn checked_name(name: &str) -> Result<&str, FetchError> {
@@ -359,11 +468,21 @@ fn stays_inside(root: &Path, path: &Path) -> bool {
     true
 }
 
+/// A new file (never through an existing path or symlink).
 fn write_file(path: &Path, bytes: &[u8], executable: bool) -> Result<(), FetchError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, bytes).map_err(|e| io_error(path, e))?;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    f.write_all(bytes).map_err(|e| io_error(path, e))?;
+    // Exactly the mode asked, whatever the umask.
+    use std::os::unix::fs::PermissionsExt as _;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|e| io_error(path, e))
 }
 
@@ -403,6 +522,30 @@ mod tests {
         assert_eq!(names, ["pkg", "scratch"]);
         assert_eq!(dir.files[0].name, "cachet");
         assert!(dir.files[0].is_executable);
+    }
+
+    #[test]
+    fn a_name_twice_in_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = re::Directory {
+            files: vec![re::FileNode {
+                name: "a".into(),
+                digest: Some(super::super::digest_of(b"x")),
+                ..Default::default()
+            }],
+            symlinks: vec![re::SymlinkNode {
+                name: "a".into(),
+                target: "b".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (mut files, mut n) = (Vec::new(), 0);
+        let err = write_dir(message, dir.path(), dir.path(), None, &mut files, &mut n);
+        assert!(matches!(err, Err(FetchError::Malformed(m)) if m.contains("twice")));
+        // A file is never written through what is already there.
+        std::os::unix::fs::symlink("/tmp/elsewhere", dir.path().join("s")).unwrap();
+        assert!(write_file(&dir.path().join("s"), b"x", false).is_err());
     }
 
     #[test]
