@@ -191,14 +191,17 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
         }
         if first {
             ctx.interrupted.store(true, Ordering::SeqCst);
-            ctx.runtime.interrupt();
-            if let Some(r) = &ctx.remote {
-                r.interrupt();
-            }
+            // Said before the runs stop: a run that ends at once (a remote
+            // one, cancelled) could end the whole run before it is said,
+            // and an interrupted run must exit as one (130).
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(Event::Interrupted {
                     at_host_calls: ctx.config.unlimited_time(),
                 });
+            }
+            ctx.runtime.interrupt();
+            if let Some(r) = &ctx.remote {
+                r.interrupt();
             }
         } else {
             let _ = cachet_runtime::remove_tree(&ctx.scratch);

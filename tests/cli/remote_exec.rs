@@ -587,32 +587,50 @@ fn a_server_gone_mid_run_leaves_the_run_to_this_machine() {
 fn ctrl_c_cancels_the_farms_operations() {
     let mut grid = BuildGrid::start(Duration::from_secs(10));
     grid.add_worker(&cachet_bin(), 1);
-    // A case that spins until its 60 s limit: only a cancel stops it early.
+    // Ctrl-C once the worker holds the run's action: exit 130 at once,
+    // and the worker's action gone within `within`.
+    let interrupt = |child: std::process::Child, within: Duration| {
+        busy_worker(&grid, 1);
+        let start = Instant::now();
+        let kill = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let o = finish(child);
+        assert_eq!(o.status.code(), Some(130), "{}", crate::stderr(&o));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        while holds_action(&grid, 0) {
+            assert!(
+                start.elapsed() < within,
+                "the action still runs on the worker:\n{}",
+                grid.worker_log(0)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // During a listing on the farm (the worker's first action: it fetches
+    // this cachet and compiles the module): an interrupted run, not a
+    // package whose listing failed.
+    let first = Project::of(&[("suite_spin", "spin.wasm")]);
+    let cache = first.cache.path().to_str().unwrap();
+    let (mut cmd, _) = crate::cachet_command(first.root.path(), &[("CACHET_CACHE", cache)]);
+    let child = cmd
+        .args(["test", "--remote-executor", &grid.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    interrupt(child, Duration::from_secs(60));
+    // During a case that spins until its 60 s limit: only a cancel stops
+    // it early, and the worker heard it.
     let p = Project::of(&[("suite_spin", "spin.wasm")]);
     let child = p.spawn(&grid.url, &["--timeout", "60s"]);
-    busy_worker(&grid, 1);
-    let start = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let o = finish(child);
-    assert_eq!(o.status.code(), Some(130), "{}", crate::stderr(&o));
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
-    // The worker heard the cancel and stopped the action.
-    while holds_action(&grid, 0) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the action still runs on the worker:\n{}",
-            grid.worker_log(0)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    interrupt(child, Duration::from_secs(30));
 }
 
 #[test]
