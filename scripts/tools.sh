@@ -88,6 +88,7 @@ ensure_ci_peers() {
 # for its scheduler. The tests start both on 127.0.0.1 themselves.
 ensure_buildgrid() {
   ensure_apt /usr/lib/postgresql/15/bin/initdb postgresql "BuildGrid's scheduler database"
+  ensure_apt openssl openssl "the TLS test's certificates"
   local venv="$TOOLS_DIR/buildgrid-venv"
   if [ ! -x "$venv/bin/bgd" ]; then
     local py=""

@@ -132,8 +132,7 @@ fn test_config(args: cli::TestArgs) -> Result<TestConfig, config::ConfigError> {
 
 /// `cachet worker`'s flags, checked.
 fn worker_config(args: cli::WorkerArgs) -> Result<worker::WorkerConfig, String> {
-    let token = std::env::var("CACHET_REMOTE_EXECUTOR_TOKEN").ok();
-    let endpoint = reapi::Endpoint::parse(&args.buildgrid, &args.remote_instance, token)
+    let endpoint = reapi::Endpoint::configured(&args.buildgrid, &args.remote_instance)
         .map_err(|e| e.to_string())?;
     let mut properties = Vec::new();
     for p in &args.properties {

@@ -596,7 +596,7 @@ impl RemoteExecutor {
         let up = cas
             .upload(&blobs)
             .await
-            .map_err(|e| format!("uploading inputs: {e}"))?;
+            .map_err(|e| format!("uploading inputs: {e}{}", advice(&e)))?;
         self.stats
             .uploaded_bytes
             .fetch_add(up.bytes, Ordering::Relaxed);
@@ -705,6 +705,23 @@ impl RemoteExecutor {
             ms(&s.worker_upload_us),
             ms(&s.download_us),
         ))
+    }
+}
+
+/// What to do about a first call the farm refused: credentials the user
+/// gives through the environment.
+fn advice(e: &crate::reapi::cas::CasError) -> &'static str {
+    let crate::reapi::cas::CasError::Status(s) = e else {
+        return "";
+    };
+    match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            " (give the farm's bearer token in CACHET_REMOTE_EXECUTOR_TOKEN)"
+        }
+        tonic::Code::Unavailable if format!("{s:?}").contains("Certificate") => {
+            " (for a farm whose certificate a private CA signed, name the CA's PEM file in CACHET_REMOTE_EXECUTOR_CA)"
+        }
+        _ => "",
     }
 }
 

@@ -17,8 +17,14 @@ pub struct BuildGrid {
     bgd: Child,
     workers: Vec<Child>,
     dir: tempfile::TempDir,
-    /// `grpc://127.0.0.1:PORT`
+    /// `grpc://127.0.0.1:PORT` (`grpcs://` when started with TLS)
     pub url: String,
+    /// With TLS: the PEM file of the CA that signed the server's
+    /// certificate (workers get it as `CACHET_REMOTE_EXECUTOR_CA`).
+    pub ca: Option<PathBuf>,
+    /// With authorization: a bearer token (a JWT, HS256) the server takes
+    /// (workers get it as `CACHET_REMOTE_EXECUTOR_TOKEN`).
+    pub token: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -78,6 +84,23 @@ impl BuildGrid {
     /// `keepalive`: how long the server waits to hear from a bot before it
     /// takes the bot's leases back and queues them again.
     pub fn start(keepalive: Duration) -> BuildGrid {
+        BuildGrid::start_with(keepalive, false, false)
+    }
+
+    /// As [`Self::start`], serving TLS with a CA made here, and taking
+    /// only requests with a bearer token ([`Self::token`]: a JWT signed
+    /// with a secret made here, as BuildGrid's `jwt` method checks).
+    pub fn start_secured(keepalive: Duration) -> BuildGrid {
+        BuildGrid::start_with(keepalive, true, true)
+    }
+
+    /// As [`Self::start`], serving TLS (`grpcs://`) with a certificate for
+    /// 127.0.0.1 signed by a CA made here ([`Self::ca`]).
+    pub fn start_tls(keepalive: Duration) -> BuildGrid {
+        BuildGrid::start_with(keepalive, true, false)
+    }
+
+    fn start_with(keepalive: Duration, tls: bool, auth: bool) -> BuildGrid {
         let dir = tempfile::tempdir().unwrap();
         let pgdata = dir.path().join("pg");
         std::fs::create_dir(&pgdata).unwrap();
@@ -120,6 +143,8 @@ impl BuildGrid {
             bgd: Command::new("true").spawn().unwrap(),
             workers: Vec::new(),
             url: String::new(),
+            ca: None,
+            token: None,
             dir,
         };
         wait_for_port(pg_port, "PostgreSQL", &pg_log, Duration::from_secs(30));
@@ -165,7 +190,29 @@ impl BuildGrid {
         );
         let port = free_port();
         let config = grid.dir.path().join("bgd.yml");
-        std::fs::write(&config, config_yaml(port, &db, keepalive)).unwrap();
+        let credentials = tls.then(|| {
+            let d = grid.dir.path();
+            make_certificates(d);
+            grid.ca = Some(d.join("ca.pem"));
+            (d.join("server.key"), d.join("server.pem"))
+        });
+        let secret = auth.then(|| {
+            let path = grid.dir.path().join("auth.secret");
+            std::fs::write(&path, "cachet-test-secret").unwrap();
+            grid.token = Some(jwt("cachet-test-secret"));
+            path
+        });
+        std::fs::write(
+            &config,
+            config_yaml(
+                port,
+                &db,
+                keepalive,
+                credentials.as_ref(),
+                secret.as_deref(),
+            ),
+        )
+        .unwrap();
         let bgd_log = grid.dir.path().join("bgd.log");
         grid.bgd = Command::new(bgd())
             .args(["server", "start"])
@@ -175,7 +222,8 @@ impl BuildGrid {
             .spawn()
             .unwrap();
         wait_for_port(port, "BuildGrid", &bgd_log, Duration::from_secs(60));
-        grid.url = format!("grpc://127.0.0.1:{port}");
+        let scheme = if tls { "grpcs" } else { "grpc" };
+        grid.url = format!("{scheme}://127.0.0.1:{port}");
         grid
     }
 
@@ -184,7 +232,14 @@ impl BuildGrid {
         let n = self.workers.len();
         let work = self.dir.path().join(format!("worker-{n}"));
         let log = self.dir.path().join(format!("worker-{n}.log"));
-        let child = Command::new(cachet)
+        let mut cmd = Command::new(cachet);
+        if let Some(ca) = &self.ca {
+            cmd.env("CACHET_REMOTE_EXECUTOR_CA", ca);
+        }
+        if let Some(token) = &self.token {
+            cmd.env("CACHET_REMOTE_EXECUTOR_TOKEN", token);
+        }
+        let child = cmd
             .args([
                 "worker",
                 "--buildgrid",
@@ -231,6 +286,98 @@ impl BuildGrid {
     }
 }
 
+/// A JWT for BuildGrid's `jwt` method: HS256 with `secret`, expiring in a
+/// day, made by PyJWT of BuildGrid's own environment.
+fn jwt(secret: &str) -> String {
+    let python = repo_root().join(".tools/buildgrid-venv/bin/python3");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import jwt, sys, time; print(jwt.encode({'sub': 'cachet-test', 'exp': int(time.time()) + 86400}, sys.argv[1], algorithm='HS256'))",
+            secret,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "PyJWT: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed
+/// (`server.pem`, `server.key`) in `dir`, made with openssl.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=cachet test CA",
+            ],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &key[..3],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
 /// SIGTERM (or `signal`), then SIGKILL after 5 s.
 fn stop(child: &mut Child, signal: &str) {
     if let Ok(Some(_)) = child.try_wait() {
@@ -265,15 +412,34 @@ impl Drop for BuildGrid {
 /// BuildGrid's configuration: LRU storage and action cache in memory, the
 /// SQL scheduler with an assigner that polls every 50 ms without jitter
 /// (else each miss waits up to a second for its assignment).
-fn config_yaml(port: u16, db: &str, keepalive: Duration) -> String {
+fn config_yaml(
+    port: u16,
+    db: &str,
+    keepalive: Duration,
+    tls: Option<&(PathBuf, PathBuf)>,
+    secret: Option<&Path>,
+) -> String {
+    let authorization = match secret {
+        None => "  method: none\n".to_string(),
+        Some(path) => format!(
+            "  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+            path.display()
+        ),
+    };
+    let channel = match tls {
+        None => "    insecure-mode: true\n".to_string(),
+        Some((key, cert)) => format!(
+            "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n",
+            key.display(),
+            cert.display()
+        ),
+    };
     format!(
         r#"server:
   - !channel
     address: "127.0.0.1:{port}"
-    insecure-mode: true
-authorization:
-  method: none
-connections:
+{channel}authorization:
+{authorization}connections:
   - !sql-connection &sql
     connection-string: {db}
     pool-size: 10

@@ -768,3 +768,86 @@ fn a_module_a_worker_cannot_run_fails_here_as_it_would_have() {
         "{err}"
     );
 }
+
+#[test]
+fn a_farm_behind_tls_and_a_token_is_reached_with_its_ca_and_token_only() {
+    let mut grid = BuildGrid::start_secured(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 2);
+    assert!(grid.url.starts_with("grpcs://"), "{}", grid.url);
+    let ca = grid.ca.clone().unwrap();
+    let p = Project::new();
+    let here = Project::new().test(&[]);
+    // Without the farm's CA its certificate is not trusted: one warning,
+    // and the run goes on here.
+    let o = p.test(&["--count", "1", "--remote-executor", &grid.url]);
+    let err = crate::stderr(&o);
+    assert_eq!(verdicts(&o), verdicts(&here), "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains(": 0 of "), "{err}");
+    assert!(
+        err.contains("CACHET_REMOTE_EXECUTOR_CA"),
+        "says what to do: {err}"
+    );
+    let cache = p.cache.path().to_str().unwrap();
+    let ca = ca.to_str().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut env = env.to_vec();
+        env.push(("CACHET_CACHE", cache));
+        crate::cachet_with(
+            p.root.path(),
+            &["test", "-v", "--count", "1", "--remote-executor", &grid.url],
+            &env,
+        )
+    };
+    // With the CA but no token (or a wrong one) the server refuses every
+    // call: one warning, the run goes on here.
+    for env in [
+        vec![("CACHET_REMOTE_EXECUTOR_CA", ca)],
+        vec![
+            ("CACHET_REMOTE_EXECUTOR_CA", ca),
+            ("CACHET_REMOTE_EXECUTOR_TOKEN", "not-a-token"),
+        ],
+    ] {
+        let o = run(&env);
+        let err = crate::stderr(&o);
+        assert_eq!(verdicts(&o), verdicts(&here), "{err}");
+        assert_eq!(err.matches("warning").count(), 1, "{err}");
+        assert!(err.contains(": 0 of "), "{err}");
+        assert!(
+            err.contains("CACHET_REMOTE_EXECUTOR_TOKEN"),
+            "says what to do: {err}"
+        );
+    }
+    // With both (as the worker has them), every run goes to the farm over
+    // TLS, each call carrying the token.
+    let token = grid.token.clone().unwrap();
+    let o = run(&[
+        ("CACHET_REMOTE_EXECUTOR_CA", ca),
+        ("CACHET_REMOTE_EXECUTOR_TOKEN", &token),
+    ]);
+    let err = crate::stderr(&o);
+    assert_eq!(
+        verdicts(&o),
+        verdicts(&here),
+        "{err}\n{}",
+        grid.worker_log(0)
+    );
+    let summary =
+        regex::Regex::new(r"remote executor grpcs://[^ ]+: (\d+) of (\d+) runs remote").unwrap();
+    let c = summary.captures(&err).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(c[1], c[2], "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // A CA file that is not there is one clear line, before anything runs.
+    let o = crate::cachet_with(
+        p.root.path(),
+        &["test", "--remote-executor", &grid.url],
+        &[("CACHET_REMOTE_EXECUTOR_CA", "/nonexistent/ca.pem")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = crate::stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("CACHET_REMOTE_EXECUTOR_CA=/nonexistent/ca.pem"),
+        "{err}"
+    );
+}

@@ -160,9 +160,8 @@ impl TestConfig {
         let executor = match flags.remote_executor.as_deref().filter(|u| !u.is_empty()) {
             None => None,
             Some(url) => {
-                let token = std::env::var("CACHET_REMOTE_EXECUTOR_TOKEN").ok();
                 let instance = flags.remote_instance.as_deref().unwrap_or("");
-                let endpoint = crate::reapi::Endpoint::parse(url, instance, token)
+                let endpoint = crate::reapi::Endpoint::configured(url, instance)
                     .map_err(|e| ConfigError::Executor(e.to_string()))?;
                 let jobs = flags.remote_jobs.unwrap_or(DEFAULT_REMOTE_JOBS);
                 if jobs == 0 {

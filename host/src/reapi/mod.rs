@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub instance: String,
     /// A bearer token, sent as `authorization: Bearer ...`.
     token: Option<String>,
+    /// PEM certificates trusted besides the web's roots (a private CA).
+    ca: Option<Vec<u8>>,
 }
 
 /// A server address that cannot be used, in words that say how to fix it.
@@ -73,7 +75,27 @@ impl Endpoint {
             tls,
             instance: instance.to_string(),
             token,
+            ca: None,
         })
+    }
+
+    /// `url` with what this machine's environment adds: a bearer token
+    /// (`CACHET_REMOTE_EXECUTOR_TOKEN`) and a private CA's certificates,
+    /// a PEM file (`CACHET_REMOTE_EXECUTOR_CA`), trusted besides the web's
+    /// roots for `grpcs://`.
+    pub fn configured(url: &str, instance: &str) -> Result<Self, EndpointError> {
+        let token = std::env::var("CACHET_REMOTE_EXECUTOR_TOKEN").ok();
+        let mut endpoint = Endpoint::parse(url, instance, token)?;
+        if let Some(path) = std::env::var_os("CACHET_REMOTE_EXECUTOR_CA") {
+            let pem = std::fs::read(&path).map_err(|e| {
+                EndpointError(format!(
+                    "CACHET_REMOTE_EXECUTOR_CA={}: {e}; name a PEM file of the farm's CA certificates",
+                    std::path::Path::new(&path).display()
+                ))
+            })?;
+            endpoint.ca = Some(pem);
+        }
+        Ok(endpoint)
     }
 
     /// The address as the user wrote it, for messages.
@@ -93,8 +115,12 @@ impl Endpoint {
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if self.tls {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(pem) = &self.ca {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
             ep = ep
-                .tls_config(ClientTlsConfig::new().with_webpki_roots())
+                .tls_config(tls)
                 .map_err(|e| EndpointError(format!("{}: TLS: {e}", self.display())))?;
         }
         let auth = self
