@@ -51,8 +51,8 @@ const COLLECTED: &str = "collected.bin";
 const MODULE_ERROR: &str = "module-error.txt";
 /// The most runs an action carries before its module's runs were timed,
 /// and after (when they are short).
-pub const FIRST_BATCH: usize = 8;
-pub const MAX_BATCH: usize = 64;
+const FIRST_BATCH: usize = 8;
+const MAX_BATCH: usize = 64;
 /// How long a batch waits for more runs of its module before it goes.
 const LINGER: Duration = Duration::from_millis(5);
 /// The work an action should be, once its module's runs were timed.
