@@ -14,7 +14,7 @@ PYTEST_VERSION=8.3.5
 # The real REAPI server of the remote-execution tests (needs Python 3.13).
 BUILDGRID_VERSION=0.9.1
 
-ensure_wasm_target() { # [target] (default wasm32-wasip1)
+ensure_rust_target() { # [target] (default wasm32-wasip1)
   local target="${1:-wasm32-wasip1}"
   if ! rustup target list --installed | grep -qx "$target"; then
     echo "installing the $target target" >&2

@@ -167,6 +167,8 @@ pub struct Env<'a> {
     pub tx: &'a Tx,
     /// `--remote-executor`: where misses run when it takes them.
     pub remote: Option<&'a crate::remote_exec::RemoteExecutor>,
+    /// The time the job's runs took on the farm (`None`: none ran there).
+    pub farm_time: std::cell::Cell<Option<Duration>>,
 }
 
 /// A module's cases from the cache, if its listing is cached (`policy`:
@@ -651,7 +653,11 @@ fn run_uncached(env: &Env, job: &Job) -> (Vec<CaseResult>, Option<RunOutcome>) {
 fn on_farm(env: &Env, module: &Artifact, policy: &Policy) -> Option<RunOutcome> {
     let remote = env.remote.filter(|r| r.takes(policy))?;
     match remote.run(module, policy, env.config) {
-        Ok(outcome) => Some(outcome),
+        Ok(outcome) => {
+            let before = env.farm_time.get().unwrap_or_default();
+            env.farm_time.set(Some(before + outcome.elapsed));
+            Some(outcome)
+        }
         Err(fallback) => {
             if let Some(message) = fallback.warning {
                 let _ = env.tx.send(Event::Warning { message });

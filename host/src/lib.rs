@@ -139,6 +139,12 @@ fn worker_config(args: cli::WorkerArgs) -> Result<worker::WorkerConfig, String> 
         let Some((k, v)) = p.split_once('=') else {
             return Err(format!("--property {p}: write it KEY=VALUE"));
         };
+        if k == remote_exec::PROPERTY {
+            return Err(format!(
+                "--property {p}: the worker offers {k}={} itself (the protocol its cachet speaks)",
+                remote_exec::protocol()
+            ));
+        }
         properties.push((k.to_string(), v.to_string()));
     }
     let capacity = match args.capacity {

@@ -4,21 +4,24 @@
 //!
 //! An action is a batch of sandbox runs of one module: the jobs of that
 //! module that reach the executor within a few milliseconds of each other
-//! (up to [`FIRST_BATCH`] at first, then about a second's work of them), so the
-//! farm's per-action cost (queueing, fetching inputs, starting cachet) is
-//! paid once per batch. Its input root holds this cachet binary
-//! (`cachet`), the module (`module.wasm`), each mount of the runs'
-//! policies (`m0/`, `m1/`, ...; a package directory without its `target/`
-//! and `.git/`) and the manifest (`action.json`: each run's policy as
-//! data, the tier and compile limits). Every name in it is by content,
-//! none by host path, so the same batch from any machine is the same
-//! action. The worker writes each run's outcome back (`r0/outcome.json`,
-//! `r0/output.bin`, `r0/collected.bin`, ...): status, input log, output.
-//! Everything after the run
-//! (the harness's verdicts, the cache, the report) happens here, as for a
-//! local run; a result from a worker is trusted as a remote cache entry is,
-//! and is data: parsed with limits, and its input log must hold on this
-//! machine before it is cached.
+//! (up to [`FIRST_BATCH`] until the module's runs were timed on the farm,
+//! in this run or, by the cache's record, an earlier one; then about a
+//! second's work of them), so the farm's per-action cost (queueing,
+//! fetching inputs, starting cachet) is paid once per batch. Its input
+//! root holds this cachet binary (`cachet`; with `--remote-cachet
+//! installed`, none: the command names the worker's own `cachet`, and the
+//! action's platform asks for workers offering [`PROPERTY`]`=`[`protocol`]),
+//! the module (`module.wasm`), each mount of the runs' policies (`m0/`,
+//! `m1/`, ...; a package directory without its `target/` and `.git/`) and
+//! the manifest (`action.json`: each run's policy as data, the tier and
+//! compile limits). Every name in it is by content, none by host path, so
+//! the same batch from any machine is the same action. The worker writes
+//! each run's outcome back (`r0/outcome.json`, `r0/output.bin`,
+//! `r0/collected.bin`, ...): status, input log, output. Everything after
+//! the run (the harness's verdicts, the cache, the report) happens here,
+//! as for a local run; a result from a worker is trusted as a remote cache
+//! entry is, and is data: parsed with limits, and its input log must hold
+//! on this machine before it is cached.
 //!
 //! When the executor cannot be reached or fails, cachet says so once and
 //! runs the rest locally: never a lost or wrong result.
@@ -36,9 +39,9 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::Artifact;
-use crate::config::TestConfig;
+use crate::config::{TestConfig, WorkerCachet};
 use crate::reapi::cas::{Blob, Cas};
-use crate::reapi::exec::{ExecError, Executor};
+use crate::reapi::exec::{ExecError, Executor, Stage};
 use crate::reapi::tree::TreeBuilder;
 use crate::reapi::{re, Conn, Endpoint};
 
@@ -69,6 +72,23 @@ const ACTION_SLACK: Duration = Duration::from_secs(120);
 /// Past this, an action has no timeout of its own (BuildGrid's default
 /// maximum is two hours; longer limits are `--timeout 0`'s "none").
 const MAX_ACTION_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+/// The "package" under which the cache keeps each module's mean time per
+/// run on the farm (by module digest).
+const REMOTE_TIMINGS: &str = "\0remote-execution";
+/// How long an interrupted run waits for its cancels to reach the farm.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// The platform property naming the cachet protocol a worker speaks.
+pub const PROPERTY: &str = "cachet";
+/// How long the run waits for a worker to start any of its actions
+/// before it says it is still waiting (a farm with no worker that takes
+/// them queues them for ever).
+const QUEUE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// What a worker's installed cachet must speak to run this cachet's
+/// actions: the cache's meaning and the action's wire format.
+pub fn protocol() -> String {
+    format!("{}+action-v{WIRE_VERSION}", crate::cache::key::ABI_VERSION)
+}
 
 /// An action's manifest: what the worker needs besides the input root.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -152,6 +172,8 @@ impl ExecStats {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BatchKey {
     module: PathBuf,
+    /// The module's digest: its runs' time on the farm is kept by it.
+    digest: cachet_runtime::ModuleDigest,
     mounts: Vec<PathBuf>,
 }
 
@@ -179,6 +201,7 @@ type Uploaded = Arc<tokio::sync::OnceCell<Result<re::Digest, String>>>;
 pub struct RemoteExecutor {
     endpoint: Endpoint,
     conn: Conn,
+    cachet: WorkerCachet,
     rt: tokio::runtime::Handle,
     off: AtomicBool,
     interrupted: tokio::sync::watch::Sender<bool>,
@@ -188,34 +211,44 @@ pub struct RemoteExecutor {
     /// Digests the server is known to hold.
     present: Mutex<BTreeSet<String>>,
     operations: Mutex<BTreeSet<String>>,
+    /// The CancelOperation calls Ctrl-C started.
+    cancels: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     open: Mutex<HashMap<BatchKey, Arc<Open>>>,
     /// Actions in flight at once: `--remote-jobs` / [`FIRST_BATCH`].
     in_flight: tokio::sync::Semaphore,
     /// Per module: runs timed on the farm, and their summed time.
     timing: Mutex<HashMap<PathBuf, (u32, Duration)>>,
+    /// When the first action was sent, and whether a worker has started
+    /// one since (for [`Self::stalled`]).
+    first_sent: std::sync::OnceLock<Instant>,
+    started: AtomicBool,
+    stall_said: AtomicBool,
     skip_cache: bool,
     /// The cache's stat memo: files unchanged since a run are not read.
     memo: Option<Arc<dyn cachet_runtime::DigestMemo>>,
+    /// Where each module's time per run on the farm is kept for the next
+    /// cachet run (its first batches are then sized too).
+    timings: Option<crate::cache::Cache>,
     pub stats: ExecStats,
 }
 
 impl RemoteExecutor {
     /// `rt`: the runtime whose blocking threads call [`Self::run`].
     pub fn new(
-        endpoint: Endpoint,
+        config: &crate::config::ExecutorConfig,
         skip_cache: bool,
-        memo: Option<Arc<dyn cachet_runtime::DigestMemo>>,
-        runs_in_flight: usize,
+        cache: Option<crate::cache::Cache>,
         rt: tokio::runtime::Handle,
     ) -> Result<Self, String> {
         // The channel's connection task lives on `rt`.
         let conn = {
             let _in = rt.enter();
-            endpoint.connect().map_err(|e| e.to_string())?
+            config.endpoint.connect().map_err(|e| e.to_string())?
         };
         Ok(RemoteExecutor {
-            endpoint,
+            endpoint: config.endpoint.clone(),
             conn,
+            cachet: config.cachet,
             rt,
             off: AtomicBool::new(false),
             interrupted: tokio::sync::watch::channel(false).0,
@@ -223,11 +256,16 @@ impl RemoteExecutor {
             files: Mutex::default(),
             present: Mutex::default(),
             operations: Mutex::default(),
+            cancels: Mutex::default(),
             open: Mutex::default(),
-            in_flight: tokio::sync::Semaphore::new(runs_in_flight.div_ceil(FIRST_BATCH).max(1)),
+            in_flight: tokio::sync::Semaphore::new(config.jobs.div_ceil(FIRST_BATCH).max(1)),
             timing: Mutex::default(),
+            first_sent: std::sync::OnceLock::new(),
+            started: AtomicBool::new(false),
+            stall_said: AtomicBool::new(false),
             skip_cache,
-            memo,
+            memo: cache.as_ref().map(crate::cache::Cache::memo),
+            timings: cache,
             stats: ExecStats::default(),
         })
     }
@@ -254,11 +292,56 @@ impl RemoteExecutor {
             .cloned()
             .collect();
         let exec = Executor::new(self.conn.clone());
-        self.rt.spawn(async move {
+        let cancels = self.rt.spawn(async move {
+            let mut all = tokio::task::JoinSet::new();
             for n in names {
-                exec.cancel(&n).await;
+                let exec = exec.clone();
+                all.spawn(async move { exec.cancel(&n).await });
             }
+            while all.join_next().await.is_some() {}
         });
+        self.cancels.lock().expect("cancels").push(cancels);
+    }
+
+    /// Waits for the cancels Ctrl-C sent (a few seconds at most): the
+    /// run must not end, and the process with it, before the farm heard
+    /// them, or the actions run on to their time limit.
+    pub async fn cancelled(&self) {
+        let cancels = std::mem::take(&mut *self.cancels.lock().expect("cancels"));
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        for c in cancels {
+            let _ = tokio::time::timeout_at(deadline, c).await;
+        }
+    }
+
+    /// Said once, when no worker has started any action of this run
+    /// [`QUEUE_PATIENCE`] after the first was sent: the run keeps waiting
+    /// (a busy farm is no fault), but the user hears what it waits for.
+    pub fn stalled(&self) -> Option<String> {
+        let since = self.first_sent.get()?;
+        if since.elapsed() < QUEUE_PATIENCE
+            || self.started.load(Ordering::Relaxed)
+            || self.off.load(Ordering::Relaxed)
+            || *self.interrupted.borrow()
+            || self.stall_said.swap(true, Ordering::Relaxed)
+        {
+            return None;
+        }
+        let hint = match self.cachet {
+            WorkerCachet::Installed => format!(
+                "with --remote-cachet installed, a worker must offer the platform property {PROPERTY}={}, as `cachet worker` of a compatible version does",
+                protocol()
+            ),
+            WorkerCachet::Upload => format!(
+                "is a worker serving instance {:?}?",
+                self.conn.instance
+            ),
+        };
+        Some(format!(
+            "remote executor {}: no worker has started this run's actions in {} s; still waiting ({hint})",
+            self.endpoint.display(),
+            QUEUE_PATIENCE.as_secs()
+        ))
     }
 
     /// Runs `policy` over `module` on the farm (from a blocking thread):
@@ -273,6 +356,7 @@ impl RemoteExecutor {
         let (done, outcome) = std::sync::mpsc::sync_channel(1);
         let key = BatchKey {
             module: module.path.clone(),
+            digest: module.digest,
             mounts: policy.mounts().iter().map(|m| m.host.clone()).collect(),
         };
         let run = Queued {
@@ -315,7 +399,7 @@ impl RemoteExecutor {
     /// Adds `run` to the open batch of `key`, or opens one (returned: its
     /// opener sends it). A full batch is closed at once.
     fn join(&self, key: &BatchKey, run: Queued) -> Option<Arc<Open>> {
-        let limit = self.batch_limit(&key.module);
+        let limit = self.batch_limit(key);
         let mut open = self.open.lock().expect("open batches");
         if let Some(batch) = open.get(key) {
             let mut runs = batch.runs.lock().expect("batch");
@@ -340,14 +424,20 @@ impl RemoteExecutor {
         Some(batch)
     }
 
-    /// How many runs of `module` an action takes: [`FIRST_BATCH`] until
-    /// its runs were timed, then about [`BATCH_WORK`] of them.
-    fn batch_limit(&self, module: &Path) -> usize {
-        let timing = self.timing.lock().expect("timing");
-        match timing.get(module) {
-            Some(&(n, total)) if n > 0 && !total.is_zero() => {
-                let each = total / n;
-                ((BATCH_WORK.as_nanos() / each.as_nanos().max(1)) as usize).clamp(1, MAX_BATCH)
+    /// How many runs of a module an action takes: about [`BATCH_WORK`] of
+    /// them once its runs were timed on the farm (in this cachet run, or
+    /// the last one), [`FIRST_BATCH`] until then.
+    fn batch_limit(&self, key: &BatchKey) -> usize {
+        let each = match self.timing.lock().expect("timing").get(&key.module) {
+            Some(&(n, total)) if n > 0 => Some(total / n),
+            _ => self
+                .timings
+                .as_ref()
+                .and_then(|c| c.last_time(REMOTE_TIMINGS, &key.digest.0.hex())),
+        };
+        match each {
+            Some(each) if !each.is_zero() => {
+                ((BATCH_WORK.as_nanos() / each.as_nanos()) as usize).clamp(1, MAX_BATCH)
             }
             _ => FIRST_BATCH,
         }
@@ -374,13 +464,19 @@ impl RemoteExecutor {
             .unzip();
         match self.execute(key, &runs, config).await {
             Ok(outcomes) => {
-                let mut timing = self.timing.lock().expect("timing");
-                let t = timing.entry(key.module.clone()).or_default();
-                for (o, done) in outcomes.into_iter().zip(done) {
-                    if let Ok(o) = &o {
+                let (n, total) = {
+                    let mut timing = self.timing.lock().expect("timing");
+                    let t = timing.entry(key.module.clone()).or_default();
+                    for o in outcomes.iter().flatten() {
                         t.0 += 1;
                         t.1 += o.elapsed;
                     }
+                    *t
+                };
+                if let (Some(c), true) = (&self.timings, n > 0) {
+                    c.record_time(REMOTE_TIMINGS, &key.digest.0.hex(), total / n);
+                }
+                for (o, done) in outcomes.into_iter().zip(done) {
                     let _ = done.send(o);
                 }
             }
@@ -425,14 +521,19 @@ impl RemoteExecutor {
 
         let exec = Executor::new(self.conn.clone());
         let ops = &self.operations;
-        let named = |n: &str| {
+        let started = &self.started;
+        let progress = |n: &str, stage: Stage| {
             ops.lock().expect("ops").insert(n.to_string());
+            if stage >= Stage::Executing {
+                started.store(true, Ordering::Relaxed);
+            }
         };
+        self.first_sent.get_or_init(Instant::now);
         let mut stop = self.interrupted.subscribe();
         let mut busy = 0u32;
         let response = loop {
             let r = tokio::select! {
-                r = exec.execute(digest.clone(), self.skip_cache, &named) => r,
+                r = exec.execute(digest.clone(), self.skip_cache, &progress) => r,
                 _ = stop.wait_for(|v| *v) => {
                     return Ok(runs.iter().map(|_| Ok(interrupted())).collect());
                 }
@@ -452,12 +553,14 @@ impl RemoteExecutor {
             Err(ExecError::Unavailable(e) | ExecError::Busy(e)) => return Err(self.give_up(e)),
             Err(ExecError::Failed(s)) => {
                 return Err(self.give_up(format!(
-                    "the action failed: {:?}: {}",
+                    "the action failed: {:?}: {}{}",
                     s.code(),
-                    s.message()
+                    s.message(),
+                    refused_advice(&s)
                 )))
             }
         };
+        self.started.store(true, Ordering::Relaxed);
         let executed = Instant::now();
         self.stats
             .execute_us
@@ -486,12 +589,28 @@ impl RemoteExecutor {
     ) -> Result<(Blob, Vec<Blob>), Fallback> {
         let mut tree = TreeBuilder::default();
         let mut blobs = Vec::new();
-        let exe = std::env::current_exe()
-            .map_err(|e| self.give_up(format!("cannot find cachet's own binary: {e}")))?;
-        for (path, host, exec) in [("cachet", &exe, true), (MODULE, &key.module, false)] {
-            let digest = self.file(host, cas).await?;
-            tree.add_blob(path, digest, host.clone(), exec);
-        }
+        let (program, platform) = match self.cachet {
+            WorkerCachet::Upload => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| self.give_up(format!("cannot find cachet's own binary: {e}")))?;
+                let digest = self.file(&exe, cas).await?;
+                tree.add_blob("cachet", digest, exe, true);
+                ("./cachet", None)
+            }
+            // A bare name: the worker's own cachet (`cachet worker` runs
+            // itself; another worker finds it on its PATH).
+            WorkerCachet::Installed => (
+                "cachet",
+                Some(re::Platform {
+                    properties: vec![re::platform::Property {
+                        name: PROPERTY.into(),
+                        value: protocol(),
+                    }],
+                }),
+            ),
+        };
+        let digest = self.file(&key.module, cas).await?;
+        tree.add_blob(MODULE, digest, key.module.clone(), false);
         for (i, host) in key.mounts.iter().enumerate() {
             let root = self.subtree(host, cas).await?;
             tree.add_tree(&mount_dir(i), root);
@@ -513,8 +632,10 @@ impl RemoteExecutor {
                 .into_iter()
                 .filter(|b| matches!(b.source, crate::reapi::cas::Source::Bytes(_))),
         );
+        #[allow(deprecated)] // also in the command, for servers before REAPI 2.2
         let command = re::Command {
-            arguments: vec!["./cachet".into(), "__run-action".into(), MANIFEST.into()],
+            arguments: vec![program.into(), "__run-action".into(), MANIFEST.into()],
+            platform: platform.clone(),
             output_paths: (0..runs.len())
                 .flat_map(|i| [OUTCOME, OUTPUT, COLLECTED].map(|f| run_file(i, f)))
                 .chain([MODULE_ERROR.to_string()])
@@ -539,7 +660,7 @@ impl RemoteExecutor {
             }),
             do_not_cache: false,
             salt: Vec::new(),
-            platform: None,
+            platform,
         };
         blobs.push(command);
         Ok((Blob::bytes(action.encode_to_vec()), blobs))
@@ -722,6 +843,18 @@ fn advice(e: &crate::reapi::cas::CasError) -> &'static str {
             " (for a farm whose certificate a private CA signed, name the CA's PEM file in CACHET_REMOTE_EXECUTOR_CA)"
         }
         _ => "",
+    }
+}
+
+/// What to do about an action the server refused: a platform property
+/// its scheduler does not know (BuildGrid refuses those).
+fn refused_advice(s: &tonic::Status) -> String {
+    if s.code() == tonic::Code::FailedPrecondition && s.message().contains(PROPERTY) {
+        format!(
+            " (register the platform property `{PROPERTY}` with the farm's scheduler: BuildGrid's match-property-keys)"
+        )
+    } else {
+        String::new()
     }
 }
 

@@ -64,6 +64,7 @@ impl Ctx {
             facts: self.facts.as_ref(),
             live: self.live,
             remote: self.remote.as_deref(),
+            farm_time: Default::default(),
             tx,
         }
     }
@@ -86,7 +87,7 @@ pub fn run(
     let workers = config.parallel.max(1);
     // Runners of a remote executor wait on the network: as many as actions
     // in flight, on blocking threads of their own.
-    let remote_jobs = config.executor.as_ref().map_or(0, |(_, n)| *n);
+    let remote_jobs = config.executor.as_ref().map_or(0, |e| e.jobs);
     // As go test: -v output streams with one package or -p 1.
     let live = config.live_output(packages.len());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -103,13 +104,12 @@ pub fn run(
         .enable_time()
         .build()
         .expect("a tokio runtime starts");
-    let remote = config.executor.as_ref().and_then(|(endpoint, runs)| {
+    let remote = config.executor.as_ref().and_then(|executor| {
         let skip_cache = !config.cache || config.verify;
         match crate::remote_exec::RemoteExecutor::new(
-            endpoint.clone(),
+            executor,
             skip_cache,
-            cache.as_ref().map(Cache::memo),
-            *runs,
+            cache.clone(),
             rt.handle().clone(),
         ) {
             Ok(r) => Some(Arc::new(r)),
@@ -122,6 +122,7 @@ pub fn run(
         }
     });
     let executor = remote.clone();
+    let farm = remote.clone();
     let ctx = Arc::new(Ctx {
         remote,
         runtime,
@@ -139,6 +140,10 @@ pub fn run(
         // A weak sender: the event loop below ends when the driver's senders
         // are gone, whatever the signal watcher is waiting for.
         let signals = tokio::spawn(watch_signals(ctx.clone(), tx.downgrade()));
+        let queue = ctx
+            .remote
+            .clone()
+            .map(|r| tokio::spawn(watch_farm_queue(r, tx.downgrade())));
         // Compiled modules shared through the remote serve every later
         // machine: the background compiles are finished for them (Ctrl-C
         // still stops them), not dropped with the run.
@@ -165,10 +170,16 @@ pub fn run(
             }
         }
         driver.await.expect("the scheduler does not panic");
+        if let Some(r) = &farm {
+            r.cancelled().await;
+        }
         if let Some(runtime) = finish {
             let _ = tokio::task::spawn_blocking(move || runtime.finish_background()).await;
         }
         signals.abort();
+        if let Some(q) = queue {
+            q.abort();
+        }
     });
     executor.and_then(|e| e.summary())
 }
@@ -210,6 +221,23 @@ async fn watch_signals(ctx: Arc<Ctx>, tx: mpsc::WeakUnboundedSender<Event>) {
     }
 }
 
+/// A farm that starts none of the run's actions is said once (the run
+/// keeps waiting for it: Ctrl-C stops it).
+async fn watch_farm_queue(
+    remote: Arc<crate::remote_exec::RemoteExecutor>,
+    tx: mpsc::WeakUnboundedSender<Event>,
+) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Some(message) = remote.stalled() {
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Event::Warning { message });
+            }
+            return;
+        }
+    }
+}
+
 async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     // 1. Per package, all at once (`-p` at a time): build its test binary
     //    (Go), read and hash its modules, then list their cases. Packages
@@ -217,7 +245,7 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     //    cache's round trips) overlap the hashing of the next, and one
     //    package's compile the runs of those before it.
     let runners = match &ctx.remote {
-        Some(_) => ctx.config.executor.as_ref().map_or(1, |(_, n)| *n),
+        Some(_) => ctx.config.executor.as_ref().map_or(1, |e| e.jobs),
         None => ctx.config.parallel,
     };
     let queue = Arc::new(JobQueue::new(packages.len(), runners));
@@ -497,21 +525,23 @@ impl<T> JobQueue<T> {
 fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &JobQueue) {
     while let Some(next) = queue.pop() {
         run_one(ctx, tx, next, |run| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                job::run_job(&ctx.env(tx), run)
-            }))
-            .map_err(|_| SetupError::Panic)
+            let env = ctx.env(tx);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job::run_job(&env, run)))
+                .map(|results| (results, env.farm_time.get()))
+                .map_err(|_| SetupError::Panic)
         });
     }
 }
 
 /// Runs one job with `run` (unless `--failfast` or Ctrl-C stopped the run)
-/// and reports it.
+/// and reports it. `run` gives the results and, when the job ran on a
+/// farm, the runs' own time there (the wall time here is mostly the
+/// farm's queue, which is not the job's length).
 fn run_one(
     ctx: &Ctx,
     tx: &Tx,
     (pkg, state, run): ToRun,
-    run_job: impl FnOnce(Box<job::ToRun>) -> Result<Vec<CaseResult>, SetupError>,
+    run_job: impl FnOnce(Box<job::ToRun>) -> Result<(Vec<CaseResult>, Option<Duration>), SetupError>,
 ) {
     let skip = (ctx.config.failfast && ctx.failed.load(Ordering::SeqCst))
         || ctx.interrupted.load(Ordering::SeqCst);
@@ -520,19 +550,21 @@ fn run_one(
         let (cases, framework) = (run.job.cases.clone(), run.job.framework);
         let timed = (run.job.package.clone(), crate::plan::case_key(&run.job));
         let started = Instant::now();
-        let results = run_job(run).unwrap_or_else(|e| {
+        let (results, farm_time) = run_job(run).unwrap_or_else(|e| {
             let e = e.to_string();
-            cases
+            let failed = cases
                 .iter()
                 .map(|name| CaseResult::failed_setup(name, framework, &e))
-                .collect()
+                .collect();
+            (failed, None)
         });
         if let Some(c) = ctx
             .facts
             .as_ref()
             .filter(|_| !ctx.interrupted.load(Ordering::SeqCst))
         {
-            c.record_time(&timed.0, &timed.1, started.elapsed());
+            let took = farm_time.unwrap_or_else(|| started.elapsed());
+            c.record_time(&timed.0, &timed.1, took);
         }
         for result in results {
             finish_case(ctx, pkg, &state, tx, result);
@@ -707,6 +739,15 @@ fn plan_package(
     let cases_per_module = match listings {
         None => {
             let _ = tx.send(finished(pkg, Duration::ZERO, PackageOutcome::NoTestFiles));
+            return None;
+        }
+        // A listing Ctrl-C cut short is not the package's failure.
+        Some(Err(_)) if ctx.interrupted.load(Ordering::SeqCst) => {
+            let _ = tx.send(finished(
+                pkg,
+                Duration::ZERO,
+                PackageOutcome::NotRun("interrupted"),
+            ));
             return None;
         }
         Some(Err(message)) => {

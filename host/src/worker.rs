@@ -5,8 +5,11 @@
 //! content store into a fresh directory, the command run there with only
 //! the action's environment, its output files, stdout and stderr uploaded,
 //! and an `ActionResult` returned in the lease. Any action runs, not only
-//! cachet's; cachet's own (`cachet run-action`) bring their cachet binary
-//! in the input root, so a worker needs nothing installed but itself.
+//! cachet's. Cachet's own (`cachet __run-action`) either bring their
+//! cachet binary in the input root (`./cachet`), or name the bare program
+//! `cachet` and ask for the platform property the worker always offers,
+//! `cachet=`[`protocol`](crate::remote_exec::protocol): the worker then
+//! runs its own binary, and the action uploads none.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,7 +46,8 @@ pub struct WorkerConfig {
     pub capacity: usize,
     pub work_dir: PathBuf,
     pub bot_id: String,
-    /// Platform properties the bot offers (`key=value`).
+    /// Platform properties the bot offers (`key=value`) besides
+    /// `cachet=PROTOCOL`, which it always does.
     pub properties: Vec<(String, String)>,
     /// The most the worker keeps of fetched blobs (`work_dir/blobs`).
     pub store_limit: u64,
@@ -55,6 +59,8 @@ struct Shared {
     store: Store,
     work_dir: PathBuf,
     bot_id: String,
+    /// This binary: what a command naming the bare program `cachet` runs.
+    own: Option<PathBuf>,
     /// Woken when a lease ends.
     finished: Notify,
     /// Leases ended and not yet reported, by id.
@@ -139,6 +145,13 @@ async fn serve(config: WorkerConfig) -> u8 {
         store,
         work_dir: config.work_dir.clone(),
         bot_id: config.bot_id.clone(),
+        // The child's /proc/self/exe is this process's binary until it
+        // execs: the worker's own cachet even after an upgrade replaced
+        // the file (whose protocol the worker did not offer).
+        own: Path::new("/proc/self/exe")
+            .exists()
+            .then(|| PathBuf::from("/proc/self/exe"))
+            .or_else(|| std::env::current_exe().ok()),
         finished: Notify::new(),
         ends: Default::default(),
     });
@@ -148,19 +161,27 @@ async fn serve(config: WorkerConfig) -> u8 {
             bot_id: config.bot_id.clone(),
             status: BotStatus::Ok as i32,
             worker: Some(bots::Worker {
-                properties: config
-                    .properties
-                    .iter()
-                    .map(|(k, v)| Property {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                // The primary device's properties are what a scheduler
+                // matches an action's platform against (BuildGrid reads
+                // no others).
+                devices: vec![bots::Device {
+                    handle: config.bot_id.clone(),
+                    properties: config
+                        .properties
+                        .iter()
+                        .cloned()
+                        .chain([(
+                            crate::remote_exec::PROPERTY.to_string(),
+                            crate::remote_exec::protocol(),
+                        )])
+                        .map(|(key, value)| Property { key, value })
+                        .collect(),
+                }],
                 configs: vec![Property {
                     key: "capacity".into(),
                     value: config.capacity.to_string(),
                 }],
-                devices: Vec::new(),
+                properties: Vec::new(),
             }),
             ..Default::default()
         };
@@ -184,10 +205,12 @@ async fn serve(config: WorkerConfig) -> u8 {
             warned = false;
         }
         eprintln!(
-            "cachet worker: {} serving {} (capacity {})",
+            "cachet worker: {} serving {} (capacity {}, offering {}={})",
             config.bot_id,
             conn.display(),
-            config.capacity
+            config.capacity,
+            crate::remote_exec::PROPERTY,
+            crate::remote_exec::protocol()
         );
         let mut held: BTreeMap<String, (Lease, Held)> = BTreeMap::new();
         start_new(&session.leases, &mut held, &shared);
@@ -455,6 +478,8 @@ async fn run_action(
     };
     let program = if program.contains('/') {
         cwd.join(program)
+    } else if let (crate::remote_exec::PROPERTY, Some(own)) = (program.as_str(), &shared.own) {
+        own.clone()
     } else {
         PathBuf::from(program)
     };

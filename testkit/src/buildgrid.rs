@@ -27,6 +27,15 @@ pub struct BuildGrid {
     pub token: Option<String>,
 }
 
+/// What a grid serves beyond plain gRPC.
+#[derive(Default)]
+struct Setup {
+    tls: bool,
+    auth: bool,
+    /// No platform property `cachet` in the scheduler's property set.
+    unregistered: bool,
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,27 +89,59 @@ fn bgd() -> PathBuf {
 
 impl BuildGrid {
     /// PostgreSQL, migrated, and BuildGrid serving action cache, CAS,
-    /// ByteStream, Execution and Bots on `grpc://127.0.0.1:PORT`.
+    /// ByteStream, Execution and Bots on `grpc://127.0.0.1:PORT`; its
+    /// scheduler matches actions to bots by the platform property
+    /// `cachet` (as the README's example farm does).
     /// `keepalive`: how long the server waits to hear from a bot before it
     /// takes the bot's leases back and queues them again.
     pub fn start(keepalive: Duration) -> BuildGrid {
-        BuildGrid::start_with(keepalive, false, false)
+        BuildGrid::start_with(keepalive, Setup::default())
+    }
+
+    /// As [`Self::start`], with a scheduler that knows no property
+    /// `cachet` (it refuses actions asking for one).
+    pub fn start_without_cachet_property(keepalive: Duration) -> BuildGrid {
+        BuildGrid::start_with(
+            keepalive,
+            Setup {
+                unregistered: true,
+                ..Setup::default()
+            },
+        )
     }
 
     /// As [`Self::start`], serving TLS with a CA made here, and taking
     /// only requests with a bearer token ([`Self::token`]: a JWT signed
     /// with a secret made here, as BuildGrid's `jwt` method checks).
     pub fn start_secured(keepalive: Duration) -> BuildGrid {
-        BuildGrid::start_with(keepalive, true, true)
+        BuildGrid::start_with(
+            keepalive,
+            Setup {
+                tls: true,
+                auth: true,
+                ..Setup::default()
+            },
+        )
     }
 
     /// As [`Self::start`], serving TLS (`grpcs://`) with a certificate for
     /// 127.0.0.1 signed by a CA made here ([`Self::ca`]).
     pub fn start_tls(keepalive: Duration) -> BuildGrid {
-        BuildGrid::start_with(keepalive, true, false)
+        BuildGrid::start_with(
+            keepalive,
+            Setup {
+                tls: true,
+                ..Setup::default()
+            },
+        )
     }
 
-    fn start_with(keepalive: Duration, tls: bool, auth: bool) -> BuildGrid {
+    fn start_with(keepalive: Duration, setup: Setup) -> BuildGrid {
+        let Setup {
+            tls,
+            auth,
+            unregistered,
+        } = setup;
         let dir = tempfile::tempdir().unwrap();
         let pgdata = dir.path().join("pg");
         std::fs::create_dir(&pgdata).unwrap();
@@ -210,6 +251,7 @@ impl BuildGrid {
                 keepalive,
                 credentials.as_ref(),
                 secret.as_deref(),
+                !unregistered,
             ),
         )
         .unwrap();
@@ -418,7 +460,13 @@ fn config_yaml(
     keepalive: Duration,
     tls: Option<&(PathBuf, PathBuf)>,
     secret: Option<&Path>,
+    cachet_key: bool,
 ) -> String {
+    let properties = if cachet_key {
+        "    property-set: !dynamic-property-set { match-property-keys: [cachet] }\n"
+    } else {
+        ""
+    };
     let authorization = match secret {
         None => "  method: none\n".to_string(),
         Some(path) => format!(
@@ -459,7 +507,7 @@ schedulers:
     sql: *sql
     action-cache: *main-action
     storage: *main-storage
-    bot-session-keepalive-timeout: {keepalive}
+{properties}    bot-session-keepalive-timeout: {keepalive}
     max-execution-timeout: 7200
     assigners:
       - !priority-age-assigner

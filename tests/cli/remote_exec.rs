@@ -56,7 +56,7 @@ async fn submit(
     let mut blobs = tree.blobs;
     blobs.extend([command, action]);
     cas.upload(&blobs).await.unwrap();
-    Executor::new(conn).execute(digest, true, &|_| {}).await
+    Executor::new(conn).execute(digest, true, &|_, _| {}).await
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -378,6 +378,124 @@ fn misses_run_on_buildgrid_and_are_cached_here_exactly() {
 }
 
 #[test]
+fn workers_own_cachet_serves_actions_that_carry_none() {
+    // No worker yet: the run says once what it waits for, and waits.
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    let p = Project::new();
+    let mut child = p.spawn(&grid.url, &["--remote-cachet", "installed"]);
+    let stderr = child.stderr.take().unwrap();
+    let (lines, heard) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            let _ = lines.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let protocol = cachet::remote_exec::protocol();
+    let start = Instant::now();
+    loop {
+        let line = heard
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the run says it waits for a worker");
+        if line.contains("still waiting") {
+            assert!(line.contains("no worker has started"), "{line}");
+            assert!(line.contains(&format!("cachet={protocol}")), "{line}");
+            break;
+        }
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    // A worker comes: it offers the property, runs its own cachet, and the
+    // run ends as a local one would, nothing of cachet uploaded.
+    grid.add_worker(&cachet_bin(), 2);
+    let o = finish(child);
+    let err = reader.join().unwrap();
+    let here = Project::new().test(&[]);
+    assert_eq!(o.status.code(), here.status.code(), "{err}");
+    assert_eq!(verdicts(&o), verdicts(&here), "{err}");
+    let summary =
+        regex::Regex::new(r": (\d+) of (\d+) runs remote in \d+ actions, ([\d.]+) MiB uploaded")
+            .unwrap();
+    let c = summary.captures(&err).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(c[1], c[2], "every run went to the farm: {err}");
+    let uploaded = c[3].parse::<f64>().unwrap() * (1 << 20) as f64;
+    let binary = std::fs::metadata(cachet_bin()).unwrap().len() as f64;
+    assert!(
+        uploaded < binary / 10.0,
+        "{uploaded} of a {binary} B cachet: {err}"
+    );
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(
+        grid.worker_log(0)
+            .contains(&format!("offering cachet={protocol}")),
+        "{}",
+        grid.worker_log(0)
+    );
+    let again = p.test(&[]);
+    assert!(ran(&crate::stdout(&again)).is_empty(), "cached");
+
+    // A farm whose scheduler does not know the property refuses the
+    // action: one warning says what to register, and the run goes on here.
+    let plain = BuildGrid::start_without_cachet_property(Duration::from_secs(10));
+    let p = Project::new();
+    let o = p.test(&[
+        "--remote-executor",
+        &plain.url,
+        "--remote-cachet",
+        "installed",
+    ]);
+    let err = crate::stderr(&o);
+    assert_eq!(o.status.code(), here.status.code(), "{err}");
+    assert_eq!(verdicts(&o), verdicts(&here), "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains("FailedPrecondition"), "{err}");
+    assert!(
+        err.contains("register the platform property `cachet`"),
+        "{err}"
+    );
+    assert!(err.contains("running the rest locally"), "{err}");
+}
+
+/// `(runs remote, runs, actions)` from a run's summary line.
+fn farm_summary(err: &str) -> (usize, usize, usize) {
+    let re = regex::Regex::new(r": (\d+) of (\d+) runs remote in (\d+) actions").unwrap();
+    let c = re.captures(err).unwrap_or_else(|| panic!("{err}"));
+    let n = |i: usize| c[i].parse::<usize>().unwrap();
+    (n(1), n(2), n(3))
+}
+
+#[test]
+fn a_modules_time_on_the_farm_sizes_its_first_batches_next_run() {
+    let mut grid = BuildGrid::start(Duration::from_secs(10));
+    grid.add_worker(&cachet_bin(), 4);
+    let p = Project::of(&[("suite_many", "many.wasm")]);
+    // First time: the module's runs are untimed, 8 to an action at most.
+    let first = finish(p.spawn(&grid.url, &[]));
+    let err = crate::stderr(&first);
+    assert_eq!(first.status.code(), Some(0), "{err}");
+    let (remote, runs, actions) = farm_summary(&err);
+    assert_eq!((remote, runs), (40, 40), "{err}");
+    assert!(actions >= 5, "{err}");
+    // Next time (no results kept: --count 1), the cache's record of their
+    // time on the farm makes the first batches a second's work: fewer
+    // actions than batches of 8 could carry the 40 runs in.
+    let again = p.test(&["--remote-executor", &grid.url, "--count", "1"]);
+    let err2 = crate::stderr(&again);
+    assert_eq!(again.status.code(), Some(0), "{err2}");
+    let (remote2, runs2, actions2) = farm_summary(&err2);
+    assert_eq!((remote2, runs2), (40, 40), "{err2}");
+    assert!(actions2 < 40 / 8, "{err}\n{err2}");
+}
+
+#[test]
 fn an_unreachable_executor_warns_once_and_the_run_goes_on_locally() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -598,7 +716,15 @@ fn ctrl_c_cancels_the_farms_operations() {
             .unwrap();
         assert!(kill.success());
         let o = finish(child);
-        assert_eq!(o.status.code(), Some(130), "{}", crate::stderr(&o));
+        let err = crate::stderr(&o);
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        // Interrupted, not failed: a listing cut short is no setup error.
+        assert!(!err.contains("listing its tests"), "{err}");
+        assert!(
+            !crate::stdout(&o).contains("setup failed"),
+            "{}",
+            crate::stdout(&o)
+        );
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "{:?}",

@@ -14,7 +14,7 @@ pub use compile::CompileArgs;
 pub use exec::ExecArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
-pub use test::{FrameworkArg, IsolateArg, TestArgs, TestFlags, TierArg};
+pub use test::{FrameworkArg, IsolateArg, RemoteCachetArg, TestArgs, TestFlags, TierArg};
 pub use worker::WorkerArgs;
 
 use clap::{Parser, Subcommand};

@@ -95,6 +95,12 @@ pub struct TestFlags {
     /// 8 runs of one module travel in one action).
     #[arg(long, value_name = "N")]
     pub remote_jobs: Option<usize>,
+    /// How workers get cachet: upload (default: this binary travels with
+    /// the actions; a worker must be able to run it) or installed (only
+    /// workers offering the platform property `cachet`, as every `cachet
+    /// worker` does, take the actions; nothing is uploaded).
+    #[arg(long, value_enum, value_name = "HOW", env = "CACHET_REMOTE_CACHET")]
+    pub remote_cachet: Option<RemoteCachetArg>,
     /// Run only shard K of N: count:K/N (every Nth case in order) or hash:K/N (by case name).
     #[arg(long, value_name = "count:K/N|hash:K/N")]
     pub partition: Option<String>,
@@ -141,6 +147,13 @@ impl From<TierArg> for cachet_runtime::Tier {
             TierArg::Winch => cachet_runtime::Tier::Winch,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteCachetArg {
+    Upload,
+    Installed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -26,7 +26,9 @@ pub struct WorkerArgs {
     /// The bot's id (default: HOSTNAME-PID).
     #[arg(long, value_name = "ID")]
     pub bot_id: Option<String>,
-    /// A platform property the bot offers, KEY=VALUE (repeatable).
+    /// A platform property the bot offers, KEY=VALUE (repeatable), besides
+    /// `cachet=PROTOCOL`, which it always offers (for `cachet test
+    /// --remote-cachet installed`).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
 }

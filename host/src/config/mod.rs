@@ -21,7 +21,7 @@ pub use sandbox::{
     check_distinct, mount_name, normal_guest, parse_dir, parse_mount, ExtraMount, MountRules,
     SandboxConfig, DEV_MOUNT, GOROOT_MOUNT, GO_MODULE_MOUNT, NO_TIME_LIMIT, PACKAGE_MOUNT,
 };
-pub use test::{cores, Isolate, Layout, PackageOverride, TestConfig};
+pub use test::{cores, ExecutorConfig, Isolate, Layout, PackageOverride, TestConfig, WorkerCachet};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {

@@ -63,6 +63,7 @@ pub struct Settings {
     remote_executor: Option<String>,
     remote_instance: Option<String>,
     remote_jobs: Option<usize>,
+    remote_cachet: Option<crate::cli::RemoteCachetArg>,
     partition: Option<String>,
     junit: Option<String>,
     /// `-p`
@@ -239,6 +240,7 @@ impl Settings {
             remote_executor: self.remote_executor.or(base.remote_executor),
             remote_instance: self.remote_instance.or(base.remote_instance),
             remote_jobs: self.remote_jobs.or(base.remote_jobs),
+            remote_cachet: self.remote_cachet.or(base.remote_cachet),
             partition: self.partition.or(base.partition),
             junit: self.junit.or(base.junit),
             parallel: self.parallel.or(base.parallel),
@@ -290,6 +292,7 @@ impl Project {
             args.remote_instance.clone_from(&s.remote_instance);
         }
         args.remote_jobs = args.remote_jobs.or(s.remote_jobs);
+        args.remote_cachet = args.remote_cachet.or(s.remote_cachet);
         args.retries = args.retries.or(s.retries);
         args.parallel = args.parallel.or(s.parallel);
         args.fail_flaky |= s.fail_flaky.unwrap_or(false);

@@ -82,8 +82,9 @@ pub struct TestConfig {
     pub layout: Layout,
     /// `--remote-cache`: shared results.
     pub remote: Option<crate::cache::RemoteConfig>,
-    /// `--remote-executor`: where misses run, and how many at once.
-    pub executor: Option<(crate::reapi::Endpoint, usize)>,
+    /// `--remote-executor`: where misses run, how many at once, and how
+    /// the workers get cachet.
+    pub executor: Option<ExecutorConfig>,
     /// `--partition`: only this shard's cases.
     pub partition: Option<Partition>,
     /// `--junit FILE`.
@@ -94,6 +95,35 @@ pub struct TestConfig {
     pub fail_flaky: bool,
     /// Per-package settings from `cachet.toml`, in order (later wins).
     pub overrides: Vec<PackageOverride>,
+}
+
+/// `--remote-executor`, `--remote-jobs`, `--remote-cachet`.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub endpoint: crate::reapi::Endpoint,
+    /// Runs in flight at once.
+    pub jobs: usize,
+    pub cachet: WorkerCachet,
+}
+
+/// How an action's worker gets cachet (`--remote-cachet`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WorkerCachet {
+    /// This binary is part of every action's input root (uploaded once).
+    #[default]
+    Upload,
+    /// The worker's own: only workers offering the platform property
+    /// `cachet=PROTOCOL` take the action, and nothing of cachet is uploaded.
+    Installed,
+}
+
+impl From<crate::cli::RemoteCachetArg> for WorkerCachet {
+    fn from(c: crate::cli::RemoteCachetArg) -> Self {
+        match c {
+            crate::cli::RemoteCachetArg::Upload => WorkerCachet::Upload,
+            crate::cli::RemoteCachetArg::Installed => WorkerCachet::Installed,
+        }
+    }
 }
 
 /// Runs in flight on a remote executor: a farm's worth, not this
@@ -167,7 +197,13 @@ impl TestConfig {
                 if jobs == 0 {
                     return Err(ConfigError::RemoteJobs);
                 }
-                Some((endpoint, jobs))
+                Some(ExecutorConfig {
+                    endpoint,
+                    jobs,
+                    cachet: flags
+                        .remote_cachet
+                        .map_or_else(Default::default, Into::into),
+                })
             }
         };
         let partition = flags

@@ -19,6 +19,17 @@ const MAX_MESSAGE: usize = 64 << 20;
 const MAX_WAITS: usize = 5;
 
 const EXECUTE_RESPONSE: &str = "build.bazel.remote.execution.v2.ExecuteResponse";
+const EXECUTE_METADATA: &str = "build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+
+/// Where an operation is, as far as the server said (in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Not said, or still looked up in the action cache.
+    Unknown,
+    Queued,
+    Executing,
+    Completed,
+}
 
 /// Why an execution gave no result.
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +59,13 @@ impl Executor {
     }
 
     /// Runs the action (uploaded before) and waits for its result;
-    /// `on_name` hears the operation's name as soon as it is known (to
-    /// cancel it).
+    /// `on_update` hears the operation's name (to cancel it) and stage
+    /// with each update the server sends.
     pub async fn execute(
         &self,
         action: re::Digest,
         skip_cache: bool,
-        on_name: &(dyn Fn(&str) + Send + Sync),
+        on_update: &(dyn Fn(&str, Stage) + Send + Sync),
     ) -> Result<re::ExecuteResponse, ExecError> {
         let mut client =
             ExecutionClient::new(self.conn.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
@@ -82,7 +93,9 @@ impl Executor {
                 Ok(Some(op)) => {
                     if name.is_empty() && !op.name.is_empty() {
                         name = op.name.clone();
-                        on_name(&name);
+                    }
+                    if !name.is_empty() {
+                        on_update(&name, stage(&op));
                     }
                     if op.done {
                         return done(op);
@@ -134,6 +147,24 @@ fn unavailable_or_failed(s: tonic::Status) -> ExecError {
         ExecError::Unavailable(format!("{:?}: {}", s.code(), s.message()))
     } else {
         ExecError::Failed(s)
+    }
+}
+
+/// The stage an operation's metadata names.
+fn stage(op: &longrunning::Operation) -> Stage {
+    use re::execution_stage::Value;
+    let Some(m) = op
+        .metadata
+        .as_ref()
+        .and_then(|any| super::bots::unpack::<re::ExecuteOperationMetadata>(EXECUTE_METADATA, any))
+    else {
+        return Stage::Unknown;
+    };
+    match Value::try_from(m.stage) {
+        Ok(Value::Queued) => Stage::Queued,
+        Ok(Value::Executing) => Stage::Executing,
+        Ok(Value::Completed) => Stage::Completed,
+        _ => Stage::Unknown,
     }
 }
 
