@@ -332,10 +332,10 @@ impl RemoteExecutor {
                 "with --remote-cachet installed, a worker must offer the platform property {PROPERTY}={}, as `cachet worker` of a compatible version does",
                 protocol()
             ),
-            WorkerCachet::Upload => format!(
-                "is a worker serving instance {:?}?",
-                self.conn.instance
-            ),
+            WorkerCachet::Upload => match self.conn.instance.as_str() {
+                "" => "is a worker serving the server's default instance?".to_string(),
+                name => format!("is a worker serving instance {name:?}?"),
+            },
         };
         Some(format!(
             "remote executor {}: no worker has started this run's actions in {} s; still waiting ({hint})",
