@@ -79,6 +79,9 @@ const REMOTE_TIMINGS: &str = "\0remote-execution";
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// The platform property naming the cachet protocol a worker speaks.
 pub const PROPERTY: &str = "cachet";
+/// The program an action names for the worker's own cachet (a bare name:
+/// `cachet worker` runs itself; another worker finds it on its PATH).
+pub const PROGRAM: &str = "cachet";
 /// How long the run waits for a worker to start any of its actions
 /// before it says it is still waiting (a farm with no worker that takes
 /// them queues them for ever).
@@ -177,12 +180,16 @@ struct BatchKey {
     mounts: Vec<PathBuf>,
 }
 
-/// A run waiting in a batch: its policy as data, its time and output
-/// limits, and where its outcome goes.
-struct Queued {
+/// A run of a batch: its policy as data, its time and output limits.
+struct BatchRun {
     spec: PolicySpec,
     timeout: Duration,
     output_limit: usize,
+}
+
+/// A run waiting in a batch, and where its outcome goes.
+struct Queued {
+    run: BatchRun,
     done: std::sync::mpsc::SyncSender<Result<RunOutcome, Fallback>>,
 }
 
@@ -216,8 +223,9 @@ pub struct RemoteExecutor {
     open: Mutex<HashMap<BatchKey, Arc<Open>>>,
     /// Actions in flight at once: `--remote-jobs` / [`FIRST_BATCH`].
     in_flight: tokio::sync::Semaphore,
-    /// Per module: runs timed on the farm, and their summed time.
-    timing: Mutex<HashMap<PathBuf, (u32, Duration)>>,
+    /// Per module (by digest, as the cache keeps it): runs timed on the
+    /// farm in this cachet run, and their summed time.
+    timing: Mutex<HashMap<cachet_runtime::ModuleDigest, (u32, Duration)>>,
     /// When the first action was sent, and whether a worker has started
     /// one since (for [`Self::stalled`]).
     first_sent: std::sync::OnceLock<Instant>,
@@ -360,9 +368,11 @@ impl RemoteExecutor {
             mounts: policy.mounts().iter().map(|m| m.host.clone()).collect(),
         };
         let run = Queued {
-            spec: policy.spec(|i, _| mount_dir(i)),
-            timeout: policy.timeout_duration(),
-            output_limit: policy.output_limit_bytes(),
+            run: BatchRun {
+                spec: policy.spec(|i, _| mount_dir(i)),
+                timeout: policy.timeout_duration(),
+                output_limit: policy.output_limit_bytes(),
+            },
             done,
         };
         if let Some(batch) = self.join(&key, run) {
@@ -428,7 +438,7 @@ impl RemoteExecutor {
     /// them once its runs were timed on the farm (in this cachet run, or
     /// the last one), [`FIRST_BATCH`] until then.
     fn batch_limit(&self, key: &BatchKey) -> usize {
-        let each = match self.timing.lock().expect("timing").get(&key.module) {
+        let each = match self.timing.lock().expect("timing").get(&key.digest) {
             Some(&(n, total)) if n > 0 => Some(total / n),
             _ => self
                 .timings
@@ -458,15 +468,12 @@ impl RemoteExecutor {
 
     /// Sends a batch as one action; each run hears its own outcome.
     async fn send(&self, key: &BatchKey, runs: Vec<Queued>, config: &TestConfig) {
-        let (runs, done): (Vec<_>, Vec<_>) = runs
-            .into_iter()
-            .map(|q| ((q.spec, q.timeout, q.output_limit), q.done))
-            .unzip();
+        let (runs, done): (Vec<_>, Vec<_>) = runs.into_iter().map(|q| (q.run, q.done)).unzip();
         match self.execute(key, &runs, config).await {
             Ok(outcomes) => {
                 let (n, total) = {
                     let mut timing = self.timing.lock().expect("timing");
-                    let t = timing.entry(key.module.clone()).or_default();
+                    let t = timing.entry(key.digest).or_default();
                     for o in outcomes.iter().flatten() {
                         t.0 += 1;
                         t.1 += o.elapsed;
@@ -495,7 +502,7 @@ impl RemoteExecutor {
     async fn execute(
         &self,
         key: &BatchKey,
-        runs: &[(PolicySpec, Duration, usize)],
+        runs: &[BatchRun],
         config: &TestConfig,
     ) -> Result<Vec<Result<RunOutcome, Fallback>>, Fallback> {
         let started = Instant::now();
@@ -583,7 +590,7 @@ impl RemoteExecutor {
     async fn action(
         &self,
         key: &BatchKey,
-        runs: &[(PolicySpec, Duration, usize)],
+        runs: &[BatchRun],
         config: &TestConfig,
         cas: &Cas,
     ) -> Result<(Blob, Vec<Blob>), Fallback> {
@@ -597,10 +604,8 @@ impl RemoteExecutor {
                 tree.add_blob("cachet", digest, exe, true);
                 ("./cachet", None)
             }
-            // A bare name: the worker's own cachet (`cachet worker` runs
-            // itself; another worker finds it on its PATH).
             WorkerCachet::Installed => (
-                "cachet",
+                PROGRAM,
                 Some(re::Platform {
                     properties: vec![re::platform::Property {
                         name: PROPERTY.into(),
@@ -618,7 +623,7 @@ impl RemoteExecutor {
         let manifest = Manifest {
             version: WIRE_VERSION,
             module: MODULE.into(),
-            runs: runs.iter().map(|r| r.0.clone()).collect(),
+            runs: runs.iter().map(|r| r.spec.clone()).collect(),
             tier: config.tier,
             stack: config.sandbox.stack,
             compile_timeout: config.compile_timeout,
@@ -648,7 +653,7 @@ impl RemoteExecutor {
         let timeout = runs
             .iter()
             .try_fold(config.compile_timeout + ACTION_SLACK, |sum, r| {
-                sum.checked_add(r.1)
+                sum.checked_add(r.timeout)
             })
             .filter(|t| *t < MAX_ACTION_TIMEOUT);
         let action = re::Action {
@@ -732,7 +737,7 @@ impl RemoteExecutor {
         &self,
         cas: &Cas,
         response: re::ExecuteResponse,
-        runs: &[(PolicySpec, Duration, usize)],
+        runs: &[BatchRun],
     ) -> Result<Vec<Result<RunOutcome, Fallback>>, Fallback> {
         let bad = |why: String| self.give_up(why);
         let Some(result) = response.result else {
@@ -776,7 +781,7 @@ impl RemoteExecutor {
             }
         };
         let mut outcomes = Vec::with_capacity(runs.len());
-        for (i, (_, _, output_limit)) in runs.iter().enumerate() {
+        for (i, run) in runs.iter().enumerate() {
             let Some(outcome) = file(i, OUTCOME) else {
                 return Err(bad(format!("the result lacks run {i}'s outcome")));
             };
@@ -786,7 +791,7 @@ impl RemoteExecutor {
                 .map_err(|e| bad(format!("the outcome is malformed: {e}")))?;
             let output = match file(i, OUTPUT) {
                 Some(d) => {
-                    limit(&d, *output_limit as i64 + (1 << 20))?;
+                    limit(&d, run.output_limit as i64 + (1 << 20))?;
                     cas.read(&d).await.map_err(|e| bad(e.to_string()))?
                 }
                 None => Vec::new(),

@@ -122,7 +122,7 @@ pub fn run(
         }
     });
     let executor = remote.clone();
-    let farm = remote.clone();
+    let farm = executor.as_deref();
     let ctx = Arc::new(Ctx {
         remote,
         runtime,
@@ -170,7 +170,7 @@ pub fn run(
             }
         }
         driver.await.expect("the scheduler does not panic");
-        if let Some(r) = &farm {
+        if let Some(r) = farm {
             r.cancelled().await;
         }
         if let Some(runtime) = finish {
@@ -956,8 +956,6 @@ async fn on_guest<T: Send + 'static>(
     rx.await.map_err(|_| SetupError::Panic)
 }
 
-/// Lists every module of a package: cached listings in one blocking task,
-/// the rest by running the modules on guest threads.
 /// A module's listing: cached, under way on a farm, or to run here.
 enum Listed {
     Cached(Listing),
@@ -965,6 +963,9 @@ enum Listed {
     Here(Arc<Artifact>, Arc<Policy>),
 }
 
+/// Lists every module of a package: cached listings in one blocking task,
+/// those a farm takes at once on blocking threads, the rest by running the
+/// modules on guest threads.
 async fn list_package(
     ctx: Arc<Ctx>,
     tx: Tx,

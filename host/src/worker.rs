@@ -478,7 +478,7 @@ async fn run_action(
     };
     let program = if program.contains('/') {
         cwd.join(program)
-    } else if let (crate::remote_exec::PROPERTY, Some(own)) = (program.as_str(), &shared.own) {
+    } else if let (crate::remote_exec::PROGRAM, Some(own)) = (program.as_str(), &shared.own) {
         own.clone()
     } else {
         PathBuf::from(program)
