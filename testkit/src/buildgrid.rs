@@ -220,14 +220,9 @@ impl BuildGrid {
             "createdb: {}",
             String::from_utf8_lossy(&created.stderr)
         );
-        let migrated = Command::new(bgd())
-            .args(["migrate", "apply", &db])
-            .output()
-            .unwrap();
-        assert!(
-            migrated.status.success(),
-            "bgd migrate: {}",
-            String::from_utf8_lossy(&migrated.stderr)
+        succeeded(
+            "bgd migrate",
+            Command::new(bgd()).args(["migrate", "apply", &db]),
         );
         let port = free_port();
         let config = grid.dir.path().join("bgd.yml");
@@ -332,18 +327,13 @@ impl BuildGrid {
 /// day, made by PyJWT of BuildGrid's own environment.
 fn jwt(secret: &str) -> String {
     let python = repo_root().join(".tools/buildgrid-venv/bin/python3");
-    let out = Command::new(python)
-        .args([
+    let out = succeeded(
+        "PyJWT",
+        Command::new(python).args([
             "-c",
             "import jwt, sys, time; print(jwt.encode({'sub': 'cachet-test', 'exp': int(time.time()) + 86400}, sys.argv[1], algorithm='HS256'))",
             secret,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
@@ -352,15 +342,9 @@ fn jwt(secret: &str) -> String {
 /// (`server.pem`, `server.key`) in `dir`, made with openssl.
 fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeeded(
+            &format!("openssl {args:?}"),
+            Command::new("openssl").current_dir(dir).args(args),
         );
     };
     let key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"];
@@ -418,6 +402,19 @@ fn make_certificates(dir: &Path) {
         "-extfile",
         "server.ext",
     ]);
+}
+
+/// Runs `cmd` to its end; it must succeed (else its stderr is the panic).
+fn succeeded(what: &str, cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// SIGTERM (or `signal`), then SIGKILL after 5 s.
