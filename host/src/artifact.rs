@@ -150,6 +150,14 @@ impl Artifact {
             .clone()
     }
 
+    /// The module's bytes: kept, or read again (and checked).
+    pub fn bytes(&self) -> Result<Vec<u8>, ArtifactError> {
+        match &self.bytes {
+            Some(b) => Ok(b.clone()),
+            None => self.read_again(),
+        }
+    }
+
     /// The bytes of the module, read again to compile it and checked against
     /// its digest: a file replaced since is an error, not another module's
     /// run. (With a cache, identifying reads into a reused buffer and keeps

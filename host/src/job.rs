@@ -151,8 +151,23 @@ pub fn runtime_for(config: &TestConfig, uninterruptible: bool) -> LazyRuntime {
         tier: config.tier,
         shared_compiled: None,
         compiled_memo: None,
+        // Long runs' time limit is the child's kill (`run_local`).
+        run_apart: std::env::current_exe()
+            .ok()
+            .filter(|_| config.runs_apart)
+            .map(|program| cachet_runtime::RunGuard {
+                program,
+                args: vec!["__run-apart".into()],
+            }),
     })
 }
+
+/// A run expected to last this long or longer runs apart, in a child
+/// process whose time limit is a kill (`Runtime::run_apart`): its code has
+/// no epoch checks, which cost up to a third of a long run's time
+/// (docs/BENCHMARKS.md), and the child's start (a process, an engine, the
+/// module mapped from the cache) costs about 20-25 ms here.
+const LONG_RUN: Duration = Duration::from_secs(1);
 
 /// What a job runs with.
 pub struct Env<'a> {
@@ -223,10 +238,13 @@ pub fn list_module(
             None => {
                 let runtime = env.runtime.get()?;
                 let module = m.module(runtime)?;
-                runtime.run(&module, &p).map_err(|e| SetupError::Run {
-                    file: file.clone(),
-                    error: Arc::new(e),
-                })?
+                // Its cases' runs ask for Cranelift's code, if any runs here.
+                runtime
+                    .run_alone(&module, &p)
+                    .map_err(|e| SetupError::Run {
+                        file: file.clone(),
+                        error: Arc::new(e),
+                    })?
             }
         };
         if !outcome.status.passed() {
@@ -667,9 +685,21 @@ fn on_farm(env: &Env, module: &Artifact, policy: &Policy) -> Option<RunOutcome> 
     }
 }
 
-/// Runs the job's policy in this machine's sandbox.
+/// Runs the job's policy in this machine's sandbox: apart when it is
+/// expected to be long ([`LONG_RUN`]: it took that long last time, or, not
+/// timed yet, its cases share one instance), else here.
 fn run_local(env: &Env, job: &Job, policy: &Policy) -> Result<RunOutcome, SetupError> {
     let runtime = env.runtime.get()?;
+    let took = env
+        .facts
+        .and_then(|f| f.last_time(&job.package, &crate::plan::case_key(job)));
+    if took.map_or(job.cases.len() > 1, |took| took >= LONG_RUN) {
+        let m = &job.module;
+        let bytes = || m.bytes().ok();
+        if let Some(outcome) = runtime.run_apart(m.digest, m.wasi, &bytes, policy) {
+            return Ok(outcome);
+        }
+    }
     let module = job.module.module(runtime)?;
     if job.cases.len() > 1 {
         // Many cases in one instance: a long run, for Cranelift's code.

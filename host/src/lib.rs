@@ -88,6 +88,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Inputs(args) => inputs::run(args, home::open_cache()),
         Command::Clean(args) => home::clean(args.results),
         Command::RunAction { manifest } => remote_exec::run_action(&manifest),
+        Command::RunApart { dir } => cachet_runtime::run_child(&dir),
         Command::Worker(args) => match worker_config(args) {
             Ok(config) => worker::run(config),
             Err(e) => {
@@ -250,6 +251,10 @@ fn test(config: TestConfig) -> u8 {
         println!(
             "cachet: explain: modules: {} compiled by Cranelift ({} after starting on Winch), {} by Winch, {} from the local cache, {} from the remote cache",
             s.compiled, s.upgraded, s.winch, s.loaded_from_disk, s.fetched
+        );
+        println!(
+            "cachet: explain: long runs apart: {} (child processes on code without time checks)",
+            s.apart
         );
     }
     if let Some((path, j)) = junit {

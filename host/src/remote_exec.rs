@@ -977,6 +977,7 @@ fn try_run_action(manifest: &Path) -> Result<bool, ActionError> {
         tier: m.tier,
         shared_compiled: None,
         compiled_memo: None,
+        run_apart: None,
     })
     .map_err(|e| e.to_string())?;
     let module_path = root.join(&m.module);

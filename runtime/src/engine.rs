@@ -16,13 +16,17 @@
 //! - Tiers (`Tier::Auto`): a module with no compiled code starts at once on
 //!   Winch, wasmtime's baseline compiler (6-7x faster to compile, code about
 //!   2x slower), while Cranelift compiles it in the background, one module
-//!   at a time in a child process; later runs use Cranelift's code, and a run
+//!   at a time in a child process, from its first run on (a listing alone,
+//!   `Runtime::run_alone`, does not ask for it); later runs use Cranelift's code, and a run
 //!   still going on Winch when it is ready starts over on it (`run.rs`).
 //!   Only Cranelift's code is kept on disk, and only for modules whose runs
 //!   lasted until it was ready: a background compile still going when the
 //!   runtime goes away is stopped (a module whose runs all end sooner is
 //!   cheaper to compile with Winch again). A module Winch cannot compile
 //!   (tail calls, exceptions, GC) goes straight to Cranelift.
+//! - A long run can go apart (`apart.rs`): Cranelift's code without epoch
+//!   checks, kept under its own key (`Runtime::prepare_unchecked`), runs in
+//!   a child process killed at the deadline.
 //! - Each module's `InstancePre` (imports resolved once) is reused by every run.
 //! - Guests run on threads whose stacks hold the wasm stack (`guest_thread.rs`).
 
@@ -113,6 +117,8 @@ pub(crate) struct ModuleInner {
     pub upgraded: OnceLock<Pre>,
     /// Its Cranelift compile is queued or running.
     pub upgrading: AtomicBool,
+    /// Its Cranelift compile, until a run asks for it ([`Runtime::tier_up`]).
+    pub tier_up: Mutex<Option<Upgrade>>,
 }
 
 impl ModuleInner {
@@ -196,6 +202,8 @@ pub struct LoadStats {
     pub upgraded: u64,
     /// Cranelift's code from the shared store ([`CompiledStore`]).
     pub fetched: u64,
+    /// Runs that went apart, to a child process ([`Runtime::run_apart`]).
+    pub apart: u64,
 }
 
 /// Cranelift's compiled files shared beyond this machine (the host's remote
@@ -246,6 +254,9 @@ pub struct RuntimeConfig {
     /// of an uncached run of 2,000 trivial cases. Not the memo of the runs'
     /// input digests: a key is not the file's content digest.
     pub compiled_memo: Option<SharedMemo>,
+    /// Run long runs apart, in a child process whose time limit is a kill
+    /// (`apart.rs`); `None` runs every run here.
+    pub run_apart: Option<RunGuard>,
 }
 
 /// How to compile a module in a child process: `program args... IN OUT KEY
@@ -258,6 +269,14 @@ pub struct CompileGuard {
     pub args: Vec<OsString>,
     pub timeout: Duration,
     pub memory: u64,
+}
+
+/// How to run a long run apart (`apart.rs`): `program args... DIR` must
+/// call [`crate::run_child`].
+#[derive(Clone, Debug)]
+pub struct RunGuard {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
 }
 
 /// A compile may take this long by default. The largest test binaries seen
@@ -285,16 +304,17 @@ pub(crate) struct Shared {
 pub struct Runtime {
     pub(crate) shared: Arc<Shared>,
     pub(crate) threads: GuestThreads,
-    compilers: Arc<Compilers>,
+    pub(crate) compilers: Arc<Compilers>,
     tier: Tier,
     modules: Mutex<HashMap<ModuleDigest, Module>>,
     background: Background,
     stop_ticker: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
+    pub(crate) run_guard: Option<RunGuard>,
 }
 
 /// What compiling needs, shared with the background compiles.
-struct Compilers {
+pub(crate) struct Compilers {
     shared: Arc<Shared>,
     linker: Linkers,
     compiled_cache: Option<PathBuf>,
@@ -309,6 +329,11 @@ struct Compilers {
     upgraded: AtomicU64,
     /// Set when the runtime goes away: background compiles stop.
     cancel: AtomicBool,
+    /// Runs that went apart (`apart.rs`).
+    pub(crate) apart: AtomicU64,
+    /// Cranelift's engine without epoch checks, for the code of runs apart
+    /// (`apart.rs`): its fingerprint keys that code. Made on first use.
+    unchecked: OnceLock<Result<Engine, String>>,
 }
 
 /// Cranelift compiles of modules that started on Winch, one at a time on a
@@ -324,19 +349,18 @@ struct Background {
 
 #[derive(Default)]
 struct BackgroundQueue {
-    jobs: std::collections::VecDeque<Upgrade>,
+    jobs: std::collections::VecDeque<(Upgrade, Arc<ModuleInner>)>,
     /// Jobs queued or compiling.
     pending: usize,
     closed: bool,
 }
 
-/// A module to compile with Cranelift and switch to.
-struct Upgrade {
+/// A module's Cranelift compile, to switch its runs to.
+pub(crate) struct Upgrade {
     bytes: Arc<[u8]>,
     wasi: Wasi,
     key: Sha256Digest,
     cached: Option<PathBuf>,
-    inner: Arc<ModuleInner>,
 }
 
 /// The engine settings of every run, and of the compile child (which needs
@@ -440,12 +464,15 @@ impl Runtime {
                 winch: AtomicU64::new(0),
                 upgraded: AtomicU64::new(0),
                 cancel: AtomicBool::new(false),
+                apart: AtomicU64::new(0),
+                unchecked: OnceLock::new(),
             }),
             tier,
             modules: Mutex::default(),
             background: Background::default(),
             stop_ticker,
             ticker,
+            run_guard: config.run_apart,
         })
     }
 
@@ -495,7 +522,13 @@ impl Runtime {
             winch: c.winch.load(Ordering::Relaxed),
             upgraded: c.upgraded.load(Ordering::Relaxed),
             fetched: c.fetched.load(Ordering::Relaxed),
+            apart: c.apart.load(Ordering::Relaxed),
         }
+    }
+
+    /// Where compiled modules are kept, if anywhere.
+    pub(crate) fn compiled_cache(&self) -> Option<&Path> {
+        self.compilers.compiled_cache.as_deref()
     }
 
     /// Reads and loads a module file.
@@ -569,12 +602,11 @@ impl Runtime {
         };
         let (module, inner) = self.keep(digest, module, compiler)?;
         if let Some(inner) = inner.filter(|_| compiler == Compiler::Winch && tier == Tier::Auto) {
-            self.upgrade_later(Upgrade {
+            *inner.tier_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Upgrade {
                 bytes: Arc::from(bytes),
                 wasi,
                 key,
                 cached,
-                inner,
             });
         }
         Ok(module)
@@ -598,6 +630,79 @@ impl Runtime {
         self.keep(digest, module, Compiler::Cranelift)
             .ok()
             .map(|(m, _)| m)
+    }
+
+    /// Makes sure the compiled-module cache holds Cranelift's code for
+    /// `digest` without epoch checks, for a run apart (`apart.rs`): there
+    /// already, fetched from the shared store, or compiled from `bytes`
+    /// (under the compile limits). Counted as any other load.
+    pub(crate) fn prepare_unchecked(
+        &self,
+        digest: ModuleDigest,
+        bytes: &dyn Fn() -> Option<Vec<u8>>,
+    ) -> Result<(), LoadError> {
+        let c = &self.compilers;
+        let engine = c
+            .unchecked
+            .get_or_init(|| {
+                let config =
+                    engine_config(c.shared.max_wasm_stack, false, false, Compiler::Cranelift);
+                Engine::new(&config).map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| LoadError::Compile(e.clone()))?;
+        let key = c.cache_key(engine, &digest);
+        let no_cache = || LoadError::Compile("no compiled-module cache".into());
+        let path = c.cached_path(&key).ok_or_else(no_cache)?;
+        if std::fs::File::open(&path).is_ok_and(|f| compiled_file_holds(&f, &key)) {
+            touch(&path);
+            c.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if let Some(file) = c.shared_compiled.as_ref().and_then(|s| s.0.fetch(&key)) {
+            if compiled_body(&file, &key).is_some() && write_atomically(&path, &file).is_ok() {
+                c.fetched.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        let bytes = bytes().ok_or_else(|| LoadError::Compile("cannot read the module".into()))?;
+        let wasi = check_header(&bytes)?;
+        match &c.compile {
+            Some(guard) => {
+                let (output, written) = c.compile_to_file(
+                    guard,
+                    &bytes,
+                    &key,
+                    Some(&path),
+                    Compiler::Cranelift,
+                    false,
+                )?;
+                if compiled_body(&written, &key).is_none() {
+                    return Err(LoadError::Compile(
+                        "the compiler process wrote a damaged file".into(),
+                    ));
+                }
+                output
+                    .persist(&path)
+                    .map_err(|e| LoadError::Compile(format!("{}: {}", path.display(), e.error)))?;
+            }
+            None => {
+                let m = Code::compile(engine, &bytes, wasi)
+                    .map_err(|e| LoadError::Compile(first_line(&e)))?;
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                store_compiled(&path, &key, &m)
+                    .map_err(|e| LoadError::Compile(format!("{}: {e}", path.display())))?;
+            }
+        }
+        c.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Some(shared) = &c.shared_compiled {
+            if let Ok(file) = std::fs::read(&path) {
+                shared.0.store(&key, file);
+            }
+        }
+        Ok(())
     }
 
     /// A module this runtime loaded before.
@@ -628,7 +733,8 @@ impl Runtime {
             pre,
             tier: compiler,
             upgraded: OnceLock::new(),
-            upgrading: AtomicBool::new(compiler == Compiler::Winch && self.tier == Tier::Auto),
+            upgrading: AtomicBool::new(false),
+            tier_up: Mutex::new(None),
         });
         let module = Module {
             inner: inner.clone(),
@@ -646,17 +752,32 @@ impl Runtime {
     /// cases in one instance), which on Winch's code would either run at
     /// half speed or start over, while taking CPU from the compile.
     pub fn settle(&self, module: &Module) {
+        self.tier_up(module);
         let inner = &module.inner;
         while inner.upgrading.load(Ordering::Acquire) && !self.interrupted() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Queues a Cranelift compile of a module running on Winch.
-    fn upgrade_later(&self, job: Upgrade) {
+    /// Queues the Cranelift compile of a module loaded on Winch, if it is
+    /// not queued yet: a module's runs ask for it ([`Runtime::run`]), its
+    /// loading does not. A module whose one run here is its listing (its
+    /// cases then run apart, or are cached) is not worth it: the compile
+    /// would take a core from the runs for code nothing runs.
+    pub(crate) fn tier_up(&self, module: &Module) {
+        let inner = &module.inner;
+        let Some(job) = inner
+            .tier_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        inner.upgrading.store(true, Ordering::Release);
         let (queue, wake) = &*self.background.queue;
         let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.jobs.push_back(job);
+        q.jobs.push_back((job, inner.clone()));
         q.pending += 1;
         wake.notify_all();
         drop(q);
@@ -812,7 +933,7 @@ impl Compilers {
     fn upgrade_all(&self, queue: &(Mutex<BackgroundQueue>, Condvar)) {
         let (queue, wake) = queue;
         loop {
-            let job = {
+            let (job, inner) = {
                 let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     if let Some(job) = q.jobs.pop_front() {
@@ -828,12 +949,12 @@ impl Compilers {
                 let compiled =
                     self.cranelift(&job.bytes, job.wasi, &job.key, job.cached.as_deref());
                 if let Ok(pre) = compiled.and_then(|m| self.linker.link(&m)) {
-                    if job.inner.upgraded.set(pre).is_ok() {
+                    if inner.upgraded.set(pre).is_ok() {
                         self.upgraded.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            job.inner.upgrading.store(false, Ordering::Release);
+            inner.upgrading.store(false, Ordering::Release);
             let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
             q.pending -= 1;
             wake.notify_all();
@@ -850,6 +971,37 @@ impl Compilers {
         cached: Option<&Path>,
         compiler: Compiler,
     ) -> Result<Code, LoadError> {
+        let (output, written) =
+            self.compile_to_file(guard, bytes, key, cached, compiler, self.shared.epochs)?;
+        let body = compiled_body(&written, key).ok_or_else(|| {
+            LoadError::Compile("the compiler process wrote a damaged file".into())
+        })?;
+        let engine = match compiler {
+            Compiler::Cranelift => &self.shared.engine,
+            Compiler::Winch => &self.shared.winch_engine().map_err(LoadError::Compile)?.0,
+        };
+        // SAFETY: as in `load_compiled`: header and trailer checked, and
+        // the key names the engine's fingerprint.
+        let module = unsafe { Code::deserialize(engine, body) }
+            .map_err(|e| LoadError::Compile(first_line(&e)))?;
+        if let Some(path) = cached {
+            let _ = output.persist(path);
+        }
+        Ok(module)
+    }
+
+    /// Compiles `bytes` in a child process under `guard`'s limits, into a
+    /// temp file beside `cached` (or in the temp dir): the file, and what
+    /// it holds.
+    fn compile_to_file(
+        &self,
+        guard: &CompileGuard,
+        bytes: &[u8],
+        key: &Sha256Digest,
+        cached: Option<&Path>,
+        compiler: Compiler,
+        epochs: bool,
+    ) -> Result<(tempfile::NamedTempFile, Vec<u8>), LoadError> {
         let io = |what: &str, e: std::io::Error| LoadError::Compile(format!("{what}: {e}"));
         let dir = match cached.and_then(Path::parent) {
             Some(d) => {
@@ -876,7 +1028,7 @@ impl Compilers {
             .arg(key.hex())
             .arg(self.shared.max_wasm_stack.to_string())
             .arg(guard.memory.to_string())
-            .arg(if self.shared.epochs { "1" } else { "0" })
+            .arg(if epochs { "1" } else { "0" })
             .arg(match compiler {
                 Compiler::Cranelift => "cranelift",
                 Compiler::Winch => "winch",
@@ -925,21 +1077,7 @@ impl Compilers {
         }
         let written =
             std::fs::read(output.path()).map_err(|e| io("cannot read the compiled module", e))?;
-        let body = compiled_body(&written, key).ok_or_else(|| {
-            LoadError::Compile("the compiler process wrote a damaged file".into())
-        })?;
-        let engine = match compiler {
-            Compiler::Cranelift => &self.shared.engine,
-            Compiler::Winch => &self.shared.winch_engine().map_err(LoadError::Compile)?.0,
-        };
-        // SAFETY: as in `load_compiled`: header and trailer checked, and
-        // the key names the engine's fingerprint.
-        let module = unsafe { Code::deserialize(engine, body) }
-            .map_err(|e| LoadError::Compile(first_line(&e)))?;
-        if let Some(path) = cached {
-            let _ = output.persist(path);
-        }
-        Ok(module)
+        Ok((output, written))
     }
 }
 
@@ -1305,6 +1443,62 @@ mod tests {
         rt.load_again(&wasm, digest).unwrap();
         let s = rt.stats();
         assert_eq!((s.winch, s.compiled), (0, 1), "met before: Cranelift");
+    }
+
+    #[test]
+    fn a_modules_cranelift_compile_waits_for_a_run_that_is_not_alone() {
+        let wasm =
+            wat::parse_str("(module (memory (export \"memory\") 1) (func (export \"_start\")))")
+                .unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            tier: Tier::Auto,
+            ..Default::default()
+        })
+        .unwrap();
+        let m = rt.load(&wasm).unwrap();
+        let policy = crate::Policy::new();
+        assert!(rt.run_alone(&m, &policy).unwrap().status.passed());
+        rt.finish_background();
+        assert_eq!(
+            (rt.stats().winch, rt.stats().compiled),
+            (1, 0),
+            "a listing alone"
+        );
+        assert!(rt.run(&m, &policy).unwrap().status.passed());
+        rt.finish_background();
+        assert_eq!(rt.stats().compiled, 1, "a run asks for Cranelift's code");
+        assert_eq!(m.compiler(), Compiler::Cranelift);
+    }
+
+    #[test]
+    fn code_prepared_for_a_run_apart_is_what_the_child_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        let digest = ModuleDigest::of(&wasm);
+        let config = |uninterruptible| RuntimeConfig {
+            compiled_cache: Some(dir.path().to_path_buf()),
+            uninterruptible,
+            ..Default::default()
+        };
+        let parent = Runtime::new(config(false)).unwrap();
+        parent
+            .prepare_unchecked(digest, &|| Some(wasm.clone()))
+            .unwrap();
+        assert_eq!(parent.stats().compiled, 1);
+        parent.prepare_unchecked(digest, &|| None).unwrap();
+        assert_eq!(
+            parent.stats().loaded_from_disk,
+            1,
+            "kept: not compiled again"
+        );
+        // The child's engine is pooled, the parent keys with one that is
+        // not: the same code, the same key.
+        let child = Runtime::new(config(true)).unwrap();
+        assert!(child.load_ready(digest).is_some());
+        assert!(
+            parent.load_ready(digest).is_none(),
+            "code without epoch checks never reaches an engine that has them"
+        );
     }
 
     #[test]

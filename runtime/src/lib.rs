@@ -17,6 +17,7 @@
 //! wasmtime types. Design note: `docs/design/sandbox.md`.
 
 mod abi;
+mod apart;
 mod clock;
 mod code;
 mod devices;
@@ -43,12 +44,13 @@ mod state;
 pub mod guest_abi;
 
 pub use abi::Wasi;
+pub use apart::run_child;
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use devices::DEVICE_FILES;
 pub use engine::{
     check_header, compile_child, data_contains, trim_compiled, CompileGuard, CompiledStore,
-    Compiler, LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, SharedCompiled, Tier,
-    DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
+    Compiler, LoadStats, Module, ModuleDigest, RunGuard, Runtime, RuntimeConfig, SharedCompiled,
+    Tier, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
 };
 pub use error::{CompileChildError, LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};

@@ -42,7 +42,18 @@ impl Runtime {
     /// The guest runs on one of the runtime's guest threads, whose stack
     /// holds the whole wasm stack limit: on this one when called from a
     /// guest thread ([`Runtime::spawn`]), else on another, waiting for it.
+    ///
+    /// A module loaded on Winch's code gets its Cranelift compile queued by
+    /// its first run ([`Runtime::run_alone`] does not queue it).
     pub fn run(&self, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
+        self.tier_up(module);
+        self.run_alone(module, policy)
+    }
+
+    /// [`Runtime::run`] of a run that may be the module's only one here (a
+    /// listing, whose cases then run apart or come from a cache): it does
+    /// not queue the module's Cranelift compile.
+    pub fn run_alone(&self, module: &Module, policy: &Policy) -> Result<RunOutcome, RunError> {
         let result = if crate::guest_thread::on_guest_thread() {
             crate::guest_thread::catching(|| run_here(&self.shared, module, policy))
         } else {

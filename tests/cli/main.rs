@@ -2,6 +2,7 @@
 //! temp dirs, and check what a user sees: output (times normalized), exit
 //! status, and stderr lines.
 
+mod apart;
 mod bad_input;
 mod cache;
 mod ci;

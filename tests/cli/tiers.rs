@@ -10,7 +10,7 @@ use cachet_testkit::fixture;
 
 use crate::{cachet_with, stderr, stdout};
 
-const SUITES: &[&str] = &[
+pub(crate) const SUITES: &[&str] = &[
     "suite_mixed",
     "suite_isolation",
     "suite_cachecases",

@@ -14,7 +14,9 @@ pub use compile::CompileArgs;
 pub use exec::ExecArgs;
 pub use inputs::InputsArgs;
 pub use sandbox::SandboxArgs;
-pub use test::{FrameworkArg, IsolateArg, RemoteCachetArg, TestArgs, TestFlags, TierArg};
+pub use test::{
+    FrameworkArg, IsolateArg, LongRunsArg, RemoteCachetArg, TestArgs, TestFlags, TierArg,
+};
 pub use worker::WorkerArgs;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,10 @@ pub enum Command {
     /// Run one remote action's case (a worker runs this itself).
     #[command(name = "__run-action", hide = true)]
     RunAction { manifest: std::path::PathBuf },
+    /// Run one long run in a child process, killed at its time limit
+    /// (cachet runs this itself).
+    #[command(name = "__run-apart", hide = true)]
+    RunApart { dir: std::path::PathBuf },
     /// Compile one module in a child process (cachet runs this itself).
     #[command(name = "__compile", hide = true)]
     Compile(CompileArgs),

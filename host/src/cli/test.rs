@@ -76,6 +76,12 @@ pub struct TestFlags {
     /// Compilers: auto (Winch at once, Cranelift in the background; default), cranelift, winch.
     #[arg(long, value_enum, env = "CACHET_TIER")]
     pub tier: Option<TierArg>,
+    /// Where a long run runs (one that took 1 s or more last time, or a
+    /// module's cases in one instance): apart (default: in a child process
+    /// on code without time checks, killed at its time limit; faster) or
+    /// here (in cachet's process, stopped by wasmtime's epoch checks).
+    #[arg(long, value_enum, env = "CACHET_LONG_RUNS")]
+    pub long_runs: Option<LongRunsArg>,
     /// Share results through a remote cache speaking Bazel's HTTP cache protocol (nginx WebDAV, bazel-remote, ...).
     #[arg(long, value_name = "URL", env = "CACHET_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
@@ -147,6 +153,13 @@ impl From<TierArg> for cachet_runtime::Tier {
             TierArg::Winch => cachet_runtime::Tier::Winch,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongRunsArg {
+    Apart,
+    Here,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]

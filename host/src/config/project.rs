@@ -72,6 +72,7 @@ pub struct Settings {
     short: Option<bool>,
     prebuilt: Option<bool>,
     tier: Option<crate::cli::TierArg>,
+    long_runs: Option<crate::cli::LongRunsArg>,
     target: Option<crate::discover::RustTarget>,
     #[serde(default)]
     overrides: Vec<OverrideSettings>,
@@ -248,6 +249,7 @@ impl Settings {
             short: self.short.or(base.short),
             prebuilt: self.prebuilt.or(base.prebuilt),
             tier: self.tier.or(base.tier),
+            long_runs: self.long_runs.or(base.long_runs),
             target: self.target.or(base.target),
             overrides,
             unknown: BTreeMap::new(),
@@ -302,6 +304,7 @@ impl Project {
         args.short |= s.short.unwrap_or(false);
         args.prebuilt |= s.prebuilt.unwrap_or(false);
         args.tier = args.tier.or(s.tier);
+        args.long_runs = args.long_runs.or(s.long_runs);
         args.target = args.target.or(s.target);
         if args.junit.is_none() {
             args.junit = s.junit.as_ref().map(PathBuf::from);

@@ -68,6 +68,9 @@ pub struct TestConfig {
     pub compile_memory: u64,
     /// `--tier`: which compilers make a module's code.
     pub tier: cachet_runtime::Tier,
+    /// `--long-runs apart`: long runs go to a child process whose time
+    /// limit is a kill (`job::run_local`).
+    pub runs_apart: bool,
     pub mode: OutputMode,
     pub parallel: usize,
     pub framework: Option<Framework>,
@@ -241,6 +244,7 @@ impl TestConfig {
             compile_timeout,
             compile_memory,
             tier: flags.tier.map_or(cachet_runtime::Tier::Auto, Into::into),
+            runs_apart: flags.long_runs != Some(crate::cli::LongRunsArg::Here),
             mode: if flags.json {
                 OutputMode::Json
             } else if flags.verbose {

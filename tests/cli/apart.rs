@@ -1,0 +1,240 @@
+//! Issue 17, the cold goal: a long run goes apart, to a child process on
+//! code without epoch checks, and its time limit is the child's kill
+//! (`--long-runs apart`, the default). Everything a run here gives comes
+//! back the same: verdicts, time limits, output shown live, Ctrl-C; and
+//! nothing of a killed child is left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cachet_testkit::fixture;
+
+use crate::tiers::SUITES;
+use crate::{cachet_command, cachet_with, stderr, stdout};
+
+/// The fixture suites in `dir`, a package each.
+fn suites_in(dir: &Path) {
+    for s in SUITES {
+        let dir = dir.join(s);
+        std::fs::create_dir_all(dir.join("testdata")).unwrap();
+        std::fs::copy(&fixture(s).wasm, dir.join("tests.wasm")).unwrap();
+        let testdata = fixture(s).dir.join("testdata");
+        if testdata.is_dir() {
+            cachet_testkit::copy_tree(&testdata, &dir.join("testdata")).unwrap();
+        }
+    }
+}
+
+/// Each case's verdict line (`-v`), without its time, sorted.
+fn verdicts(out: &str) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("--- "))
+        .map(|l| l.split(" (").next().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// How many runs went apart, as `--explain` says.
+fn runs_apart(out: &str) -> usize {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("cachet: explain: long runs apart: "))
+        .unwrap_or_else(|| panic!("no line of runs apart in {out}"));
+    line.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Processes whose command line names `text`.
+fn processes_naming(text: &str) -> Vec<String> {
+    let o = std::process::Command::new("pgrep")
+        .args(["-fa", text])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn long_runs_apart_and_here_give_every_fixture_case_the_same_verdict() {
+    let work = tempfile::tempdir().unwrap();
+    suites_in(work.path());
+    let mut by_mode = Vec::new();
+    for mode in ["here", "apart"] {
+        // An empty cache each; every module's cases in one instance, which
+        // is what makes a run long before it was ever timed.
+        let cache = tempfile::tempdir().unwrap();
+        let o = cachet_with(
+            work.path(),
+            &[
+                "test",
+                "-v",
+                "--explain",
+                "--isolate",
+                "module",
+                "--long-runs",
+                mode,
+                "--timeout",
+                "5s",
+                "./...",
+            ],
+            &[("CACHET_CACHE", cache.path().to_str().unwrap())],
+        );
+        assert_eq!(stderr(&o), "", "{mode}");
+        let out = stdout(&o);
+        let v = verdicts(&out);
+        assert!(v.len() >= 20, "{mode}: {} cases", v.len());
+        assert!(v.iter().any(|l| l.starts_with("--- FAIL")), "{out}");
+        assert!(v.iter().any(|l| l.starts_with("--- PASS")), "{out}");
+        by_mode.push((mode, o.status.code(), v, runs_apart(&out)));
+    }
+    let (_, code, want, here) = &by_mode[0];
+    let (_, c, v, apart) = &by_mode[1];
+    assert_eq!(*here, 0, "--long-runs here runs nothing apart");
+    assert!(*apart >= SUITES.len(), "{apart} runs apart");
+    assert_eq!(c, code, "exit status");
+    assert_eq!(v, want, "apart against here");
+}
+
+#[test]
+fn a_run_apart_is_killed_at_its_time_limit_and_by_ctrl_c_leaving_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spin = work.path().join("spin");
+    std::fs::create_dir(&spin).unwrap();
+    std::fs::copy(&fixture("suite_spin").wasm, spin.join("spin.wasm")).unwrap();
+    let env = [("TMPDIR", tmp.path().to_str().unwrap())];
+
+    let (mut cmd, _cache) = cachet_command(work.path(), &env);
+    let start = Instant::now();
+    let o = cmd
+        .args([
+            "test",
+            "-v",
+            "--explain",
+            "--isolate",
+            "module",
+            "--timeout",
+            "2s",
+            "spin",
+        ])
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let out = stdout(&o);
+    assert_eq!(runs_apart(&out), 1, "{out}");
+    assert!(out.contains("--- PASS: tests::finishes"), "{out}");
+    assert!(
+        out.contains("*** Test killed: ran too long (2s).\n--- FAIL: tests::spins"),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new(), "{out}");
+    let tmp_name = tmp.path().to_str().unwrap();
+    assert_eq!(processes_naming(tmp_name), Vec::<String>::new());
+
+    // Ctrl-C, under the default 10-minute limit: the child is killed at
+    // once, though the guest is in a loop without a host call.
+    let (child, _cache) = spinning_apart(work.path(), &env, tmp_name);
+    let start = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(processes_naming(tmp_name), Vec::<String>::new());
+    assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new());
+
+    // kill -9: nothing stops a loop without epoch checks but the child's
+    // own death with its parent.
+    let (mut child, _cache) = spinning_apart(work.path(), &env, tmp_name);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !processes_naming(tmp_name).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} outlived its parent",
+            processes_naming(tmp_name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cachet test` on the spinning suite, once its run apart (a process
+/// naming `tmp`) is in its loop, past its start-up check of its parent.
+fn spinning_apart(
+    work: &Path,
+    env: &[(&str, &str)],
+    tmp: &str,
+) -> (std::process::Child, tempfile::TempDir) {
+    let (mut cmd, cache) = cachet_command(work, env);
+    let child = cmd
+        .args(["test", "--isolate", "module", "spin"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_naming(tmp).is_empty() {
+        assert!(Instant::now() < deadline, "no run apart started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    (child, cache)
+}
+
+#[test]
+fn a_case_that_took_long_last_time_runs_apart_and_is_shown_live() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("slowprint");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&fixture("suite_slowprint").wasm, dir.join("tests.wasm")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+    // Its first run times it (3 s): here, one case, never timed before.
+    let o = cachet_with(work.path(), &["test", "--explain", "slowprint"], &env);
+    assert_eq!(runs_apart(&stdout(&o)), 0, "{}", stdout(&o));
+
+    use std::io::{BufRead, BufReader};
+    let (mut cmd, _fresh) = cachet_command(work.path(), &env);
+    let mut child = cmd
+        .args(["test", "--count", "1", "-v", "--explain", "slowprint"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push(line.clone());
+        if line == "line 5" {
+            break;
+        }
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("line 5"), "{seen:?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "line 5 must arrive while the case still sleeps"
+    );
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(rest.iter().any(|l| l == "line 10"), "{rest:?}");
+    assert_eq!(runs_apart(&rest.join("\n")), 1, "{rest:?}");
+}
