@@ -132,18 +132,11 @@ impl Artifact {
                         return Ok(m);
                     }
                 }
-                let read;
-                let bytes = match &self.bytes {
-                    Some(b) => b,
-                    None => {
-                        read = self.read_again()?;
-                        &read
-                    }
-                };
+                let bytes = self.bytes()?;
                 let loaded = if self.seen_before {
-                    runtime.load_again(bytes, self.digest)
+                    runtime.load_again(&bytes, self.digest)
                 } else {
-                    runtime.load_digested(bytes, self.digest)
+                    runtime.load_digested(&bytes, self.digest)
                 };
                 loaded.map_err(|e| ArtifactError::load(&self.path, e))
             })
@@ -151,10 +144,10 @@ impl Artifact {
     }
 
     /// The module's bytes: kept, or read again (and checked).
-    pub fn bytes(&self) -> Result<Vec<u8>, ArtifactError> {
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, ArtifactError> {
         match &self.bytes {
-            Some(b) => Ok(b.clone()),
-            None => self.read_again(),
+            Some(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            None => self.read_again().map(std::borrow::Cow::Owned),
         }
     }
 

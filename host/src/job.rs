@@ -695,7 +695,7 @@ fn run_local(env: &Env, job: &Job, policy: &Policy) -> Result<RunOutcome, SetupE
         .and_then(|f| f.last_time(&job.package, &crate::plan::case_key(job)));
     if took.map_or(job.cases.len() > 1, |took| took >= LONG_RUN) {
         let m = &job.module;
-        let bytes = || m.bytes().ok();
+        let bytes = || m.bytes().ok().map(std::borrow::Cow::into_owned);
         if let Some(outcome) = runtime.run_apart(m.digest, m.wasi, &bytes, policy) {
             return Ok(outcome);
         }

@@ -669,7 +669,7 @@ impl Runtime {
         let wasi = check_header(&bytes)?;
         match &c.compile {
             Some(guard) => {
-                let (output, written) = c.compile_to_file(
+                let (output, _) = c.compile_to_file(
                     guard,
                     &bytes,
                     &key,
@@ -677,11 +677,6 @@ impl Runtime {
                     Compiler::Cranelift,
                     false,
                 )?;
-                if compiled_body(&written, &key).is_none() {
-                    return Err(LoadError::Compile(
-                        "the compiler process wrote a damaged file".into(),
-                    ));
-                }
                 output
                     .persist(&path)
                     .map_err(|e| LoadError::Compile(format!("{}: {}", path.display(), e.error)))?;
@@ -973,9 +968,7 @@ impl Compilers {
     ) -> Result<Code, LoadError> {
         let (output, written) =
             self.compile_to_file(guard, bytes, key, cached, compiler, self.shared.epochs)?;
-        let body = compiled_body(&written, key).ok_or_else(|| {
-            LoadError::Compile("the compiler process wrote a damaged file".into())
-        })?;
+        let body = compiled_body(&written, key).expect("checked by compile_to_file");
         let engine = match compiler {
             Compiler::Cranelift => &self.shared.engine,
             Compiler::Winch => &self.shared.winch_engine().map_err(LoadError::Compile)?.0,
@@ -992,7 +985,7 @@ impl Compilers {
 
     /// Compiles `bytes` in a child process under `guard`'s limits, into a
     /// temp file beside `cached` (or in the temp dir): the file, and what
-    /// it holds.
+    /// it holds, checked bound to `key` and intact (`compiled_body`).
     fn compile_to_file(
         &self,
         guard: &CompileGuard,
@@ -1077,6 +1070,11 @@ impl Compilers {
         }
         let written =
             std::fs::read(output.path()).map_err(|e| io("cannot read the compiled module", e))?;
+        if compiled_body(&written, key).is_none() {
+            return Err(LoadError::Compile(
+                "the compiler process wrote a damaged file".into(),
+            ));
+        }
         Ok((output, written))
     }
 }
