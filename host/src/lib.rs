@@ -256,6 +256,14 @@ fn test(config: TestConfig) -> u8 {
             "cachet: explain: long runs apart: {} (child processes on code without time checks)",
             s.apart
         );
+        if let Some(r) = &remote {
+            let n = r
+                .stats
+                .timings_hits
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let s = if n == 1 { "" } else { "s" };
+            println!("cachet: explain: job timings from the remote cache: {n} package{s}");
+        }
     }
     if let Some((path, j)) = junit {
         if let Err(e) = j.write(&path) {

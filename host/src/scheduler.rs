@@ -52,6 +52,9 @@ struct Ctx {
     live: bool,
     /// `--remote-executor`: misses run on a farm.
     remote: Option<Arc<crate::remote_exec::RemoteExecutor>>,
+    /// Packages with jobs run (and those jobs), whose timings go to the
+    /// remote cache at the end.
+    timed: Mutex<Vec<(String, Vec<String>)>>,
 }
 
 impl Ctx {
@@ -134,6 +137,7 @@ pub fn run(
         interrupted: AtomicBool::new(false),
         scratch: scratch.to_path_buf(),
         live,
+        timed: Mutex::new(Vec::new()),
     });
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -311,6 +315,34 @@ async fn drive(ctx: Arc<Ctx>, packages: Vec<Package>, tx: Tx) {
     for r in runners {
         r.await.expect("runners do not panic");
     }
+    // 4. What this run timed goes to the remote cache (an interrupted
+    //    run's times are not kept).
+    if let Some(c) = ctx
+        .facts
+        .as_ref()
+        .filter(|_| !ctx.interrupted.load(Ordering::SeqCst))
+    {
+        let timed = std::mem::take(&mut *ctx.timed.lock().expect("timed packages"));
+        for (package, jobs) in timed {
+            c.share_timings(&package, &jobs);
+        }
+    }
+}
+
+/// With a remote cache, a package with jobs to run first takes from it how
+/// long they took where they ran (so a fresh machine orders them and sends
+/// the long ones apart, `job::run_local`), and after the run shares how
+/// long they took here.
+async fn timings_from_remote(ctx: &Arc<Ctx>, package: &str, jobs: Vec<String>) {
+    let Some(cache) = ctx.facts.clone() else {
+        return;
+    };
+    let (name, keys) = (package.to_string(), jobs.clone());
+    let _ = tokio::task::spawn_blocking(move || cache.fetch_timings(&name, &keys)).await;
+    ctx.timed
+        .lock()
+        .expect("timed packages")
+        .push((package.to_string(), jobs));
 }
 
 /// Looks a package's jobs up, reports the hits, and queues the misses (and
@@ -323,10 +355,20 @@ async fn feed(
     planned: Option<(Arc<Package>, Vec<Job>, usize)>,
 ) {
     let mut runs: Vec<ToRun> = Vec::new();
-    if let Some((_, jobs, listed)) = planned {
+    if let Some((package, jobs, listed)) = planned {
+        // With a remote cache: the package's jobs, whose times it shares.
+        let timed = ctx.facts.as_ref().and_then(Cache::remote).map(|_| {
+            let mut keys: Vec<String> = jobs.iter().map(crate::plan::case_key).collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        });
         let looked = start_lookups(&ctx, &tx, pkg, jobs, listed)
             .await
             .expect("lookups do not panic");
+        if let Some(timed) = timed.filter(|_| looked.iter().any(|l| l.is_err())) {
+            timings_from_remote(&ctx, &package.name, timed).await;
+        }
         let state = Arc::new(Mutex::new(PackageRun {
             remaining: looked.len(),
             started: None,

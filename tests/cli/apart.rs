@@ -37,7 +37,7 @@ fn verdicts(out: &str) -> Vec<String> {
 }
 
 /// How many runs went apart, as `--explain` says.
-fn runs_apart(out: &str) -> usize {
+pub(crate) fn runs_apart(out: &str) -> usize {
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix("cachet: explain: long runs apart: "))

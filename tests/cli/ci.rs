@@ -892,3 +892,76 @@ fn compiled_modules_come_from_the_remote_only_when_asked_and_intact() {
         "cachet: --remote-cache-compiled shares compiled modules through the remote cache: give --remote-cache URL too\n"
     );
 }
+
+/// How long jobs took travels with the remote cache: a fresh machine runs
+/// a case that took 3 s on another machine apart on its first run, as the
+/// machine that timed it would. An upload keeps the times of jobs its
+/// machine did not run; a damaged entry is one warning and a right run.
+#[test]
+fn a_fresh_machine_knows_its_long_jobs_from_the_remote() {
+    let nginx = Nginx::start(Serve::Dav);
+    let remote = ["--remote-cache", nginx.url.as_str()];
+    let a = Machine::new("a/project", true);
+    let o = a.test(&remote);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stderr(&o), "", "no warning");
+    assert_eq!(
+        crate::apart::runs_apart(&stdout(&o)),
+        0,
+        "nothing timed yet"
+    );
+    let timings = nginx.entries("cachet-timings v1");
+    assert_eq!(timings.len(), 1, "one package's timings");
+    let text = String::from_utf8_lossy(&std::fs::read(&timings[0]).unwrap()).into_owned();
+    assert!(
+        !text.contains("prints_then_waits"),
+        "case names are hashed: {text}"
+    );
+
+    // Fresh machines, every case run (`--count 1`): with the remote, the
+    // slow case goes apart; without it, nothing is known.
+    let apart_on = |m: &Machine, extra: &[&str]| {
+        let o = m.test(&[&["--count", "1"][..], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        (
+            crate::apart::runs_apart(&stdout(&o)),
+            stdout(&o),
+            stderr(&o),
+        )
+    };
+    let (apart, out, err) = apart_on(&Machine::new("b", true), &remote);
+    assert_eq!((apart, err.as_str()), (1, ""), "{out}");
+    assert!(
+        out.contains("cachet: explain: job timings from the remote cache: 1 package"),
+        "{out}"
+    );
+    let (apart, out, _) = apart_on(&Machine::new("c", true), &[]);
+    assert_eq!(apart, 0, "{out}");
+
+    // Read-only: taken, never given.
+    let puts = nginx.requests("PUT");
+    let read_only = [&remote[..], &["--remote-cache-read-only"]].concat();
+    let (apart, out, _) = apart_on(&Machine::new("d", true), &read_only);
+    assert_eq!(apart, 1, "{out}");
+    assert_eq!(nginx.requests("PUT"), puts, "nothing uploaded");
+
+    // A machine that runs only some of the package's jobs (E has no slow
+    // module) shares their times and keeps the others' on the server.
+    let puts = nginx.requests("PUT");
+    let (apart, out, err) = apart_on(&Machine::new("e", false), &remote);
+    assert_eq!((apart, err.as_str()), (0, ""), "{out}");
+    assert!(nginx.requests("PUT") > puts, "E uploaded");
+    let (apart, out, _) = apart_on(&Machine::new("g", true), &remote);
+    assert_eq!(apart, 1, "the slow job's time survived E's upload: {out}");
+
+    // A damaged entry: one warning; every case still runs and passes.
+    let timings = nginx.entries("cachet-timings v1");
+    let mut bytes = std::fs::read(&timings[0]).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(&timings[0], bytes).unwrap();
+    let (apart, out, err) = apart_on(&Machine::new("f", true), &remote);
+    assert_eq!(apart, 0, "{out}");
+    assert!(err.contains("the entry is damaged"), "{err}");
+    assert!(!ran(&out).is_empty());
+}

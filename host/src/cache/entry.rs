@@ -288,6 +288,23 @@ pub struct Pack {
     pub bundles: Vec<Bundle>,
 }
 
+/// How long a package's jobs last took on the machines that ran them, by
+/// [`NameKey`](super::NameKey) (package and job, hashed, so it names
+/// neither): shared through a remote cache so that a fresh machine starts
+/// the slowest jobs first and sends the long ones apart as a warm one does.
+/// Filed under [`timings_key`]; what it says orders and places runs, and
+/// never decides a verdict.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Timings {
+    /// (the job's name key in hex, microseconds)
+    pub jobs: Vec<(String, u64)>,
+}
+
+/// Where `package`'s [`Timings`] are filed.
+pub fn timings_key(package: &str) -> cachet_runtime::Sha256Digest {
+    cachet_runtime::Sha256Digest::of(format!("cachet timings v1\n{package}").as_bytes())
+}
+
 /// Where the pack of these test keys is filed: the same selection of the
 /// same module (same flags, same shard) finds it again, and shards, which
 /// select different cases, never overwrite each other's.

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use cachet_runtime::Sha256Digest;
 use serde::Deserialize;
 
-use super::entry::{Bundle, BundleEntry, Pack};
+use super::entry::{timings_key, Bundle, BundleEntry, Pack, Timings};
 use super::http::HttpTransport;
 use super::key::TestKey;
 use super::transport::{ActionResult, Transport, TransportError};
@@ -50,6 +50,10 @@ const UPLOAD_THREADS: usize = 4;
 const UPLOAD_WAIT: Duration = Duration::from_secs(60);
 const MAGIC: &[u8] = b"cachet-remote v1\n";
 const PACK_MAGIC: &[u8] = b"cachet-pack v1\n";
+const TIMINGS_MAGIC: &[u8] = b"cachet-timings v1\n";
+/// A package's shared timings keep at most this many jobs (this run's
+/// first, then what the server held).
+const MAX_TIMINGS: usize = 50_000;
 /// A larger pack is not uploaded (its keys are, one by one).
 const MAX_PACK: usize = 16 << 20;
 
@@ -162,6 +166,8 @@ pub struct RemoteStats {
     pub uploaded: AtomicUsize,
     /// Compiled modules that came from the remote.
     pub compiled_hits: AtomicUsize,
+    /// Packages whose job timings came from the remote.
+    pub timings_hits: AtomicUsize,
 }
 
 pub struct Remote {
@@ -178,6 +184,9 @@ pub struct Remote {
     /// holding the same module ask for the same keys, often at once, and
     /// one request answers them all.
     answers: Mutex<HashMap<Sha256Digest, Arc<Answer>>>,
+    /// The timings the server held for each package asked for, so an
+    /// upload keeps the jobs this run did not time (another shard's).
+    timings_seen: Mutex<HashMap<String, Timings>>,
 }
 
 /// An entry's bytes as the server gave them (`None`: it had none, or failed).
@@ -210,6 +219,7 @@ impl Remote {
             uploads: Mutex::new(None),
             seen: Mutex::new(Default::default()),
             answers: Mutex::new(Default::default()),
+            timings_seen: Mutex::new(Default::default()),
         })
     }
 
@@ -249,6 +259,36 @@ impl Remote {
             seen.entry(*k).or_insert_with(|| b.entries.clone());
         }
         Some((keyed, digest))
+    }
+
+    /// How long `package`'s jobs took on the machines that shared it, if
+    /// the server has an entry that verifies.
+    pub fn fetch_timings(&self, package: &str) -> Option<Timings> {
+        let (timings, _): (Timings, _) = self.fetch_entry(&timings_key(package), TIMINGS_MAGIC)?;
+        self.stats.timings_hits.fetch_add(1, Ordering::Relaxed);
+        self.timings_seen
+            .lock()
+            .expect("timings seen")
+            .insert(package.to_string(), timings.clone());
+        Some(timings)
+    }
+
+    /// Queues `package`'s timings for upload, with the jobs the server
+    /// held that this run did not time (nothing when read-only or off).
+    pub fn upload_timings(self: &Arc<Self>, package: &str, mut timings: Timings) {
+        if self.config.read_only || self.off.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(seen) = self.timings_seen.lock().expect("timings seen").get(package) {
+            let ours: std::collections::HashSet<String> =
+                timings.jobs.iter().map(|(k, _)| k.clone()).collect();
+            let theirs = seen.jobs.iter().filter(|(k, _)| !ours.contains(k));
+            timings.jobs.extend(theirs.cloned());
+        }
+        timings.jobs.truncate(MAX_TIMINGS);
+        if let Ok(bytes) = super::entry::seal(&timings, TIMINGS_MAGIC) {
+            self.queue(timings_key(package), bytes);
+        }
     }
 
     fn fetch_entry<T: for<'de> Deserialize<'de>>(

@@ -9,7 +9,7 @@ use cachet_runtime::{reobserve, InputLog, World};
 
 use super::entry::{
     merge, ordered_entries, pack_key, package_id, Bundle, BundleEntry, CachedResult, LogEntry,
-    Lookup, Miss, Pack, PackageLog, LOGS, RESULTS,
+    Lookup, Miss, Pack, PackageLog, Timings, LOGS, RESULTS,
 };
 use super::key::{KeyParts, NameKey, TestKey};
 use super::local::{Cache, Packed};
@@ -135,6 +135,50 @@ impl Cache {
             fetched,
             complete,
         });
+    }
+
+    /// Takes from the remote cache how long `package`'s jobs (`cases`, by
+    /// their [`crate::plan::case_key`]) took where they ran, for those this
+    /// machine has no time of: asked once per package with jobs to run, so
+    /// a fresh machine orders them and sends the long ones apart as the
+    /// machine that timed them would. Times this machine took win.
+    pub fn fetch_timings(&self, package: &str, cases: &[String]) {
+        let Some(remote) = self.remote.as_ref() else {
+            return;
+        };
+        let Some(timings) = remote.fetch_timings(package) else {
+            return;
+        };
+        let unknown: std::collections::HashSet<cachet_runtime::Sha256Digest> = cases
+            .iter()
+            .map(|c| NameKey::new(package, c).0)
+            .filter(|k| self.timings.get(k).is_none())
+            .collect();
+        for (hex, micros) in timings.jobs {
+            // Only this package's jobs: an entry cannot time another's.
+            match cachet_runtime::Sha256Digest::parse_hex(&hex) {
+                Some(k) if unknown.contains(&k) => self.timings.put(k, micros),
+                _ => {}
+            }
+        }
+    }
+
+    /// Uploads how long `package`'s jobs (`cases`) last took here, keeping
+    /// the server's times of jobs this machine has none of.
+    pub fn share_timings(&self, package: &str, cases: &[String]) {
+        let Some(remote) = self.remote.as_ref().filter(|r| !r.read_only()) else {
+            return;
+        };
+        let jobs: Vec<(String, u64)> = cases
+            .iter()
+            .filter_map(|c| {
+                let k = NameKey::new(package, c).0;
+                self.timings.get(&k).map(|micros| (k.hex(), micros))
+            })
+            .collect();
+        if !jobs.is_empty() {
+            remote.upload_timings(package, Timings { jobs });
+        }
     }
 
     /// Writes the module packs this run changed (`modules`, or all).
