@@ -69,6 +69,8 @@ impl SetupError {
 pub struct LazyRuntime {
     config: RuntimeConfig,
     runtime: OnceLock<Result<Runtime, SetupError>>,
+    /// A run apart came back without an outcome, and the run was told.
+    said_lost: std::sync::atomic::AtomicBool,
 }
 
 impl LazyRuntime {
@@ -76,6 +78,7 @@ impl LazyRuntime {
         LazyRuntime {
             config,
             runtime: OnceLock::new(),
+            said_lost: Default::default(),
         }
     }
 
@@ -696,8 +699,22 @@ fn run_local(env: &Env, job: &Job, policy: &Policy) -> Result<RunOutcome, SetupE
     if took.map_or(job.cases.len() > 1, |took| took >= LONG_RUN) {
         let m = &job.module;
         let bytes = || m.bytes().ok().map(std::borrow::Cow::into_owned);
-        if let Some(outcome) = runtime.run_apart(m.digest, m.wasi, &bytes, policy) {
-            return Ok(outcome);
+        match runtime.run_apart(m.digest, m.wasi, &bytes, policy) {
+            Ok(outcome) => return Ok(outcome),
+            Err(cachet_runtime::NotApart::Unable) => {}
+            Err(cachet_runtime::NotApart::Lost(why)) => {
+                if !env
+                    .runtime
+                    .said_lost
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    let _ = env.tx.send(Event::Warning {
+                        message: format!(
+                            "a run apart ended without an outcome ({why}); it runs again in cachet's process (said once; `--long-runs here` keeps every run there)"
+                        ),
+                    });
+                }
+            }
         }
     }
     let module = job.module.module(runtime)?;

@@ -68,15 +68,39 @@ const POLL: Duration = Duration::from_millis(5);
 impl Runtime {
     /// Runs `policy` on the module `digest` names in a child process,
     /// killed at the policy's time limit (see the module docs); `bytes`
-    /// gives the module's bytes if its code must be compiled. `None`: the
-    /// run cannot go apart, and should run here ([`Runtime::run`]).
+    /// gives the module's bytes if its code must be compiled. An error:
+    /// the run did not go apart, or went and came back without an outcome,
+    /// and should run here ([`Runtime::run`]).
     pub fn run_apart(
         &self,
         digest: ModuleDigest,
         wasi: Wasi,
         bytes: &dyn Fn() -> Option<Vec<u8>>,
         policy: &Policy,
-    ) -> Option<RunOutcome> {
+    ) -> Result<RunOutcome, NotApart> {
+        match self.try_run_apart(digest, wasi, bytes, policy) {
+            Some(Ok(outcome)) => Ok(outcome),
+            None => Err(NotApart::Unable),
+            Some(Err(why)) => {
+                // What it streamed is forgotten, as when a run starts over
+                // on Cranelift's code.
+                if let Some(reset) = &policy.tee_restart {
+                    (reset.0)(&[]);
+                }
+                Err(NotApart::Lost(why))
+            }
+        }
+    }
+
+    /// `None`: it could not go apart; `Some(Err(why))`: the child ended
+    /// without an outcome.
+    fn try_run_apart(
+        &self,
+        digest: ModuleDigest,
+        wasi: Wasi,
+        bytes: &dyn Fn() -> Option<Vec<u8>>,
+        policy: &Policy,
+    ) -> Option<Result<RunOutcome, String>> {
         let guard = self.run_guard.as_ref()?;
         let cache = self.compiled_cache()?;
         if !self.shared.epochs || policy.inherit_stdio || self.interrupted() {
@@ -119,7 +143,9 @@ impl Runtime {
         let end = loop {
             match child.try_wait() {
                 Ok(Some(status)) if status.code() == Some(0) => break End::Ran,
-                Ok(Some(_)) | Err(_) => break End::Lost,
+                Ok(Some(status)) if status.code() == Some(NOT_READY.into()) => break End::NotReady,
+                Ok(Some(status)) => break End::Lost(status.to_string()),
+                Err(e) => break End::Lost(e.to_string()),
                 Ok(None) if self.interrupted() => break End::Stopped(Status::Interrupted),
                 Ok(None) if start.elapsed() >= policy.timeout => {
                     break End::Stopped(Status::Timeout(policy.timeout))
@@ -132,11 +158,23 @@ impl Runtime {
         let output = streamed.join().unwrap_or_default();
         let status = match end {
             End::Ran => {
-                let outcome = read_outcome(dir.path())?;
+                let Some(outcome) = read_outcome(dir.path()) else {
+                    return Some(Err("its outcome could not be read".into()));
+                };
                 self.compilers.apart.fetch_add(1, Ordering::Relaxed);
-                return Some(outcome);
+                return Some(Ok(outcome));
             }
-            End::Lost => return None,
+            End::Lost(how) => {
+                // Its own words, when it had any (the last line it wrote).
+                let said = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+                return Some(Err(
+                    match said.lines().rev().find(|l| !l.trim().is_empty()) {
+                        Some(line) => format!("{how}: {}", line.trim()),
+                        None => how,
+                    },
+                ));
+            }
+            End::NotReady => return None,
             End::Stopped(status) => status,
         };
         self.compilers.apart.fetch_add(1, Ordering::Relaxed);
@@ -152,8 +190,20 @@ impl Runtime {
             exit_frames: Vec::new(),
             collected: false,
         };
-        Some(RunOutcome::from_spec(spec, output, None))
+        Some(Ok(RunOutcome::from_spec(spec, output, None)))
     }
+}
+
+/// Why a run did not come back from apart with an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotApart {
+    /// It could not go (no child program or compiled-module cache, a mount
+    /// outside `/`, its code could not be prepared, or was gone when the
+    /// child looked): nothing of it ran.
+    Unable,
+    /// The child ended without an outcome (a crash, a kill from outside):
+    /// how, and its last line. What it streamed was reset.
+    Lost(String),
 }
 
 /// How a child ended.
@@ -162,9 +212,10 @@ enum End {
     Ran,
     /// Killed: at its deadline, or by Ctrl-C.
     Stopped(Status),
-    /// Without an outcome (it could not run the request): the run goes
-    /// here instead.
-    Lost,
+    /// Without an outcome (a crash, a kill from outside): how it ended.
+    Lost(String),
+    /// Before running: the code was not in the cache.
+    NotReady,
 }
 
 /// A mount's host directory as the child names it: relative to `/`.

@@ -44,7 +44,7 @@ mod state;
 pub mod guest_abi;
 
 pub use abi::Wasi;
-pub use apart::run_child;
+pub use apart::{run_child, NotApart};
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use devices::DEVICE_FILES;
 pub use engine::{

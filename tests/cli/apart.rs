@@ -201,6 +201,8 @@ fn spinning_apart(
     (child, cache)
 }
 
+/// A case that took 3 s last time runs apart, its output shown live; with
+/// its child killed from outside, it runs again here, with one warning.
 #[test]
 fn a_case_that_took_long_last_time_runs_apart_and_is_shown_live() {
     let work = tempfile::tempdir().unwrap();
@@ -237,4 +239,46 @@ fn a_case_that_took_long_last_time_runs_apart_and_is_shown_live() {
     assert!(child.wait().unwrap().success());
     assert!(rest.iter().any(|l| l == "line 10"), "{rest:?}");
     assert_eq!(runs_apart(&rest.join("\n")), 1, "{rest:?}");
+
+    // Its child killed from outside: one warning saying how, and the case
+    // runs again in cachet's process, and passes.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_env = [env[0], ("TMPDIR", tmp.path().to_str().unwrap())];
+    let (mut cmd, _fresh) = cachet_command(work.path(), &tmp_env);
+    let child = cmd
+        .args(["test", "--count", "1", "--explain", "slowprint"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = tmp.path().to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let apart = loop {
+        let found = processes_naming(tmp);
+        if let Some(p) = found.iter().find(|p| p.contains("__run-apart")) {
+            break p.split(' ').next().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no run apart started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &apart])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("ok  \tslowprint\t")),
+        "{out}"
+    );
+    assert_eq!(runs_apart(&out), 0, "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("a run apart ended without an outcome (signal: 9 (SIGKILL)")
+            && warnings[0].contains("it runs again in cachet's process"),
+        "{err}"
+    );
 }
