@@ -80,6 +80,7 @@ fn prepare(args: ExecArgs) -> Result<Exec, ConfigError> {
         compile_memory: cachet_runtime::DEFAULT_COMPILE_MEMORY,
         parallel,
         cache: !args.no_cache,
+        runs_apart: args.long_runs != Some(crate::cli::LongRunsArg::Here),
         layout: Layout::Exec {
             cwd,
             guest_cwd,
@@ -214,7 +215,7 @@ impl Exec {
         crate::scheduler::run(
             Arc::new(self.config),
             vec![package],
-            runtime,
+            runtime.clone(),
             self.cache.clone(),
             scratch.path(),
             |e| {
@@ -237,6 +238,13 @@ impl Exec {
                 "cachet exec: {} of {} cases from the cache",
                 printer.cached, printer.finished
             );
+            let apart = runtime.stats().map_or(0, |s| s.apart);
+            if apart > 0 {
+                let s = if apart == 1 { "" } else { "s" };
+                eprintln!(
+                    "cachet exec: {apart} long run{s} apart (child processes on code without time checks)"
+                );
+            }
         }
         code
     }

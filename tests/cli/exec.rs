@@ -367,6 +367,61 @@ fn go_test_exec_gains_the_cache_unchanged() {
     );
 }
 
+/// Under `go test -exec`, a long run goes apart as under `cachet test`:
+/// the heavy-init package's cases share one instance, which runs in a
+/// child process on code without time checks (`--summary` says so);
+/// `--long-runs here` keeps it in cachet's process; the verdicts are the
+/// same. The binary is invoked as `go test` invokes it.
+#[test]
+fn go_test_exec_runs_a_long_run_apart() {
+    let go = GoRun::new();
+    let bin = go.root.path().join("heavyinit.test");
+    let built = go_command()
+        .current_dir(go.root.path().join("m"))
+        .args(["test", "-c", "-o", bin.to_str().unwrap(), "./heavyinit"])
+        .env("GOOS", "wasip1")
+        .env("GOARCH", "wasm")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", stderr(&built));
+    let run = |long_runs: &str| {
+        let cache = tempfile::tempdir().unwrap();
+        let o = cachet_with(
+            &go.root.path().join("m/heavyinit"),
+            &[
+                "exec",
+                "--summary",
+                bin.to_str().unwrap(),
+                "-test.paniconexit0",
+                "-test.timeout=10m0s",
+                "-test.v=true",
+            ],
+            &[
+                ("CACHET_CACHE", cache.path().to_str().unwrap()),
+                ("CACHET_LONG_RUNS", long_runs),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        let passed: Vec<String> = stdout(&o)
+            .lines()
+            .filter(|l| l.starts_with("--- ") || *l == "PASS")
+            .map(|l| l.split(" (").next().unwrap().to_string())
+            .collect();
+        (passed, stderr(&o))
+    };
+    let (apart, said) = run("apart");
+    assert!(
+        said.contains(
+            "cachet exec: 1 long run apart (child processes on code without time checks)"
+        ),
+        "{said}"
+    );
+    let (here, said) = run("here");
+    assert!(!said.contains("apart"), "{said}");
+    assert_eq!(apart, here);
+    assert_eq!(apart.len(), 4, "three tests and PASS: {apart:?}");
+}
+
 #[test]
 fn go_finds_cachet_as_its_wasip1_runner_on_path() {
     let go = GoRun::new();
