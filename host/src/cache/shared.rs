@@ -138,10 +138,11 @@ impl Cache {
     }
 
     /// Takes from the remote cache how long `package`'s jobs (`cases`, by
-    /// their names as the timings table keys them) took where they ran, for those this
-    /// machine has no time of: asked once per package with jobs to run, so
-    /// a fresh machine orders them and sends the long ones apart as the
-    /// machine that timed them would. Times this machine took win.
+    /// their names as the timings table keys them) took where they ran,
+    /// for those this machine has no time of: asked once per package with
+    /// jobs to run, so a fresh machine orders them and sends the long ones
+    /// apart as the machine that timed them would. Times this machine took
+    /// win.
     pub fn fetch_timings(&self, package: &str, cases: &[String]) {
         let Some(remote) = self.remote.as_ref() else {
             return;
