@@ -238,11 +238,12 @@ impl Exec {
                 "cachet exec: {} of {} cases from the cache",
                 printer.cached, printer.finished
             );
-            let apart = runtime.stats().map_or(0, |s| s.apart);
+            let (apart, servers) = runtime.stats().map_or((0, 0), |s| (s.apart, s.servers));
             if apart > 0 {
                 let s = if apart == 1 { "" } else { "s" };
+                let es = if servers == 1 { "" } else { "es" };
                 eprintln!(
-                    "cachet exec: {apart} long run{s} apart (child processes on code without time checks)"
+                    "cachet exec: {apart} run{s} apart in {servers} child process{es} (on code without time checks)"
                 );
             }
         }

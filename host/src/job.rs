@@ -224,7 +224,10 @@ pub fn list_module(
     // no listing is compiled here, so that one that cannot load fails its
     // package's setup.
     let farm = env.remote.is_some_and(|r| r.takes(policy)) && harness.list_args().is_some();
-    if !farm {
+    // A module whose runs all go apart lists apart too: its code here
+    // would serve nothing else. One that cannot go is compiled here below.
+    let apart = !farm && harness.list_args().is_some() && serves_apart(env, m);
+    if !farm && !apart {
         m.module(env.runtime.get()?)?;
     }
     let Some(args) = harness.list_args() else {
@@ -236,7 +239,7 @@ pub fn list_module(
     let list = |args: &[String]| -> Result<(Vec<String>, RunOutcome), SetupError> {
         let mut p = policy.clone();
         p.args(args);
-        let outcome = match on_farm(env, m, &p) {
+        let outcome = match on_farm(env, m, &p).or_else(|| apart.then(|| run_apart(env, m, &p))?) {
             Some(o) => o,
             None => {
                 let runtime = env.runtime.get()?;
@@ -688,33 +691,18 @@ fn on_farm(env: &Env, module: &Artifact, policy: &Policy) -> Option<RunOutcome> 
     }
 }
 
-/// Runs the job's policy in this machine's sandbox: apart when it is
-/// expected to be long ([`LONG_RUN`]: it took that long last time, or, not
-/// timed yet, its cases share one instance), else here.
+/// Runs the job's policy in this machine's sandbox: apart when its
+/// framework's runs all go apart (Go's), or it is expected to be long
+/// ([`LONG_RUN`]: it took that long last time, or, not timed yet, its cases
+/// share one instance), else here.
 fn run_local(env: &Env, job: &Job, policy: &Policy) -> Result<RunOutcome, SetupError> {
     let runtime = env.runtime.get()?;
     let took = env
         .facts
         .and_then(|f| f.last_time(&job.package, &crate::plan::case_key(job)));
-    if took.map_or(job.cases.len() > 1, |took| took >= LONG_RUN) {
-        let m = &job.module;
-        let bytes = || m.bytes().ok().map(std::borrow::Cow::into_owned);
-        match runtime.run_apart(m.digest, m.wasi, &bytes, policy) {
-            Ok(outcome) => return Ok(outcome),
-            Err(cachet_runtime::NotApart::Unable) => {}
-            Err(cachet_runtime::NotApart::Lost(why)) => {
-                if !env
-                    .runtime
-                    .said_lost
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    let _ = env.tx.send(Event::Warning {
-                        message: format!(
-                            "a run apart ended without an outcome ({why}); it runs again in cachet's process (said once; `--long-runs here` keeps every run there)"
-                        ),
-                    });
-                }
-            }
+    if serves_apart(env, &job.module) || took.map_or(job.cases.len() > 1, |took| took >= LONG_RUN) {
+        if let Some(outcome) = run_apart(env, &job.module, policy) {
+            return Ok(outcome);
         }
     }
     let module = job.module.module(runtime)?;
@@ -726,6 +714,37 @@ fn run_local(env: &Env, job: &Job, policy: &Policy) -> Result<RunOutcome, SetupE
         file: job.module.path.display().to_string(),
         error: Arc::new(e),
     })
+}
+
+/// Whether every run of `m` goes apart: its framework's do
+/// ([`Framework::serves_apart`]), unless Winch's code was asked for.
+fn serves_apart(env: &Env, m: &Artifact) -> bool {
+    m.framework.serves_apart() && env.config.tier != cachet_runtime::Tier::Winch
+}
+
+/// Runs `policy` on `m` apart (`Runtime::run_apart`); `None`: it runs here
+/// (it could not go, or came back without an outcome: said once).
+fn run_apart(env: &Env, m: &Artifact, policy: &Policy) -> Option<RunOutcome> {
+    let runtime = env.runtime.get().ok()?;
+    let bytes = || m.bytes().ok().map(std::borrow::Cow::into_owned);
+    match runtime.run_apart(m.digest, m.wasi, &bytes, policy) {
+        Ok(outcome) => Some(outcome),
+        Err(cachet_runtime::NotApart::Unable) => None,
+        Err(cachet_runtime::NotApart::Lost(why)) => {
+            if !env
+                .runtime
+                .said_lost
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = env.tx.send(Event::Warning {
+                    message: format!(
+                        "a run apart ended without an outcome ({why}); it runs again in cachet's process (said once; `--long-runs here` keeps every run there)"
+                    ),
+                });
+            }
+            None
+        }
+    }
 }
 
 /// A shared instance that stopped in one case (a panic, an exit, a limit)

@@ -88,7 +88,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Inputs(args) => inputs::run(args, home::open_cache()),
         Command::Clean(args) => home::clean(args.results),
         Command::RunAction { manifest } => remote_exec::run_action(&manifest),
-        Command::RunApart { dir } => cachet_runtime::run_child(&dir),
+        Command::RunApart => cachet_runtime::serve(),
         Command::Worker(args) => match worker_config(args) {
             Ok(config) => worker::run(config),
             Err(e) => {
@@ -253,8 +253,10 @@ fn test(config: TestConfig) -> u8 {
             s.compiled, s.upgraded, s.winch, s.loaded_from_disk, s.fetched
         );
         println!(
-            "cachet: explain: long runs apart: {} (child processes on code without time checks)",
-            s.apart
+            "cachet: explain: runs apart: {} in {} child process{} (on code without time checks)",
+            s.apart,
+            s.servers,
+            if s.servers == 1 { "" } else { "es" }
         );
         if let Some(r) = &remote {
             let n = r

@@ -9,12 +9,18 @@
 //! binary, `RunGuard`) on Cranelift's code compiled without the checks,
 //! and at its deadline the child is killed.
 //!
-//! What comes back is what a run here gives (status, output, log, collected
-//! file), through files the child writes in a directory of its own. The
-//! guest's output also streams through the child's stdout as it is
-//! written: into the policy's tee (shown live), and it is the output of a
-//! run killed at its deadline (`Status::Timeout`, without trap frames: a
-//! kill has none). Ctrl-C kills the child (`Status::Interrupted`).
+//! The child is a run server (`cachet __run-apart`): started when no idle
+//! one is free ([`Servers`]), it runs one request after another
+//! (a directory named on a line of its stdin), its engine made and each
+//! module's code mapped once, so a run apart costs about what one here
+//! does. What comes back is what a run here gives (status, output, log,
+//! collected file), through files the child writes in the request's
+//! directory. The guest's output streams through the child's stdout as it
+//! is written, in frames (a kind byte, a length, the bytes) that end with
+//! the run's end frame: into the policy's tee (shown live), and it is the
+//! output of a run killed at its deadline (`Status::Timeout`, without trap
+//! frames: a kill has none). At a deadline or Ctrl-C the server is killed;
+//! the next run apart starts another.
 //!
 //! The parent prepares the code (`Runtime::prepare_unchecked`: from the
 //! compiled-module cache, the shared store, or a compile under the compile
@@ -23,10 +29,10 @@
 //! that cannot be named, a child that cannot start or did not finish) runs
 //! it here instead, as before.
 
-use std::io::{Read, Write};
+use std::io::BufRead;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +42,7 @@ use crate::engine::{Compiler, ModuleDigest, Runtime, RuntimeConfig, Tier};
 use crate::log::Sha256Digest;
 use crate::outcome::{RunOutcome, Status};
 use crate::policy::{OutputTee, Policy};
+use crate::server::{write_frame, Frame, END_FRAME, FAILED, NOT_READY, OUTPUT_FRAME, RAN};
 use crate::spec::{OutcomeSpec, PolicySpec};
 
 /// What the child is asked to run, in `DIR/request.json`.
@@ -57,10 +64,6 @@ const OUTCOME: &str = "outcome.json";
 const OUTPUT: &str = "output";
 const COLLECTED: &str = "collected";
 const SCRATCH: &str = "scratch";
-
-/// The child's exit when the module's code was not in the cache (trimmed
-/// meanwhile): the run goes here instead.
-const NOT_READY: u8 = 3;
 
 /// How often the parent looks at the child, its deadline and Ctrl-C.
 const POLL: Duration = Duration::from_millis(5);
@@ -129,54 +132,60 @@ impl Runtime {
             parent: std::process::id(),
         };
         std::fs::write(dir.path().join(REQUEST), serde_json::to_vec(&request).ok()?).ok()?;
-        let stderr = std::fs::File::create(dir.path().join("stderr")).ok()?;
+        let line = format!("{}\n", dir.path().to_str()?);
+        let mut server = self.servers.take_or_start(guard, line.as_bytes())?;
         let start = Instant::now();
-        let mut child = std::process::Command::new(&guard.program)
-            .args(&guard.args)
-            .arg(dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .ok()?;
-        let streamed = stream(child.stdout.take()?, policy.output_tee.clone());
+        let mut output = Vec::new();
         let end = loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.code() == Some(0) => break End::Ran,
-                Ok(Some(status)) if status.code() == Some(NOT_READY.into()) => break End::NotReady,
-                Ok(Some(status)) => break End::Lost(status.to_string()),
-                Err(e) => break End::Lost(e.to_string()),
-                Ok(None) if self.interrupted() => break End::Stopped(Status::Interrupted),
-                Ok(None) if start.elapsed() >= policy.timeout => {
-                    break End::Stopped(Status::Timeout(policy.timeout))
+            let end = match server.frames.recv_timeout(POLL) {
+                Ok(Frame::Output(bytes)) => {
+                    if let Some(tee) = &policy.output_tee {
+                        (tee.0)(&bytes);
+                    }
+                    output.extend_from_slice(&bytes);
+                    None
                 }
-                Ok(None) => std::thread::sleep(POLL),
+                Ok(Frame::End(answer)) => Some(match answer.split_first() {
+                    Some((&RAN, _)) => End::Ran,
+                    Some((&NOT_READY, _)) => End::NotReady,
+                    Some((_, why)) => End::Lost(String::from_utf8_lossy(why).into_owned()),
+                    None => End::Lost("an empty answer".into()),
+                }),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(End::Lost(server.died())),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            };
+            let end = end.or_else(|| {
+                if self.interrupted() {
+                    Some(End::Stopped(Status::Interrupted))
+                } else if start.elapsed() >= policy.timeout {
+                    Some(End::Stopped(Status::Timeout(policy.timeout)))
+                } else {
+                    None
+                }
+            });
+            if let Some(end) = end {
+                break end;
             }
         };
-        let _ = child.kill();
-        let _ = child.wait();
-        let output = streamed.join().unwrap_or_default();
         let status = match end {
             End::Ran => {
+                self.servers.put_back(server);
                 let Some(outcome) = read_outcome(dir.path()) else {
                     return Some(Err("its outcome could not be read".into()));
                 };
                 self.compilers.apart.fetch_add(1, Ordering::Relaxed);
                 return Some(Ok(outcome));
             }
-            End::Lost(how) => {
-                // Its own words, when it had any (the last line it wrote).
-                let said = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-                return Some(Err(
-                    match said.lines().rev().find(|l| !l.trim().is_empty()) {
-                        Some(line) => format!("{how}: {}", line.trim()),
-                        None => how,
-                    },
-                ));
+            End::NotReady => {
+                self.servers.put_back(server);
+                self.forget_unchecked(&digest);
+                return None;
             }
-            End::NotReady => return None,
+            // The server is killed (dropped) with the run it was running.
+            End::Lost(why) => return Some(Err(why)),
             End::Stopped(status) => status,
         };
+        drop(server);
         self.compilers.apart.fetch_add(1, Ordering::Relaxed);
         let spec = OutcomeSpec {
             status,
@@ -206,7 +215,7 @@ pub enum NotApart {
     Lost(String),
 }
 
-/// How a child ended.
+/// How a run apart ended.
 enum End {
     /// By itself, its outcome written.
     Ran,
@@ -233,25 +242,6 @@ fn below_root(host: &Path) -> Option<String> {
     normal(&path).then(|| name.to_string())
 }
 
-/// Reads the child's stdout to its end on a thread of its own, into the
-/// tee as it comes; the bytes, for a run stopped before its end.
-fn stream(
-    mut from: std::process::ChildStdout,
-    tee: Option<OutputTee>,
-) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = vec![0; 64 << 10];
-        while let Ok(n @ 1..) = from.read(&mut buf) {
-            if let Some(tee) = &tee {
-                (tee.0)(&buf[..n]);
-            }
-            seen.extend_from_slice(&buf[..n]);
-        }
-        seen
-    })
-}
-
 /// The outcome a child that ended by itself wrote.
 fn read_outcome(dir: &Path) -> Option<RunOutcome> {
     let spec: OutcomeSpec = serde_json::from_slice(&std::fs::read(dir.join(OUTCOME)).ok()?).ok()?;
@@ -263,32 +253,33 @@ fn read_outcome(dir: &Path) -> Option<RunOutcome> {
     Some(RunOutcome::from_spec(spec, output, collected))
 }
 
-/// The child: runs the request in `dir` (see [`Runtime::run_apart`]) and
-/// writes its outcome there. Exit 0 when it ran (whatever its verdict),
-/// [`NOT_READY`] when the code was not in the cache, 2 when it could not
-/// run (the reason on stderr).
-pub fn run_child(dir: &Path) -> u8 {
-    match try_run_child(dir) {
-        Ok(ran) => {
-            if ran {
-                0
-            } else {
-                NOT_READY
-            }
-        }
-        Err(e) => {
-            eprintln!("cachet: a run apart: {e}");
-            2
-        }
-    }
-}
-
-fn try_run_child(dir: &Path) -> Result<bool, String> {
+/// The child, a run server: runs each request whose directory comes on a
+/// line of stdin (see [`Runtime::run_apart`]), writes its outcome there,
+/// and answers with an end frame: [`RAN`] when it ran (whatever its
+/// verdict), [`NOT_READY`] when the code was not in the cache, [`FAILED`]
+/// and why when it could not run. Ends when stdin does.
+pub fn serve() -> u8 {
     // Nothing else would ever stop a guest in a loop without epoch checks
     // once its parent is gone (kill -9, a crash): it dies with the parent
-    // (with the thread that waits for it, which lives as long).
+    // (with the thread that started it, which sends it every request).
     // SAFETY: prctl with these arguments only sets a flag of this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let mut runtime = None;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(dir) = line else { break };
+        let answer = match run_request(Path::new(&dir), &mut runtime) {
+            Ok(true) => vec![RAN],
+            Ok(false) => vec![NOT_READY],
+            Err(e) => [&[FAILED][..], e.as_bytes()].concat(),
+        };
+        write_frame(END_FRAME, &answer);
+    }
+    0
+}
+
+/// Runs one request on the server's runtime (made by the first one);
+/// `false` when the module's code was not in the cache.
+fn run_request(dir: &Path, runtime: &mut Option<Runtime>) -> Result<bool, String> {
     let at = |name: &str| dir.join(name);
     let show = |path: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let bytes = std::fs::read(at(REQUEST)).map_err(|e| show(&at(REQUEST), &e))?;
@@ -302,18 +293,24 @@ fn try_run_child(dir: &Path) -> Result<bool, String> {
     std::fs::create_dir_all(at(SCRATCH)).map_err(|e| show(&at(SCRATCH), &e))?;
     let mut policy = Policy::from_spec(&request.policy, Path::new("/"), &at(SCRATCH))?;
     policy.output_tee(OutputTee(Arc::new(|bytes: &[u8]| {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(bytes);
-        let _ = out.flush();
+        write_frame(OUTPUT_FRAME, bytes)
     })));
-    let runtime = Runtime::new(RuntimeConfig {
-        compiled_cache: Some(request.compiled_cache),
-        max_wasm_stack: Some(request.stack),
-        uninterruptible: true,
-        tier: Tier::Cranelift,
-        ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    let runtime = match runtime {
+        Some(r) => r,
+        None => runtime.insert(
+            Runtime::new(RuntimeConfig {
+                compiled_cache: Some(request.compiled_cache),
+                max_wasm_stack: Some(request.stack),
+                uninterruptible: true,
+                tier: Tier::Cranelift,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?,
+        ),
+    };
+    // One module's code mapped at a time: a server runs one module's jobs
+    // in a row, then the next module's.
+    runtime.forget_others(&digest);
     let Some(module) = runtime.load_ready(digest) else {
         return Ok(false);
     };

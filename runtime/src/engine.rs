@@ -24,9 +24,9 @@
 //!   runtime goes away is stopped (a module whose runs all end sooner is
 //!   cheaper to compile with Winch again). A module Winch cannot compile
 //!   (tail calls, exceptions, GC) goes straight to Cranelift.
-//! - A long run can go apart (`apart.rs`): Cranelift's code without epoch
+//! - A run can go apart (`apart.rs`): Cranelift's code without epoch
 //!   checks, kept under its own key (`Runtime::prepare_unchecked`), runs in
-//!   a child process killed at the deadline.
+//!   a child process (a run server, reused) killed at the deadline.
 //! - Each module's `InstancePre` (imports resolved once) is reused by every run.
 //! - Guests run on threads whose stacks hold the wasm stack (`guest_thread.rs`).
 
@@ -50,6 +50,7 @@ use crate::guest_thread::GuestThreads;
 use crate::log::Sha256Digest;
 use crate::observe::{FileId, SharedMemo};
 use crate::scratch::ScratchPool;
+use crate::server::RunGuard;
 
 /// The wasmtime version compiled modules on disk are keyed by; a test checks it
 /// against the workspace's pin.
@@ -204,6 +205,9 @@ pub struct LoadStats {
     pub fetched: u64,
     /// Runs that went apart, to a child process ([`Runtime::run_apart`]).
     pub apart: u64,
+    /// Run servers started for them (one per runner, and one more after
+    /// each kill at a deadline).
+    pub servers: u64,
 }
 
 /// Cranelift's compiled files shared beyond this machine (the host's remote
@@ -271,14 +275,6 @@ pub struct CompileGuard {
     pub memory: u64,
 }
 
-/// How to run a long run apart (`apart.rs`): `program args... DIR` must
-/// call [`crate::run_child`].
-#[derive(Clone, Debug)]
-pub struct RunGuard {
-    pub program: PathBuf,
-    pub args: Vec<OsString>,
-}
-
 /// A compile may take this long by default. The largest test binaries seen
 /// (Go's standard library, ~30 MB of wasm) compile in well under a minute on
 /// two cores.
@@ -311,6 +307,8 @@ pub struct Runtime {
     stop_ticker: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
     pub(crate) run_guard: Option<RunGuard>,
+    /// Idle run servers (`apart.rs`).
+    pub(crate) servers: crate::server::Servers,
 }
 
 /// What compiling needs, shared with the background compiles.
@@ -334,6 +332,11 @@ pub(crate) struct Compilers {
     /// Cranelift's engine without epoch checks, for the code of runs apart
     /// (`apart.rs`): its fingerprint keys that code. Made on first use.
     unchecked: OnceLock<Result<Engine, String>>,
+    /// Modules whose code without epoch checks this process found intact
+    /// or made: checked once, not at every run apart (a Go module's code is
+    /// tens of megabytes to hash). A run apart whose child finds the file
+    /// gone (trimmed) forgets it (`forget_unchecked`).
+    unchecked_ready: Mutex<std::collections::HashSet<ModuleDigest>>,
 }
 
 /// Cranelift compiles of modules that started on Winch, one at a time on a
@@ -466,6 +469,7 @@ impl Runtime {
                 cancel: AtomicBool::new(false),
                 apart: AtomicU64::new(0),
                 unchecked: OnceLock::new(),
+                unchecked_ready: Mutex::default(),
             }),
             tier,
             modules: Mutex::default(),
@@ -473,6 +477,7 @@ impl Runtime {
             stop_ticker,
             ticker,
             run_guard: config.run_apart,
+            servers: Default::default(),
         })
     }
 
@@ -523,6 +528,7 @@ impl Runtime {
             upgraded: c.upgraded.load(Ordering::Relaxed),
             fetched: c.fetched.load(Ordering::Relaxed),
             apart: c.apart.load(Ordering::Relaxed),
+            servers: self.servers.started(),
         }
     }
 
@@ -642,6 +648,30 @@ impl Runtime {
         bytes: &dyn Fn() -> Option<Vec<u8>>,
     ) -> Result<(), LoadError> {
         let c = &self.compilers;
+        let ready = || c.unchecked_ready.lock().unwrap_or_else(|e| e.into_inner());
+        if ready().contains(&digest) {
+            return Ok(());
+        }
+        self.make_unchecked(digest, bytes)?;
+        ready().insert(digest);
+        Ok(())
+    }
+
+    /// Forgets that `digest`'s code without epoch checks was ready: the
+    /// next run apart looks again.
+    pub(crate) fn forget_unchecked(&self, digest: &ModuleDigest) {
+        let c = &self.compilers;
+        let mut ready = c.unchecked_ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.remove(digest);
+    }
+
+    /// [`Runtime::prepare_unchecked`] when this process has not yet.
+    fn make_unchecked(
+        &self,
+        digest: ModuleDigest,
+        bytes: &dyn Fn() -> Option<Vec<u8>>,
+    ) -> Result<(), LoadError> {
+        let c = &self.compilers;
         let engine = c
             .unchecked
             .get_or_init(|| {
@@ -698,6 +728,13 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Forgets every module loaded before but `digest`'s (a run server
+    /// maps one module's code at a time).
+    pub(crate) fn forget_others(&self, digest: &ModuleDigest) {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        modules.retain(|d, _| d == digest);
     }
 
     /// A module this runtime loaded before.
@@ -1484,10 +1521,26 @@ mod tests {
             .unwrap();
         assert_eq!(parent.stats().compiled, 1);
         parent.prepare_unchecked(digest, &|| None).unwrap();
+        let (compiled, looked) = (parent.stats().compiled, parent.stats().loaded_from_disk);
+        assert_eq!(
+            (compiled, looked),
+            (1, 0),
+            "ready: neither compiled nor checked again"
+        );
+        // Forgotten (its child found it gone), it is looked at again.
+        parent.forget_unchecked(&digest);
+        parent.prepare_unchecked(digest, &|| None).unwrap();
         assert_eq!(
             parent.stats().loaded_from_disk,
             1,
             "kept: not compiled again"
+        );
+        let other = Runtime::new(config(false)).unwrap();
+        other.prepare_unchecked(digest, &|| None).unwrap();
+        assert_eq!(
+            (other.stats().compiled, other.stats().loaded_from_disk),
+            (0, 1),
+            "another process finds it on disk"
         );
         // The child's engine is pooled, the parent keys with one that is
         // not: the same code, the same key.

@@ -37,6 +37,7 @@ mod random;
 mod recorder;
 mod run;
 mod scratch;
+mod server;
 mod spec;
 mod state;
 
@@ -44,13 +45,13 @@ mod state;
 pub mod guest_abi;
 
 pub use abi::Wasi;
-pub use apart::{run_child, NotApart};
+pub use apart::{serve, NotApart};
 pub use clock::{HERMETIC_EPOCH_NS, HERMETIC_TICK_NS};
 pub use devices::DEVICE_FILES;
 pub use engine::{
     check_header, compile_child, data_contains, trim_compiled, CompileGuard, CompiledStore,
-    Compiler, LoadStats, Module, ModuleDigest, RunGuard, Runtime, RuntimeConfig, SharedCompiled,
-    Tier, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
+    Compiler, LoadStats, Module, ModuleDigest, Runtime, RuntimeConfig, SharedCompiled, Tier,
+    DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, MAX_WASM_STACK, TICK, WASMTIME_VERSION,
 };
 pub use error::{CompileChildError, LoadError, RunError, RuntimeError};
 pub use log::{Entry, InputLog, InputsDigest, Observation, ReadOp, Sha256Digest};
@@ -66,6 +67,7 @@ pub use policy::{
 };
 pub use quota::INODE_CHARGE;
 pub use scratch::remove_tree;
+pub use server::RunGuard;
 pub use spec::{MountSpec, OutcomeSpec, PolicySpec};
 
 /// Formats a duration as Go does (`10m0s`, `1.5s`, `250ms`), for messages

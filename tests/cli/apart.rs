@@ -40,22 +40,34 @@ fn verdicts(out: &str) -> Vec<String> {
 pub(crate) fn runs_apart(out: &str) -> usize {
     let line = out
         .lines()
-        .find_map(|l| l.strip_prefix("cachet: explain: long runs apart: "))
+        .find_map(|l| l.strip_prefix("cachet: explain: runs apart: "))
         .unwrap_or_else(|| panic!("no line of runs apart in {out}"));
     line.split(' ').next().unwrap().parse().unwrap()
 }
 
-/// Processes whose command line names `text`.
-fn processes_naming(text: &str) -> Vec<String> {
+/// The run servers (`cachet __run-apart`) whose parent is `parent`: their
+/// pids.
+fn servers_of(parent: u32) -> Vec<String> {
     let o = std::process::Command::new("pgrep")
-        .args(["-fa", text])
+        .args(["-P", &parent.to_string(), "-f", "__run-apart"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter(|l| !l.contains("pgrep"))
         .map(str::to_string)
         .collect()
+}
+
+/// Whether process `pid` is still there (and no zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
@@ -140,12 +152,10 @@ fn a_run_apart_is_killed_at_its_time_limit_and_by_ctrl_c_leaving_nothing() {
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new(), "{out}");
-    let tmp_name = tmp.path().to_str().unwrap();
-    assert_eq!(processes_naming(tmp_name), Vec::<String>::new());
 
     // Ctrl-C, under the default 10-minute limit: the child is killed at
     // once, though the guest is in a loop without a host call.
-    let (child, _cache) = spinning_apart(work.path(), &env, tmp_name);
+    let (child, _cache, server) = spinning_apart(work.path(), &env);
     let start = Instant::now();
     let kill = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -159,32 +169,30 @@ fn a_run_apart_is_killed_at_its_time_limit_and_by_ctrl_c_leaving_nothing() {
         start.elapsed()
     );
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert_eq!(processes_naming(tmp_name), Vec::<String>::new());
+    assert!(!alive(&server), "the run server outlived Ctrl-C");
     assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new());
 
     // kill -9: nothing stops a loop without epoch checks but the child's
     // own death with its parent.
-    let (mut child, _cache) = spinning_apart(work.path(), &env, tmp_name);
+    let (mut child, _cache, server) = spinning_apart(work.path(), &env);
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !processes_naming(tmp_name).is_empty() {
+    while alive(&server) {
         assert!(
             Instant::now() < deadline,
-            "{:?} outlived its parent",
-            processes_naming(tmp_name)
+            "the run server {server} outlived its parent"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// `cachet test` on the spinning suite, once its run apart (a process
-/// naming `tmp`) is in its loop, past its start-up check of its parent.
+/// `cachet test` on the spinning suite, once its run server is in the
+/// guest's loop, past its check of its parent; and the server's pid.
 fn spinning_apart(
     work: &Path,
     env: &[(&str, &str)],
-    tmp: &str,
-) -> (std::process::Child, tempfile::TempDir) {
+) -> (std::process::Child, tempfile::TempDir, String) {
     let (mut cmd, cache) = cachet_command(work, env);
     let child = cmd
         .args(["test", "--isolate", "module", "spin"])
@@ -193,12 +201,15 @@ fn spinning_apart(
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while processes_naming(tmp).is_empty() {
+    let server = loop {
+        if let Some(pid) = servers_of(child.id()).pop() {
+            break pid;
+        }
         assert!(Instant::now() < deadline, "no run apart started");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     std::thread::sleep(Duration::from_secs(1));
-    (child, cache)
+    (child, cache, server)
 }
 
 /// A case that took 3 s last time runs apart, its output shown live; with
@@ -242,21 +253,17 @@ fn a_case_that_took_long_last_time_runs_apart_and_is_shown_live() {
 
     // Its child killed from outside: one warning saying how, and the case
     // runs again in cachet's process, and passes.
-    let tmp = tempfile::tempdir().unwrap();
-    let tmp_env = [env[0], ("TMPDIR", tmp.path().to_str().unwrap())];
-    let (mut cmd, _fresh) = cachet_command(work.path(), &tmp_env);
+    let (mut cmd, _fresh) = cachet_command(work.path(), &env);
     let child = cmd
         .args(["test", "--count", "1", "--explain", "slowprint"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let tmp = tmp.path().to_str().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let apart = loop {
-        let found = processes_naming(tmp);
-        if let Some(p) = found.iter().find(|p| p.contains("__run-apart")) {
-            break p.split(' ').next().unwrap().to_string();
+        if let Some(pid) = servers_of(child.id()).pop() {
+            break pid;
         }
         assert!(Instant::now() < deadline, "no run apart started");
         std::thread::sleep(Duration::from_millis(20));

@@ -274,6 +274,63 @@ fn go_modules_with_an_expensive_init_share_one_instance() {
     assert_eq!(stdout(&o).matches(" ran: ").count(), 3, "{}", stdout(&o));
 }
 
+/// Go's runs go apart, to run servers reused from run to run: with `-p 1`,
+/// a package's listing and its four cases in one child process, its module
+/// compiled once (by Cranelift, without time checks; nothing on Winch). A
+/// case killed at its time limit takes its server with it; the next case
+/// starts another.
+#[test]
+fn go_runs_go_apart_to_one_run_server_per_runner() {
+    let m = GoModule::new();
+    let o = m.cachet(&["test", "--explain", "-p", "1", "./clean"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(
+            "cachet: explain: runs apart: 5 in 1 child process (on code without time checks)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("cachet: explain: modules: 1 compiled by Cranelift (0 after starting on Winch), 0 by Winch,"),
+        "{out}"
+    );
+
+    let dir = m.dir().join("spins");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("spins_test.go"),
+        "package spins\n\nimport \"testing\"\n\nfunc TestSpins(t *testing.T) {\n\tfor {\n\t}\n}\n\nfunc TestQuick(t *testing.T) {}\n\nfunc TestQuickToo(t *testing.T) {}\n",
+    )
+    .unwrap();
+    let o = m.cachet(&[
+        "test",
+        "-v",
+        "--explain",
+        "-p",
+        "1",
+        "--timeout",
+        "2s",
+        "./spins",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    for verdict in [
+        "--- FAIL: TestSpins",
+        "--- PASS: TestQuick ",
+        "--- PASS: TestQuickToo ",
+    ] {
+        assert!(out.contains(verdict), "{verdict}: {out}");
+    }
+    assert!(out.contains("ran too long (2s)"), "{out}");
+    assert!(
+        out.contains(
+            "cachet: explain: runs apart: 4 in 2 child processes (on code without time checks)"
+        ),
+        "{out}"
+    );
+}
+
 /// Sets every file's and directory's modification time below `dir` an hour back.
 fn backdate(dir: &std::path::Path) {
     let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);

@@ -24,7 +24,7 @@ pub struct ExecArgs {
     /// How many cases run at once when a test invocation runs per case (default: the number of cores).
     #[arg(short = 'p', value_name = "N")]
     pub parallel: Option<usize>,
-    /// Where a test invocation's long run runs, as for `cachet test`: apart (default: in a child process on code without time checks, killed at its time limit) or here.
+    /// Where a test invocation's long runs and Go's runs run, as for `cachet test`: apart (default: in a child process on code without time checks, killed at its time limit) or here.
     #[arg(long, value_enum, env = "CACHET_LONG_RUNS")]
     pub long_runs: Option<super::LongRunsArg>,
     /// The WebAssembly module (a .wasm file, or a Go test binary such as pkg.test).

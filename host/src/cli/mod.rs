@@ -51,10 +51,10 @@ pub enum Command {
     /// Run one remote action's case (a worker runs this itself).
     #[command(name = "__run-action", hide = true)]
     RunAction { manifest: std::path::PathBuf },
-    /// Run one long run in a child process, killed at its time limit
-    /// (cachet runs this itself).
+    /// Serve runs apart in a child process, each killed at its time limit:
+    /// request directories on stdin, one a line (cachet runs this itself).
     #[command(name = "__run-apart", hide = true)]
-    RunApart { dir: std::path::PathBuf },
+    RunApart,
     /// Compile one module in a child process (cachet runs this itself).
     #[command(name = "__compile", hide = true)]
     Compile(CompileArgs),

@@ -76,10 +76,11 @@ pub struct TestFlags {
     /// Compilers: auto (Winch at once, Cranelift in the background; default), cranelift, winch.
     #[arg(long, value_enum, env = "CACHET_TIER")]
     pub tier: Option<TierArg>,
-    /// Where a long run runs (one that took 1 s or more last time, or a
-    /// module's cases in one instance): apart (default: in a child process
-    /// on code without time checks, killed at its time limit; faster) or
-    /// here (in cachet's process, stopped by wasmtime's epoch checks).
+    /// Where a long run (one that took 1 s or more last time, or a module's
+    /// cases in one instance) and every run of a Go test binary runs: apart
+    /// (default: in a child process on code without time checks, killed at
+    /// its time limit; faster) or here (in cachet's process, stopped by
+    /// wasmtime's epoch checks).
     #[arg(long, value_enum, env = "CACHET_LONG_RUNS")]
     pub long_runs: Option<LongRunsArg>,
     /// Share results through a remote cache speaking Bazel's HTTP cache protocol (nginx WebDAV, bazel-remote, ...).

@@ -68,8 +68,8 @@ pub struct TestConfig {
     pub compile_memory: u64,
     /// `--tier`: which compilers make a module's code.
     pub tier: cachet_runtime::Tier,
-    /// `--long-runs apart`: long runs go to a child process whose time
-    /// limit is a kill (`job::run_local`).
+    /// `--long-runs apart`: long runs and Go's runs go to a child process
+    /// whose time limit is a kill (`job::run_local`).
     pub runs_apart: bool,
     pub mode: OutputMode,
     pub parallel: usize,

@@ -91,6 +91,16 @@ impl Framework {
     pub fn name(self) -> &'static str {
         self.harness().name()
     }
+
+    /// Whether every run of this framework's modules (its listings too)
+    /// goes apart, to a run server on Cranelift's code without epoch checks
+    /// (`job::run_local`): Go's test binaries, megabytes of tight loops that
+    /// the checks slow by up to a third, whose stock runner compiles none
+    /// and kills the process at its time limit. libtest's runs stay here: a
+    /// trivial case costs microseconds, less than a hand-off to a child.
+    pub fn serves_apart(self) -> bool {
+        self == Framework::Go
+    }
 }
 
 /// How the user asked to see output. Every harness runs a case the same
