@@ -502,7 +502,7 @@ fn hermetic_runs_repeat_exactly_and_sleep_in_virtual_time() {
 /// A module whose one function is ~2 MB of code: seconds of cranelift.
 fn compile_bomb() -> Vec<u8> {
     let mut body = String::from("(local $x i32)");
-    for i in 0..120_000 {
+    for i in 0..400_000 {
         body.push_str(&format!(
             "(local.set $x (i32.add (local.get $x) (i32.const {i})))(if (i32.eqz (local.get $x)) (then (local.set $x (i32.const 1))))"
         ));

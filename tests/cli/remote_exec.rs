@@ -693,7 +693,13 @@ fn a_server_gone_mid_run_leaves_the_run_to_this_machine() {
     let err = crate::stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(crate::stdout(&o).contains("--- PASS: tests::prints_then_waits"));
-    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    // One warning, the server's end (on a loaded machine the worker may
+    // also take over 10 s to start the action: said, and not counted).
+    let warnings = err
+        .lines()
+        .filter(|l| l.contains("warning") && !l.contains("still waiting"))
+        .count();
+    assert_eq!(warnings, 1, "{err}");
     assert!(err.contains("running the rest locally"), "{err}");
     assert!(err.contains(": 0 of 1 runs remote"), "{err}");
     // What ran here is cached as any local result.

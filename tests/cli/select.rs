@@ -27,17 +27,27 @@ fn list_prints_matching_names_without_running() {
     assert_eq!(normalize(&stdout(&o)), "tests::gcd_divides_both\ntests::gcd_of_coprimes_is_one\nok  \tfixtures/demo/calc\tX.XXXs\n");
 }
 
+/// With `-p 1` and `--failfast`, the first package's failure stops the
+/// second before its cases start. Both listings cached first: a fresh
+/// listing lets runners take whichever package is listed first, and on a
+/// loaded machine `calc`'s cases ran before `mixed`'s (a full run saw it).
 #[test]
 fn failfast_starts_no_case_after_a_failure() {
-    let o = cachet(&[
-        "test",
-        "-v",
-        "-p",
-        "1",
-        "--failfast",
-        "fixtures/suites/mixed",
-        "fixtures/demo/calc",
-    ]);
+    let root = cachet_testkit::repo_root();
+    let (_, cache) = crate::cachet_command(&root, &[]);
+    let env = [("CACHET_CACHE", cache.path().to_str().unwrap())];
+    let packages = ["fixtures/suites/mixed", "fixtures/demo/calc"];
+    let listed = crate::cachet_with(
+        &root,
+        &[&["test", "--list", "."][..], &packages].concat(),
+        &env,
+    );
+    assert_eq!(listed.status.code(), Some(0), "{}", stdout(&listed));
+    let o = crate::cachet_with(
+        &root,
+        &[&["test", "-v", "-p", "1", "--failfast"][..], &packages].concat(),
+        &env,
+    );
     assert_eq!(o.status.code(), Some(1));
     let out = normalize(&stdout(&o));
     assert!(out.contains("--- FAIL: tests::breaks"), "{out}");
