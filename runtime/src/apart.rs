@@ -52,6 +52,8 @@ struct Request {
     digest: String,
     /// The policy; its mounts' directories are relative to `/`.
     policy: PolicySpec,
+    /// The stack limit and compiled-module cache: the same for every
+    /// request of one parent runtime; a server takes them from its first.
     stack: usize,
     compiled_cache: PathBuf,
     /// The parent's pid: a child whose parent died before it could ask to

@@ -128,6 +128,10 @@ impl Server {
 
     /// How the child ended, with its last words when it had any.
     pub(crate) fn died(&mut self) -> String {
+        // A child that closed its stdout (or wrote what is not a frame) but
+        // lives on is killed first: waiting for it would never end. A child
+        // that is gone keeps the status it ended with.
+        let _ = self.child.kill();
         let how = match self.child.wait() {
             Ok(status) => status.to_string(),
             Err(e) => e.to_string(),

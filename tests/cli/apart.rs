@@ -45,17 +45,21 @@ pub(crate) fn runs_apart(out: &str) -> usize {
     line.split(' ').next().unwrap().parse().unwrap()
 }
 
-/// The run servers (`cachet __run-apart`) whose parent is `parent`: their
-/// pids.
-fn servers_of(parent: u32) -> Vec<String> {
-    let o = std::process::Command::new("pgrep")
-        .args(["-P", &parent.to_string(), "-f", "__run-apart"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+/// The pid of the first run server (`cachet __run-apart`) whose parent is
+/// `parent`, once there is one (at most a minute).
+fn server_of(parent: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = std::process::Command::new("pgrep")
+            .args(["-P", &parent.to_string(), "-f", "__run-apart"])
+            .output()
+            .unwrap();
+        if let Some(pid) = String::from_utf8_lossy(&o.stdout).lines().next() {
+            return pid.to_string();
+        }
+        assert!(Instant::now() < deadline, "no run apart started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether process `pid` is still there (and no zombie).
@@ -200,14 +204,7 @@ fn spinning_apart(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let server = loop {
-        if let Some(pid) = servers_of(child.id()).pop() {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no run apart started");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let server = server_of(child.id());
     std::thread::sleep(Duration::from_secs(1));
     (child, cache, server)
 }
@@ -260,14 +257,7 @@ fn a_case_that_took_long_last_time_runs_apart_and_is_shown_live() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let apart = loop {
-        if let Some(pid) = servers_of(child.id()).pop() {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no run apart started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let apart = server_of(child.id());
     let killed = std::process::Command::new("kill")
         .args(["-9", &apart])
         .status()
