@@ -421,7 +421,9 @@ async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
     // No guest thread: each job left fails with the reason.
     if let Err(e) = ran {
         let _ = tokio::task::spawn_blocking(move || {
-            while let Some(next) = queue.pop() {
+            let mut done = None;
+            while let Some((pkg, next)) = queue.pop(done) {
+                done = Some(pkg);
                 run_one(&ctx, &tx, next, |_| Err(e.clone()));
             }
         })
@@ -429,19 +431,25 @@ async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
     }
 }
 
-/// The jobs to run, which `-p` runners on guest threads take in order: a
-/// job costs no hand-off between threads (it cost three, a third of a
-/// trivial case's time). Packages queue their misses as they are planned,
-/// so the first cases run while later packages still build and compile.
+/// The jobs to run, which `-p` runners on guest threads take: a job costs
+/// no hand-off between threads (it cost three, a third of a trivial case's
+/// time). Packages queue their misses as they are planned, so the first
+/// cases run while later packages still build and compile.
 ///
 /// The order: jobs that took [`LONG_JOB`] or more when they last ran go
-/// first, longest first, so a long one never starts last; the others keep
-/// the listed order, by package, whichever is planned first (jobs of one
-/// module in a row reuse its warm instance slots: shuffling 2,000 short
-/// jobs by their noise cost 20% of an uncached run). Only with parallel slots: with one, every order takes the
-/// same time, and `-p 1` keeps the listed order. So that the order holds
-/// across packages, runners wait while a package that needs no build and
-/// no fresh listing (a warm run's every package) is still to be queued.
+/// first, longest first, so a long one never starts last. The others keep
+/// the listed order within their package, and a runner takes the next job
+/// of the package with the fewest jobs running, the earliest package of
+/// those: with two runners, two packages go on side by side, as `go test
+/// -p 2` runs two test binaries, and each runner keeps to one module (its
+/// warm instance slots, its run server's code; shuffling 2,000 short jobs
+/// by their noise cost 20% of an uncached run). A package's cases that
+/// were never timed (a cold run) then start as soon as it is planned, not
+/// after every case of the packages before it: a long one among them
+/// (regexp's exhaustive test, 15 s) no longer starts last. With one
+/// runner, the listed order. So that the order holds across packages,
+/// runners wait while a package that needs no build and no fresh listing
+/// (a warm run's every package) is still to be queued.
 struct JobQueue<T = ToRun> {
     state: Mutex<QueueState<T>>,
     ready: std::sync::Condvar,
@@ -450,10 +458,13 @@ struct JobQueue<T = ToRun> {
 }
 
 struct QueueState<T> {
-    /// Each job with its package, and how long it took when long.
-    jobs: VecDeque<(usize, T, Option<Duration>)>,
-    /// How many jobs at the front took [`LONG_JOB`] or more.
-    long: usize,
+    /// Jobs that took [`LONG_JOB`] or more, longest first, with their
+    /// package.
+    long: VecDeque<(usize, T, Duration)>,
+    /// The others, by package, in listed order.
+    others: std::collections::BTreeMap<usize, VecDeque<T>>,
+    /// Jobs of each package running now.
+    running: Vec<usize>,
     /// Packages to be queued soon: no build, no fresh listing (yet).
     soon: Vec<bool>,
     soon_left: usize,
@@ -469,8 +480,9 @@ impl<T> JobQueue<T> {
         JobQueue {
             parallel: parallel.max(1),
             state: Mutex::new(QueueState {
-                jobs: VecDeque::new(),
-                long: 0,
+                long: VecDeque::new(),
+                others: Default::default(),
+                running: vec![0; packages],
                 soon: vec![true; packages],
                 soon_left: packages,
                 queued: 0,
@@ -503,26 +515,14 @@ impl<T> JobQueue<T> {
             s.soon_left -= 1;
         }
         s.queued += runs.len();
-        // The others after the queued jobs of the packages before this one
-        // (packages may be planned out of order).
-        let mut at = s.long
-            + s.jobs
-                .range(s.long..)
-                .rposition(|(p, _, _)| *p <= pkg)
-                .map_or(0, |i| i + 1);
         for (run, took) in runs {
             match took {
                 Some(took) => {
-                    let long = s.jobs.range(..s.long).position(|j| j.2 < Some(took));
-                    let long = long.unwrap_or(s.long);
-                    s.jobs.insert(long, (pkg, run, Some(took)));
-                    s.long += 1;
-                    at += 1;
+                    let at = s.long.iter().position(|j| j.2 < took);
+                    let at = at.unwrap_or(s.long.len());
+                    s.long.insert(at, (pkg, run, took));
                 }
-                None => {
-                    s.jobs.insert(at, (pkg, run, None));
-                    at += 1;
-                }
+                None => s.others.entry(pkg).or_default().push_back(run),
             }
         }
         self.ready.notify_all();
@@ -536,15 +536,18 @@ impl<T> JobQueue<T> {
         self.lock().runners.push(runner);
     }
 
-    /// The next job, waiting for one while more may come; `None` when the
-    /// queue is closed and empty.
-    fn pop(&self) -> Option<T> {
+    /// The next job and its package, waiting for one while more may come;
+    /// `None` when the queue is closed and empty. `done`: the package of
+    /// the job the caller ran last, now ended.
+    fn pop(&self, done: Option<usize>) -> Option<(usize, T)> {
         let mut s = self.lock();
+        if let Some(pkg) = done {
+            s.running[pkg] -= 1;
+        }
         loop {
             if s.soon_left == 0 || s.closed {
-                if let Some((_, run, _)) = s.jobs.pop_front() {
-                    s.long = s.long.saturating_sub(1);
-                    return Some(run);
+                if let Some(next) = s.take() {
+                    return Some(next);
                 }
                 if s.closed {
                     return None;
@@ -563,9 +566,32 @@ impl<T> JobQueue<T> {
     }
 }
 
+impl<T> QueueState<T> {
+    /// The next job in [`JobQueue`]'s order, counted as running.
+    fn take(&mut self) -> Option<(usize, T)> {
+        let (pkg, run) = match self.long.pop_front() {
+            Some((pkg, run, _)) => (pkg, run),
+            None => {
+                let running = &self.running;
+                let (&pkg, _) = self.others.iter().min_by_key(|(p, _)| running[**p])?;
+                let mut jobs = self.others.remove(&pkg).expect("just found");
+                let run = jobs.pop_front().expect("no package is kept without jobs");
+                if !jobs.is_empty() {
+                    self.others.insert(pkg, jobs);
+                }
+                (pkg, run)
+            }
+        };
+        self.running[pkg] += 1;
+        Some((pkg, run))
+    }
+}
+
 /// The runner's loop: runs the queued jobs until none is left.
 fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &JobQueue) {
-    while let Some(next) = queue.pop() {
+    let mut done = None;
+    while let Some((pkg, next)) = queue.pop(done) {
+        done = Some(pkg);
         run_one(ctx, tx, next, |run| {
             let env = ctx.env(tx);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job::run_job(&env, run)))
@@ -1084,9 +1110,16 @@ async fn list_package(
 mod tests {
     use super::*;
 
+    /// The order one runner takes every job in, each ended before the next.
     fn drain(q: &JobQueue<&'static str>) -> Vec<&'static str> {
         q.close();
-        std::iter::from_fn(|| q.pop()).collect()
+        let mut done = None;
+        std::iter::from_fn(|| {
+            let (pkg, run) = q.pop(done)?;
+            done = Some(pkg);
+            Some(run)
+        })
+        .collect()
     }
 
     #[test]
@@ -1101,13 +1134,33 @@ mod tests {
     }
 
     #[test]
+    fn two_runners_take_two_packages_side_by_side_and_keep_to_them() {
+        let q = JobQueue::new(3, 2);
+        q.push(0, vec![("a1", None), ("a2", None), ("a3", None)]);
+        q.push(1, vec![("b1", None), ("b2", None)]);
+        q.close();
+        let (one, two) = (q.pop(None).unwrap(), q.pop(None).unwrap());
+        assert_eq!((one, two), ((0, "a1"), (1, "b1")));
+        // Each runner, its job ended, goes on with its own package.
+        assert_eq!(q.pop(Some(1)), Some((1, "b2")));
+        assert_eq!(q.pop(Some(0)), Some((0, "a2")));
+        // A package planned now, with none of its jobs running, comes
+        // before more of a package already under way.
+        q.push(2, vec![("c1", None)]);
+        assert_eq!(q.pop(Some(1)), Some((2, "c1")));
+        // One runner left on package 0: the other helps it.
+        assert_eq!(q.pop(Some(2)), Some((0, "a3")));
+        assert_eq!(q.pop(Some(0)), None);
+    }
+
+    #[test]
     fn runners_wait_for_packages_due_soon_but_not_for_ones_that_compile() {
         let q = Arc::new(JobQueue::new(2, 1));
         q.push(0, vec![("a", None)]);
         let (tx, rx) = std::sync::mpsc::channel();
         let runner = {
             let q = q.clone();
-            std::thread::spawn(move || tx.send(q.pop()).unwrap())
+            std::thread::spawn(move || tx.send(q.pop(None).map(|(_, run)| run)).unwrap())
         };
         // Package 1 is due soon (no build, no fresh listing): no job yet.
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());

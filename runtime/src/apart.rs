@@ -135,7 +135,7 @@ impl Runtime {
         };
         std::fs::write(dir.path().join(REQUEST), serde_json::to_vec(&request).ok()?).ok()?;
         let line = format!("{}\n", dir.path().to_str()?);
-        let mut server = self.servers.take_or_start(guard, line.as_bytes())?;
+        let mut server = self.servers.take_or_start(guard, digest, line.as_bytes())?;
         let start = Instant::now();
         let mut output = Vec::new();
         let end = loop {

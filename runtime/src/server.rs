@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Mutex};
 use std::thread::ThreadId;
 
+use crate::ModuleDigest;
+
 /// How to run runs apart (`apart.rs`): `program args...` must call
 /// [`crate::serve`], a run server.
 #[derive(Clone, Debug)]
@@ -51,23 +53,34 @@ impl Servers {
     }
 
     /// An idle server this thread may use, or a new one, with `request`
-    /// sent to it (an idle server that died meanwhile is replaced once).
-    /// `None`: no server could start.
-    pub(crate) fn take_or_start(&self, guard: &RunGuard, request: &[u8]) -> Option<Server> {
+    /// (a run of `module`) sent to it (an idle server that died meanwhile
+    /// is replaced once). A server that ran `module` last is taken first:
+    /// its code is mapped already (runners on two packages keep to their
+    /// own servers). `None`: no server could start.
+    pub(crate) fn take_or_start(
+        &self,
+        guard: &RunGuard,
+        module: ModuleDigest,
+        request: &[u8],
+    ) -> Option<Server> {
         let me = owner();
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let at = idle.iter().position(|(t, _)| *t == me);
+            let mine = |(t, _): &(Option<ThreadId>, Server)| *t == me;
+            let at = idle
+                .iter()
+                .position(|s| mine(s) && s.1.module == Some(module))
+                .or_else(|| idle.iter().position(mine));
             at.map(|i| idle.swap_remove(i).1)
         };
         if let Some(mut server) = idle {
-            if server.send(request) {
+            if server.send(module, request) {
                 return Some(server);
             }
         }
         let mut server = Server::start(guard)?;
         self.started.fetch_add(1, Ordering::Relaxed);
-        server.send(request).then_some(server)
+        server.send(module, request).then_some(server)
     }
 
     pub(crate) fn put_back(&self, server: Server) {
@@ -90,6 +103,8 @@ pub(crate) struct Server {
     stdin: std::process::ChildStdin,
     pub(crate) frames: mpsc::Receiver<Frame>,
     stderr: std::fs::File,
+    /// The module of the last request sent.
+    module: Option<ModuleDigest>,
 }
 
 /// What the child wrote on its stdout.
@@ -116,11 +131,14 @@ impl Server {
             stdin,
             frames,
             stderr,
+            module: None,
         })
     }
 
-    /// Sends a request line; `false` when the child is gone.
-    fn send(&mut self, request: &[u8]) -> bool {
+    /// Sends a request line, a run of `module`; `false` when the child is
+    /// gone.
+    fn send(&mut self, module: ModuleDigest, request: &[u8]) -> bool {
+        self.module = Some(module);
         matches!(self.child.try_wait(), Ok(None))
             && self.stdin.write_all(request).is_ok()
             && self.stdin.flush().is_ok()
@@ -160,15 +178,22 @@ fn read_frames(mut from: std::process::ChildStdout, to: mpsc::Sender<Frame>) {
         if from.read_exact(&mut head).is_err() {
             return;
         }
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0; len];
-        if from.read_exact(&mut body).is_err() {
+        // A kind that is not a frame's ends the reading before its length
+        // is trusted.
+        if ![OUTPUT_FRAME, END_FRAME].contains(&head[0]) {
             return;
+        }
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        // Read as it comes: a length that is garbage allocates only what
+        // the child really wrote.
+        let mut body = Vec::new();
+        match (&mut from).take(len.into()).read_to_end(&mut body) {
+            Ok(n) if n == len as usize => {}
+            _ => return,
         }
         let frame = match head[0] {
             OUTPUT_FRAME => Frame::Output(body),
-            END_FRAME => Frame::End(body),
-            _ => return,
+            _ => Frame::End(body),
         };
         if to.send(frame).is_err() {
             return;
@@ -184,4 +209,65 @@ pub(crate) fn write_frame(kind: u8, body: &[u8]) {
     let _ = out.write_all(&len.to_le_bytes());
     let _ = out.write_all(&body[..len as usize]);
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Sha256Digest;
+    use std::time::Duration;
+
+    fn guard(script: &str) -> RunGuard {
+        RunGuard {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+        }
+    }
+
+    fn module(n: u8) -> ModuleDigest {
+        ModuleDigest(Sha256Digest([n; 32]))
+    }
+
+    #[test]
+    fn an_idle_server_that_ran_the_module_is_taken_first() {
+        let (servers, guard) = (Servers::default(), guard("exec sleep 60"));
+        let a = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
+        let b = servers.take_or_start(&guard, module(2), b"b\n").unwrap();
+        let (pid_a, pid_b) = (a.child.id(), b.child.id());
+        servers.put_back(a);
+        servers.put_back(b);
+        let again = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
+        assert_eq!(again.child.id(), pid_a);
+        // With none of its own idle, a module takes another's server.
+        let other = servers.take_or_start(&guard, module(3), b"c\n").unwrap();
+        assert_eq!(other.child.id(), pid_b);
+        assert_eq!(servers.started(), 2);
+    }
+
+    #[test]
+    fn frames_end_at_the_first_bytes_that_are_not_one() {
+        let guard = guard(
+            "read request; echo 'it broke' >&2; \
+             printf 'O\\005\\000\\000\\000hello'; printf 'Zgarbage'; exec sleep 60",
+        );
+        let servers = Servers::default();
+        let mut server = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
+        let first = server.frames.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(first, Ok(Frame::Output(b)) if b == b"hello"));
+        let next = server.frames.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(next, Err(mpsc::RecvTimeoutError::Disconnected)));
+        // The child lives on: it is killed, not waited for forever.
+        assert_eq!(server.died(), "signal: 9 (SIGKILL): it broke");
+    }
+
+    #[test]
+    fn a_frame_longer_than_what_the_child_wrote_allocates_only_that() {
+        // A length of 4 GiB - 1, then three bytes and the end of stdout.
+        let guard = guard("read request; printf 'E\\377\\377\\377\\377abc'");
+        let servers = Servers::default();
+        let mut server = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
+        let end = server.frames.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(end, Err(mpsc::RecvTimeoutError::Disconnected)));
+        assert_eq!(server.died(), "exit status: 0");
+    }
 }
