@@ -263,6 +263,31 @@ fn isolate_for(
     }
 }
 
+/// A module with an expensive init shares instances among its cases
+/// (`isolate_for`): up to [`SHARED_INSTANCES`] of them, with at least
+/// [`CASES_PER_SHARED`] cases each, dealt out in turn (neighbours in the
+/// listing, often alike in cost, go to different instances). Its cases then
+/// run on as many runners, beside other packages', instead of all on one
+/// (a cold run of the Go set waited 53 s on `bytes` in one instance); the
+/// extra inits cost at most 1/16 of what one instance per case would. The
+/// cut depends on the listing alone, so the jobs' keys are the same on
+/// every machine.
+fn shared_instances(cases: Vec<String>) -> Vec<Vec<String>> {
+    let n = (cases.len() / CASES_PER_SHARED).clamp(1, SHARED_INSTANCES);
+    let mut out = vec![Vec::new(); n];
+    for (i, case) in cases.into_iter().enumerate() {
+        out[i % n].push(case);
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// At most this many instances share a module's cases.
+const SHARED_INSTANCES: usize = 4;
+
+/// At least this many cases share each of them.
+const CASES_PER_SHARED: usize = 16;
+
 /// The policy of a job that runs `run_cases`: the module's, with the
 /// variables its harness names cases by (libtest's child mode), which
 /// are then in its key and its log like any other.
@@ -344,7 +369,9 @@ pub fn jobs(
                 Isolate::Module => {
                     let ignored = chosen.into_iter().filter(|c| is_ignored(c));
                     let ignored: Vec<Job> = ignored.map(|c| ignored_job(c.clone())).collect();
-                    if !selected.is_empty() {
+                    if shared_because.is_some() {
+                        jobs.extend(shared_instances(selected).into_iter().map(job));
+                    } else if !selected.is_empty() {
                         jobs.push(job(selected));
                     }
                     jobs.extend(ignored);
@@ -407,4 +434,29 @@ pub fn job_key(job: &Job, flags: &RunFlags, args: &[String], stack: usize) -> (K
         stack,
     );
     (parts, NameKey::new(&job.package, &case))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("T{i}")).collect()
+    }
+
+    #[test]
+    fn cases_sharing_instances_are_dealt_out_sixteen_or_more_each_up_to_four() {
+        assert_eq!(shared_instances(names(3)), vec![names(3)]);
+        assert_eq!(shared_instances(names(31)).len(), 1);
+        let two = shared_instances(names(32));
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0][..3], ["T0", "T2", "T4"]);
+        assert_eq!(two[1][..3], ["T1", "T3", "T5"]);
+        let four = shared_instances(names(159));
+        assert_eq!(
+            four.iter().map(Vec::len).collect::<Vec<_>>(),
+            [40, 40, 40, 39]
+        );
+        assert!(shared_instances(Vec::new()).is_empty());
+    }
 }

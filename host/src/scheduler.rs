@@ -421,9 +421,8 @@ async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
     // No guest thread: each job left fails with the reason.
     if let Err(e) = ran {
         let _ = tokio::task::spawn_blocking(move || {
-            let mut done = None;
-            while let Some((pkg, next)) = queue.pop(done) {
-                done = Some(pkg);
+            let mut stint = Stint::default();
+            while let Some((_, next)) = queue.pop(&mut stint) {
                 run_one(&ctx, &tx, next, |_| Err(e.clone()));
             }
         })
@@ -438,24 +437,46 @@ async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
 ///
 /// The order: jobs that took [`LONG_JOB`] or more when they last ran go
 /// first, longest first, so a long one never starts last. The others keep
-/// the listed order within their package, and a runner takes the next job
-/// of the package with the fewest jobs running, the earliest package of
-/// those: with two runners, two packages go on side by side, as `go test
-/// -p 2` runs two test binaries, and each runner keeps to one module (its
-/// warm instance slots, its run server's code; shuffling 2,000 short jobs
-/// by their noise cost 20% of an uncached run). A package's cases that
-/// were never timed (a cold run) then start as soon as it is planned, not
-/// after every case of the packages before it: a long one among them
-/// (regexp's exhaustive test, 15 s) no longer starts last. With one
-/// runner, the listed order. So that the order holds across packages,
-/// runners wait while a package that needs no build and no fresh listing
-/// (a warm run's every package) is still to be queued.
+/// the listed order within their package, and a runner keeps to one
+/// package (its warm instance slots, its run server's code) for a
+/// [`STINT`] of its time, or until the package has no job left; then it
+/// takes the package whose ended jobs took the least runner time, with
+/// fewer jobs running, then the earliest, first. So every package's cases
+/// start soon after it is planned, and one never timed that is long
+/// (regexp's exhaustive test, 15 s, in a cold run) is found early instead
+/// of after every case of the packages before it; packages that take under
+/// a stint (the 2,000-case suite's) still run one after another, each on
+/// one runner. A job counts when it ends: a package whose long job runs
+/// still has its other jobs taken, so it ends with that job (counted while
+/// it ran, `strings` had its last short cases wait behind every other
+/// package, and its result came last in a cold run: 78 s, not 38 s). With one
+/// runner, the listed order: every order takes the same time. So that the
+/// order holds across packages, runners wait while a package that needs
+/// no build and no fresh listing (a warm run's every package) is still to
+/// be queued.
 struct JobQueue<T = ToRun> {
     state: Mutex<QueueState<T>>,
     ready: std::sync::Condvar,
     /// Runners at most (`-p`).
     parallel: usize,
+    /// How long a runner keeps to a package that has jobs left.
+    stint: Duration,
 }
+
+/// A runner's time on one package, kept by the runner for its queue.
+#[derive(Default)]
+struct Stint {
+    /// The package it is on, and its time on it so far.
+    pkg: Option<usize>,
+    spent: Duration,
+    /// When the job it runs started.
+    job: Option<Instant>,
+}
+
+/// How long a runner keeps to one package while others wait: long enough
+/// that a change of module (a run server maps the other's code) costs
+/// little, short enough that a package planned late starts soon.
+const STINT: Duration = Duration::from_secs(1);
 
 struct QueueState<T> {
     /// Jobs that took [`LONG_JOB`] or more, longest first, with their
@@ -463,7 +484,9 @@ struct QueueState<T> {
     long: VecDeque<(usize, T, Duration)>,
     /// The others, by package, in listed order.
     others: std::collections::BTreeMap<usize, VecDeque<T>>,
-    /// Jobs of each package running now.
+    /// Per package: runner time of its jobs that ended, and how many of
+    /// its jobs run now.
+    spent: Vec<Duration>,
     running: Vec<usize>,
     /// Packages to be queued soon: no build, no fresh listing (yet).
     soon: Vec<bool>,
@@ -479,9 +502,11 @@ impl<T> JobQueue<T> {
     fn new(packages: usize, parallel: usize) -> Self {
         JobQueue {
             parallel: parallel.max(1),
+            stint: if parallel > 1 { STINT } else { Duration::MAX },
             state: Mutex::new(QueueState {
                 long: VecDeque::new(),
                 others: Default::default(),
+                spent: vec![Duration::ZERO; packages],
                 running: vec![0; packages],
                 soon: vec![true; packages],
                 soon_left: packages,
@@ -536,17 +561,25 @@ impl<T> JobQueue<T> {
         self.lock().runners.push(runner);
     }
 
-    /// The next job and its package, waiting for one while more may come;
-    /// `None` when the queue is closed and empty. `done`: the package of
-    /// the job the caller ran last, now ended.
-    fn pop(&self, done: Option<usize>) -> Option<(usize, T)> {
+    /// The next job for the runner of `stint` (its last job, if any, has
+    /// ended) and its package, waiting for one while more may come; `None`
+    /// when the queue is closed and empty.
+    fn pop(&self, stint: &mut Stint) -> Option<(usize, T)> {
+        self.pop_at(stint, Instant::now)
+    }
+
+    /// [`JobQueue::pop`], with the clock given.
+    fn pop_at(&self, stint: &mut Stint, now: impl Fn() -> Instant) -> Option<(usize, T)> {
         let mut s = self.lock();
-        if let Some(pkg) = done {
+        if let (Some(pkg), Some(started)) = (stint.pkg, stint.job.take()) {
+            let took = now().saturating_duration_since(started);
             s.running[pkg] -= 1;
+            s.spent[pkg] += took;
+            stint.spent += took;
         }
         loop {
             if s.soon_left == 0 || s.closed {
-                if let Some(next) = s.take() {
+                if let Some(next) = s.take(stint, self.stint, now()) {
                     return Some(next);
                 }
                 if s.closed {
@@ -567,13 +600,22 @@ impl<T> JobQueue<T> {
 }
 
 impl<T> QueueState<T> {
-    /// The next job in [`JobQueue`]'s order, counted as running.
-    fn take(&mut self) -> Option<(usize, T)> {
+    /// The next job in [`JobQueue`]'s order for the runner of `stint`,
+    /// counted as running from `now`.
+    fn take(&mut self, stint: &mut Stint, limit: Duration, now: Instant) -> Option<(usize, T)> {
         let (pkg, run) = match self.long.pop_front() {
             Some((pkg, run, _)) => (pkg, run),
             None => {
-                let running = &self.running;
-                let (&pkg, _) = self.others.iter().min_by_key(|(p, _)| running[**p])?;
+                let stay = stint
+                    .pkg
+                    .filter(|p| stint.spent < limit && self.others.contains_key(p));
+                let pkg = match stay {
+                    Some(p) => p,
+                    None => *self
+                        .others
+                        .keys()
+                        .min_by_key(|p| (self.spent[**p], self.running[**p]))?,
+                };
                 let mut jobs = self.others.remove(&pkg).expect("just found");
                 let run = jobs.pop_front().expect("no package is kept without jobs");
                 if !jobs.is_empty() {
@@ -582,16 +624,22 @@ impl<T> QueueState<T> {
                 (pkg, run)
             }
         };
+        if stint.pkg != Some(pkg) {
+            *stint = Stint {
+                pkg: Some(pkg),
+                ..Stint::default()
+            };
+        }
         self.running[pkg] += 1;
+        stint.job = Some(now);
         Some((pkg, run))
     }
 }
 
 /// The runner's loop: runs the queued jobs until none is left.
 fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &JobQueue) {
-    let mut done = None;
-    while let Some((pkg, next)) = queue.pop(done) {
-        done = Some(pkg);
+    let mut stint = Stint::default();
+    while let Some((_, next)) = queue.pop(&mut stint) {
         run_one(ctx, tx, next, |run| {
             let env = ctx.env(tx);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job::run_job(&env, run)))
@@ -1110,47 +1158,80 @@ async fn list_package(
 mod tests {
     use super::*;
 
-    /// The order one runner takes every job in, each ended before the next.
+    /// The order one runner takes every job in, each ended before the next
+    /// (and none taking any time).
     fn drain(q: &JobQueue<&'static str>) -> Vec<&'static str> {
         q.close();
-        let mut done = None;
-        std::iter::from_fn(|| {
-            let (pkg, run) = q.pop(done)?;
-            done = Some(pkg);
-            Some(run)
-        })
-        .collect()
+        let (mut stint, now) = (Stint::default(), Instant::now());
+        std::iter::from_fn(|| q.pop_at(&mut stint, || now).map(|(_, run)| run)).collect()
     }
 
     #[test]
-    fn the_queue_keeps_package_order_and_puts_long_jobs_first() {
+    fn the_queue_puts_long_jobs_first_then_keeps_package_order() {
         let q = JobQueue::new(3, 2);
         let ms = Duration::from_millis;
         // Package 2 is planned before packages 0 and 1.
         assert_eq!(q.push(2, vec![("c1", None), ("c2", Some(ms(200)))]), 0..2);
         assert_eq!(q.push(0, vec![("a1", None), ("a2", Some(ms(900)))]), 2..2);
         q.push(1, vec![("b1", None), ("b2", None)]);
-        assert_eq!(drain(&q), ["a2", "c2", "a1", "b1", "b2", "c1"]);
+        // After c2, its runner keeps to package 2 (c1) while it may.
+        assert_eq!(drain(&q), ["a2", "c2", "c1", "a1", "b1", "b2"]);
     }
 
     #[test]
-    fn two_runners_take_two_packages_side_by_side_and_keep_to_them() {
+    fn runners_keep_to_a_package_for_a_stint_then_take_the_least_served() {
         let q = JobQueue::new(3, 2);
-        q.push(0, vec![("a1", None), ("a2", None), ("a3", None)]);
+        // Package 2 builds first: runners do not wait for it.
+        q.not_soon(2);
+        q.push(
+            0,
+            vec![("a1", None), ("a2", None), ("a3", None), ("a4", None)],
+        );
         q.push(1, vec![("b1", None), ("b2", None)]);
+        let t0 = Instant::now();
+        let at = |ms: u64| move || t0 + Duration::from_millis(ms);
+        let (mut one, mut two) = (Stint::default(), Stint::default());
+        // Side by side: the second runner takes the package with none
+        // running.
+        assert_eq!(q.pop_at(&mut one, at(0)), Some((0, "a1")));
+        assert_eq!(q.pop_at(&mut two, at(0)), Some((1, "b1")));
+        // Under a stint on it: the runner keeps to its package.
+        assert_eq!(q.pop_at(&mut two, at(500)), Some((1, "b2")));
+        // Its package done: of those served least (none of their jobs
+        // ended), the one with none running: a package planned just now,
+        // before package 0, whose a1 runs.
+        q.push(2, vec![("c1", None), ("c2", None), ("c3", None)]);
+        assert_eq!(q.pop_at(&mut two, at(800)), Some((2, "c1")));
+        // A stint over (c1 took 1.2 s): the least served again, package 0,
+        // whose a1 still runs (it counts when it ends).
+        assert_eq!(q.pop_at(&mut two, at(2000)), Some((0, "a2")));
+        // Within its stint, a runner keeps to its package.
+        assert_eq!(q.pop_at(&mut two, at(2500)), Some((0, "a3")));
+        // a1 ends after 3 s: package 2 (1.2 s) is now served least.
+        assert_eq!(q.pop_at(&mut one, at(3000)), Some((2, "c2")));
+        assert_eq!(q.pop_at(&mut one, at(3100)), Some((2, "c3")));
+        assert_eq!(q.pop_at(&mut two, at(3200)), Some((0, "a4")));
         q.close();
-        let (one, two) = (q.pop(None).unwrap(), q.pop(None).unwrap());
-        assert_eq!((one, two), ((0, "a1"), (1, "b1")));
-        // Each runner, its job ended, goes on with its own package.
-        assert_eq!(q.pop(Some(1)), Some((1, "b2")));
-        assert_eq!(q.pop(Some(0)), Some((0, "a2")));
-        // A package planned now, with none of its jobs running, comes
-        // before more of a package already under way.
-        q.push(2, vec![("c1", None)]);
-        assert_eq!(q.pop(Some(1)), Some((2, "c1")));
-        // One runner left on package 0: the other helps it.
-        assert_eq!(q.pop(Some(2)), Some((0, "a3")));
-        assert_eq!(q.pop(Some(0)), None);
+        assert_eq!(q.pop_at(&mut one, at(3300)), None);
+        assert_eq!(q.pop_at(&mut two, at(3300)), None);
+    }
+
+    #[test]
+    fn one_runner_keeps_the_listed_order() {
+        let q = JobQueue::new(2, 1);
+        q.push(0, vec![("a1", None), ("a2", None)]);
+        q.push(1, vec![("b1", None)]);
+        q.close();
+        let mut stint = Stint::default();
+        let t0 = Instant::now();
+        let mut order = Vec::new();
+        for s in 0.. {
+            let Some((_, run)) = q.pop_at(&mut stint, || t0 + Duration::from_secs(10 * s)) else {
+                break;
+            };
+            order.push(run);
+        }
+        assert_eq!(order, ["a1", "a2", "b1"]);
     }
 
     #[test]
@@ -1160,7 +1241,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let runner = {
             let q = q.clone();
-            std::thread::spawn(move || tx.send(q.pop(None).map(|(_, run)| run)).unwrap())
+            std::thread::spawn(move || {
+                let mut stint = Stint::default();
+                tx.send(q.pop(&mut stint).map(|(_, run)| run)).unwrap()
+            })
         };
         // Package 1 is due soon (no build, no fresh listing): no job yet.
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());

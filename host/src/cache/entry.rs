@@ -328,6 +328,22 @@ impl Pack {
 }
 
 #[cfg(test)]
+impl CachedResult {
+    /// A passing result with nothing in it.
+    pub(super) fn empty() -> Self {
+        CachedResult {
+            output: String::new(),
+            elapsed: Duration::ZERO,
+            skipped: false,
+            cases: Vec::new(),
+            output_digest: None,
+            module_cases: Vec::new(),
+            ignored: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -339,15 +355,7 @@ mod tests {
         BundleEntry {
             package: package_id(&format!("p{package}")),
             log: InputLog::parse(&text).unwrap(),
-            result: CachedResult {
-                output: String::new(),
-                elapsed: Duration::ZERO,
-                skipped: false,
-                cases: Vec::new(),
-                output_digest: None,
-                module_cases: Vec::new(),
-                ignored: Vec::new(),
-            },
+            result: CachedResult::empty(),
         }
     }
 

@@ -36,7 +36,16 @@ pub struct Cache {
     pub(super) saved: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<TestKey>>>,
     /// Misses say what changed in the key (`--explain`; a read per miss).
     pub(super) explain: bool,
+    /// A key's log entry is read, changed and written back, and its bundle
+    /// queued for the remote, under one of these (by the key's first
+    /// byte): two packages saving the same key at once (runners side by
+    /// side on packages of one module) each kept only its own log, and the
+    /// other package's result was lost.
+    pub(super) log_writes: std::sync::Arc<[std::sync::Mutex<()>; LOG_WRITE_LOCKS]>,
 }
+
+/// How many locks share the keys' log entries.
+const LOG_WRITE_LOCKS: usize = 32;
 
 /// What a module's pack says of a case.
 pub(super) enum Packed {
@@ -72,6 +81,7 @@ impl Cache {
             selections: Default::default(),
             saved: Default::default(),
             explain: true,
+            log_writes: std::sync::Arc::new(std::array::from_fn(|_| Default::default())),
         })
     }
 
@@ -273,6 +283,15 @@ impl Cache {
     }
 
     /// Saves into the local store; returns the key's logs as now kept.
+    /// The lock `key`'s log entry is read, changed and written back (and
+    /// its bundle queued for the remote) under.
+    pub(super) fn log_lock(&self, key: &TestKey) -> std::sync::MutexGuard<'_, ()> {
+        let lock = &self.log_writes[usize::from(key.0 .0[0]) % LOG_WRITE_LOCKS];
+        lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves a passing run's result and its log among the key's other
+    /// packages' (under [`Cache::log_lock`]).
     pub(super) fn save_local(
         &self,
         name: NameKey,
@@ -317,6 +336,56 @@ impl Cache {
                         error: e.to_string(),
                     })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cachet_runtime::log::{Entry, Observation};
+    use cachet_runtime::{ModuleDigest, Sha256Digest, Wasi};
+
+    #[test]
+    fn packages_saving_one_key_at_once_keep_every_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let result = CachedResult::empty();
+        let packages: Vec<String> = (0..8).map(|i| format!("pkg{i}")).collect();
+        // Twenty keys, each saved once by every package at the same moment.
+        for case in (0..20).map(|i| format!("tests::case{i}")) {
+            let parts = KeyParts::new(
+                ModuleDigest(Sha256Digest::of(b"module")),
+                Wasi::P1,
+                "libtest",
+                &case,
+                &[],
+                &cachet_runtime::Policy::default(),
+                1 << 20,
+            );
+            let start = std::sync::Barrier::new(packages.len());
+            std::thread::scope(|s| {
+                for p in &packages {
+                    let (cache, parts, result, start, case) =
+                        (&cache, &parts, &result, &start, &case);
+                    s.spawn(move || {
+                        // Each package's own input state.
+                        let log = InputLog {
+                            entries: vec![Entry::Env {
+                                name: "DATA".into(),
+                                observation: Observation::Digest(Sha256Digest::of(p.as_bytes())),
+                            }],
+                        };
+                        start.wait();
+                        let name = NameKey::new(p, case);
+                        cache.save(name, p, parts, &log, result, true).unwrap();
+                    });
+                }
+            });
+            let entry: LogEntry = cache.read(LOGS, &parts.key().0).unwrap().unwrap();
+            let mut kept: Vec<&str> = entry.logs.iter().map(|l| l.package.as_str()).collect();
+            kept.sort_unstable();
+            assert_eq!(kept, packages, "{case}");
         }
     }
 }

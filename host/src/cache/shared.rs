@@ -270,8 +270,9 @@ impl Cache {
         result: &CachedResult,
         share: bool,
     ) -> std::io::Result<()> {
-        let logs = self.save_local(name, package, parts, log, result)?;
         let key = parts.key();
+        let _writing = self.log_lock(&key);
+        let logs = self.save_local(name, package, parts, log, result)?;
         self.saved.lock().expect("saved").insert(key);
         if let Some(remote) = self.remote.as_ref().filter(|r| share && !r.read_only()) {
             let bundle = Bundle {
