@@ -422,7 +422,7 @@ async fn runner(ctx: Arc<Ctx>, tx: Tx, queue: Arc<JobQueue>) {
     if let Err(e) = ran {
         let _ = tokio::task::spawn_blocking(move || {
             let mut stint = Stint::default();
-            while let Some((_, next)) = queue.pop(&mut stint) {
+            while let Some(next) = queue.pop(&mut stint) {
                 run_one(&ctx, &tx, next, |_| Err(e.clone()));
             }
         })
@@ -562,14 +562,14 @@ impl<T> JobQueue<T> {
     }
 
     /// The next job for the runner of `stint` (its last job, if any, has
-    /// ended) and its package, waiting for one while more may come; `None`
-    /// when the queue is closed and empty.
-    fn pop(&self, stint: &mut Stint) -> Option<(usize, T)> {
+    /// ended; `stint` then names the new job's package), waiting for one
+    /// while more may come; `None` when the queue is closed and empty.
+    fn pop(&self, stint: &mut Stint) -> Option<T> {
         self.pop_at(stint, Instant::now)
     }
 
     /// [`JobQueue::pop`], with the clock given.
-    fn pop_at(&self, stint: &mut Stint, now: impl Fn() -> Instant) -> Option<(usize, T)> {
+    fn pop_at(&self, stint: &mut Stint, now: impl Fn() -> Instant) -> Option<T> {
         let mut s = self.lock();
         if let (Some(pkg), Some(started)) = (stint.pkg, stint.job.take()) {
             let took = now().saturating_duration_since(started);
@@ -602,7 +602,7 @@ impl<T> JobQueue<T> {
 impl<T> QueueState<T> {
     /// The next job in [`JobQueue`]'s order for the runner of `stint`,
     /// counted as running from `now`.
-    fn take(&mut self, stint: &mut Stint, limit: Duration, now: Instant) -> Option<(usize, T)> {
+    fn take(&mut self, stint: &mut Stint, limit: Duration, now: Instant) -> Option<T> {
         let (pkg, run) = match self.long.pop_front() {
             Some((pkg, run, _)) => (pkg, run),
             None => {
@@ -616,10 +616,10 @@ impl<T> QueueState<T> {
                         .keys()
                         .min_by_key(|p| (self.spent[**p], self.running[**p]))?,
                 };
-                let mut jobs = self.others.remove(&pkg).expect("just found");
+                let jobs = self.others.get_mut(&pkg).expect("just found");
                 let run = jobs.pop_front().expect("no package is kept without jobs");
-                if !jobs.is_empty() {
-                    self.others.insert(pkg, jobs);
+                if jobs.is_empty() {
+                    self.others.remove(&pkg);
                 }
                 (pkg, run)
             }
@@ -632,14 +632,14 @@ impl<T> QueueState<T> {
         }
         self.running[pkg] += 1;
         stint.job = Some(now);
-        Some((pkg, run))
+        Some(run)
     }
 }
 
 /// The runner's loop: runs the queued jobs until none is left.
 fn run_queue(ctx: &Arc<Ctx>, tx: &Tx, queue: &JobQueue) {
     let mut stint = Stint::default();
-    while let Some((_, next)) = queue.pop(&mut stint) {
+    while let Some(next) = queue.pop(&mut stint) {
         run_one(ctx, tx, next, |run| {
             let env = ctx.env(tx);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job::run_job(&env, run)))
@@ -1163,7 +1163,7 @@ mod tests {
     fn drain(q: &JobQueue<&'static str>) -> Vec<&'static str> {
         q.close();
         let (mut stint, now) = (Stint::default(), Instant::now());
-        std::iter::from_fn(|| q.pop_at(&mut stint, || now).map(|(_, run)| run)).collect()
+        std::iter::from_fn(|| q.pop_at(&mut stint, || now)).collect()
     }
 
     #[test]
@@ -1190,27 +1190,29 @@ mod tests {
         q.push(1, vec![("b1", None), ("b2", None)]);
         let t0 = Instant::now();
         let at = |ms: u64| move || t0 + Duration::from_millis(ms);
+        // A runner's next job, and the package it is then on.
+        let take = |stint: &mut Stint, ms| (q.pop_at(stint, at(ms)), stint.pkg);
         let (mut one, mut two) = (Stint::default(), Stint::default());
         // Side by side: the second runner takes the package with none
         // running.
-        assert_eq!(q.pop_at(&mut one, at(0)), Some((0, "a1")));
-        assert_eq!(q.pop_at(&mut two, at(0)), Some((1, "b1")));
+        assert_eq!(take(&mut one, 0), (Some("a1"), Some(0)));
+        assert_eq!(take(&mut two, 0), (Some("b1"), Some(1)));
         // Under a stint on it: the runner keeps to its package.
-        assert_eq!(q.pop_at(&mut two, at(500)), Some((1, "b2")));
+        assert_eq!(take(&mut two, 500), (Some("b2"), Some(1)));
         // Its package done: of those served least (none of their jobs
         // ended), the one with none running: a package planned just now,
         // before package 0, whose a1 runs.
         q.push(2, vec![("c1", None), ("c2", None), ("c3", None)]);
-        assert_eq!(q.pop_at(&mut two, at(800)), Some((2, "c1")));
+        assert_eq!(take(&mut two, 800), (Some("c1"), Some(2)));
         // A stint over (c1 took 1.2 s): the least served again, package 0,
         // whose a1 still runs (it counts when it ends).
-        assert_eq!(q.pop_at(&mut two, at(2000)), Some((0, "a2")));
+        assert_eq!(take(&mut two, 2000), (Some("a2"), Some(0)));
         // Within its stint, a runner keeps to its package.
-        assert_eq!(q.pop_at(&mut two, at(2500)), Some((0, "a3")));
+        assert_eq!(take(&mut two, 2500), (Some("a3"), Some(0)));
         // a1 ends after 3 s: package 2 (1.2 s) is now served least.
-        assert_eq!(q.pop_at(&mut one, at(3000)), Some((2, "c2")));
-        assert_eq!(q.pop_at(&mut one, at(3100)), Some((2, "c3")));
-        assert_eq!(q.pop_at(&mut two, at(3200)), Some((0, "a4")));
+        assert_eq!(take(&mut one, 3000), (Some("c2"), Some(2)));
+        assert_eq!(take(&mut one, 3100), (Some("c3"), Some(2)));
+        assert_eq!(take(&mut two, 3200), (Some("a4"), Some(0)));
         q.close();
         assert_eq!(q.pop_at(&mut one, at(3300)), None);
         assert_eq!(q.pop_at(&mut two, at(3300)), None);
@@ -1226,7 +1228,7 @@ mod tests {
         let t0 = Instant::now();
         let mut order = Vec::new();
         for s in 0.. {
-            let Some((_, run)) = q.pop_at(&mut stint, || t0 + Duration::from_secs(10 * s)) else {
+            let Some(run) = q.pop_at(&mut stint, || t0 + Duration::from_secs(10 * s)) else {
                 break;
             };
             order.push(run);
@@ -1243,7 +1245,7 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || {
                 let mut stint = Stint::default();
-                tx.send(q.pop(&mut stint).map(|(_, run)| run)).unwrap()
+                tx.send(q.pop(&mut stint)).unwrap()
             })
         };
         // Package 1 is due soon (no build, no fresh listing): no job yet.

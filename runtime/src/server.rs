@@ -234,8 +234,9 @@ mod tests {
         let a = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
         let b = servers.take_or_start(&guard, module(2), b"b\n").unwrap();
         let (pid_a, pid_b) = (a.child.id(), b.child.id());
-        servers.put_back(a);
+        // Put back in this order, any idle server would be `b`.
         servers.put_back(b);
+        servers.put_back(a);
         let again = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
         assert_eq!(again.child.id(), pid_a);
         // With none of its own idle, a module takes another's server.
@@ -261,8 +262,10 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_longer_than_what_the_child_wrote_allocates_only_that() {
-        // A length of 4 GiB - 1, then three bytes and the end of stdout.
+    fn a_frame_longer_than_what_the_child_wrote_ends_the_reading() {
+        // A length of 4 GiB - 1, then three bytes and the end of stdout
+        // (read as they come: no 4 GiB buffer first, which this test
+        // cannot see).
         let guard = guard("read request; printf 'E\\377\\377\\377\\377abc'");
         let servers = Servers::default();
         let mut server = servers.take_or_start(&guard, module(1), b"a\n").unwrap();
